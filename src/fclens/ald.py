@@ -289,19 +289,23 @@ def fit_ald(weight: Any, method: str = "all") -> ALDFit:
         raise FclensError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
     w = _as_matrix(weight)
     n_classes, n_inputs = w.shape
-    non_finite = n_inputs - np.count_nonzero(np.isfinite(w), axis=1)
-    bad = non_finite > 0
-    if bad.any():  # keep the sorted layout valid; these rows are reported as NaN with a reason
-        w = np.where(np.isfinite(w), w, 0)
     # Sorting is exact in the input's own precision (float32 sorts twice as fast); arithmetic is float64.
     rows = np.sort(w, axis=1)
+    # NaN sorts last and ±inf to the ends, so a row is finite iff its two ends are: no pass over W.
+    bad = ~(np.isfinite(rows[:, 0]) & np.isfinite(rows[:, -1]))
+    non_finite = np.zeros(n_classes, dtype=np.int64)
+    if bad.any():  # keep the sorted layout valid; these rows are reported as NaN with a reason
+        finite = np.isfinite(rows[bad])
+        non_finite[bad] = n_inputs - np.count_nonzero(finite, axis=1)
+        rows[bad] = np.sort(np.where(finite, rows[bad], 0), axis=1)
 
     pos = neg = None
     joint_pos = joint_neg = None
     mean_pos = mean_neg = None
     if method in ("all", "regression"):
         pos, neg = _fit_parts(rows, non_finite)
-        everything = np.sort((rows[~bad] if bad.any() else rows).ravel())[None, :]
+        # Sorted afresh from W: quicksort is slower on the already row-sorted values.
+        everything = np.sort((w[~bad] if bad.any() else w).ravel())[None, :]
         joint_pos, joint_neg = (part.row(0) for part in _fit_parts(everything, np.zeros(1, dtype=np.int64)))
         mean_pos, mean_neg = _nanmean(pos.mean), _nanmean(neg.mean)
     mle = _fit_mle(rows, bad) if method in ("all", "mle") else None
@@ -347,17 +351,13 @@ def _fit_parts(rows: np.ndarray, n_replaced: np.ndarray) -> tuple[PartFit, PartF
     In a sorted row the negative values fill the first n_N columns (most negative first, so the
     magnitude in column c has rank n_N − 1 − c) and the positive values, ascending, the last n_P
     columns (rank c − (L − n_P)); exact zeros sit between. So the sums the least-squares line needs are
-    sums over contiguous segments of the flattened matrix, whatever the counts: no loop over rows.
+    sums over contiguous runs of the flattened matrix, whatever the counts: no loop over rows.
     """
     n_rows, length = rows.shape
     n_neg = _count_sorted(rows, strict=True)
     n_pos = length - _count_sorted(rows, strict=False)
     n_zero = length - n_neg - n_pos - n_replaced
-    base = np.arange(n_rows) * length
-    starts = np.stack([base, base + n_neg, base + length - n_pos], axis=1).ravel()
-    sums = _segment_log_sums(rows.ravel(), starts, length).reshape(3, n_rows, 3)
-    neg_t, neg_ct, neg_tt = sums[:, :, 0]
-    pos_t, pos_ct, pos_tt = sums[:, :, 2]
+    (neg_t, neg_ct, neg_tt), (pos_t, pos_ct, pos_tt) = _log_sums(rows, n_neg, length - n_pos)
     r = np.arange(n_rows)
     last = max(length - 1, 0)
     ends = rows if length else np.zeros((n_rows, 1))  # rows with no value at all: both parts are empty
@@ -461,42 +461,45 @@ def _count_sorted(rows: np.ndarray, strict: bool) -> np.ndarray:
     return lo
 
 
-def _segment_log_sums(flat: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
-    """Σt, Σc·t and Σt² over each segment of ``flat``, with t = ln|value| in float64 and c = position mod
-    ``length`` (the column within its row): a (3, S) array.
+def _log_sums(rows: np.ndarray, neg_end: np.ndarray, pos_start: np.ndarray) -> np.ndarray:
+    """Σt, Σc·t and Σt² over each row's negative part (columns < ``neg_end``) and positive part
+    (columns ≥ ``pos_start``), with t = ln|value| in float64 and c the column: a (2, 3, R) array, [0]
+    for the negative parts, [1] for the positive parts.
 
-    Segment i runs from ``starts[i]`` (non-decreasing, starts[0] = 0, never across a row end) to the
-    next start or the end; empty segments sum to 0. The values are taken ``_CHUNK`` at a time so that
-    the float64 temporaries stay in the CPU cache; a segment cut by a chunk boundary is summed piecewise.
+    The rows are taken a tile of about ``_CHUNK`` values at a time (whole rows, or one row cut into
+    pieces when rows are longer) so that the float64 temporaries stay in the CPU cache. In the
+    flattened tile every row is three contiguous runs (negative, zero, positive values); t, c·t and t²
+    are written once and all runs are summed by one ``np.add.reduceat``. Each sum covers exactly its
+    run's values, in an order fixed by the run alone, so a class's fit is the same bit for bit whatever
+    else is in the matrix (a BLAS matrix-vector product would not promise that).
     """
-    out = np.zeros((3, starts.size))
-    if flat.size == 0:
-        return out
-    # Chunks hold whole rows when rows are short, so that the column pattern is the same in every chunk.
-    size = min(_CHUNK // length * length or _CHUNK, flat.size)
-    column = np.arange(size, dtype=np.float64) % length
-    t = np.empty(size)
-    prod = np.empty(size)
-    with np.errstate(all="ignore"):  # ln 0 = −inf only ever lands in the zeros' segments, which are dropped
-        for a in range(0, flat.size, size):
-            m = min(size, flat.size - a)
-            inner = starts[np.searchsorted(starts, a, side="right") : np.searchsorted(starts, a + m)]
-            piece = np.concatenate(([a], inner))
-            piece = piece[np.r_[True, piece[1:] != piece[:-1]]]  # equal starts: empty segments
-            # The last of equal starts is the non-empty segment.
-            seg = np.searchsorted(starts, piece, side="right") - 1
-            at = piece - a
-            tc, pc = t[:m], prod[:m]
-            np.abs(flat[a : a + m], out=tc)
-            np.log(tc, out=tc)
-            s_t = np.add.reduceat(tc, at)
-            np.multiply(tc, column[:m], out=pc)
-            # Within a piece both the true column and the pattern grow by one per value; they differ by a
-            # constant when rows are longer than a chunk.
-            s_ct = np.add.reduceat(pc, at) + (piece % length - column[at]) * s_t
-            np.multiply(tc, tc, out=pc)
-            out[:, seg] += np.stack([s_t, s_ct, np.add.reduceat(pc, at)])
-    return out
+    n_rows, length = rows.shape
+    out = np.zeros((3, 3 * n_rows))  # (Σt, Σc·t, Σt²) × (row, run)
+    tile_rows = max(1, _CHUNK // max(length, 1))
+    tile_cols = max(1, min(length, _CHUNK))
+    # Column within the tile of each flattened entry: a tile holds whole rows or is part of one row.
+    column = np.tile(np.arange(tile_cols, dtype=np.float64), tile_rows)
+    buf = np.empty((3, tile_rows * tile_cols))
+    first = np.stack([np.zeros_like(neg_end), neg_end, pos_start], axis=1)  # first column of each run
+    with np.errstate(divide="ignore", invalid="ignore"):  # ln 0 = −inf: only in the zeros' runs, unused
+        for r0 in range(0, n_rows, tile_rows):
+            for c0 in range(0, length, tile_cols):
+                tile = rows[r0 : r0 + tile_rows, c0 : c0 + tile_cols]
+                n_tile, width = tile.shape
+                size = n_tile * width
+                starts = np.clip(first[r0 : r0 + n_tile] - c0, 0, width) + width * np.arange(n_tile)[:, None]
+                starts = starts.ravel()
+                runs = np.flatnonzero(np.diff(starts, append=size))  # empty runs are left out
+                t, ct, tt = terms = buf[:, :size]
+                np.abs(tile, out=t.reshape(n_tile, width))  # float64 from here on, exactly
+                np.log(t, out=t)
+                np.multiply(t, column[:size], out=ct)
+                np.multiply(t, t, out=tt)
+                sums = np.add.reduceat(terms, starts[runs], axis=1)
+                sums[1] += c0 * sums[0]  # the tile's column j is the row's column c0 + j
+                out[:, 3 * r0 + runs] += sums
+    neg, _, pos = out.reshape(3, n_rows, 3).transpose(2, 0, 1)
+    return np.stack([neg, pos])
 
 
 # ---------------------------------------------------------------------------------------------------------
