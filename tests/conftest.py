@@ -1,0 +1,70 @@
+"""Shared fixtures: the device to test on, the embedded model, the sample photos.
+
+``pytest --device cuda`` runs every test that builds a model on the GPU (default: cpu).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from fclens.images import sample_image, to_batch
+from fclens.models import Classifier, load_model
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device", default="cpu", help="torch device for tests that run models: cpu, cuda, cuda:N"
+    )
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The device named by ``--device``; the run stops at once if it is not usable here."""
+    device = torch.device(request.config.getoption("--device"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.exit("--device cuda was given, but torch sees no CUDA GPU", returncode=4)
+    return device
+
+
+@pytest.fixture
+def float32() -> Iterator[None]:
+    """Full float32 arithmetic on CUDA for tests of exact identities.
+
+    PyTorch lets cuDNN convolutions use TF32 by default on Ampere and newer GPUs, which perturbs a
+    model's own outputs by ~1e-3 relative and makes them depend on the batch size.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture(scope="session")
+def classifier(device: torch.device) -> Classifier:
+    """The embedded EfficientNet-Lite0 (ImageNet, offline) on the test device, in eval mode."""
+    return load_model(device=device)
+
+
+@pytest.fixture(scope="session")
+def chelsea() -> Path:
+    """A tabby cat: the model's top-1 is a cat class (282 tiger cat, 285 Egyptian cat close behind)."""
+    return sample_image("chelsea")
+
+
+@pytest.fixture(scope="session")
+def coffee() -> Path:
+    """A cup of espresso (967)."""
+    return sample_image("coffee")
+
+
+@pytest.fixture(scope="session")
+def photos(classifier: Classifier, chelsea: Path, coffee: Path) -> torch.Tensor:
+    """Chelsea and coffee preprocessed for the embedded model: (2, 3, 224, 224) on the test device."""
+    batch, _ = to_batch([chelsea, coffee], classifier.preprocessing)
+    return batch.to(classifier.device)
