@@ -1,0 +1,36 @@
+"""Everything fclens shows a person: overlays, figures, saved explanation folders, HTML pages.
+
+Results come in (``Explanation`` from :mod:`fclens.explain`, ``ALDFit`` from :mod:`fclens.ald`,
+``SplitTree`` from :mod:`fclens.tree`); pictures, files and self-contained pages go out. Nothing here
+computes a statistic or a map of its own.
+"""
+
+from fclens.report.figures import (
+    chain_figure,
+    figure_png,
+    fit_plot,
+    image_bytes,
+    overlay,
+    r2_histogram,
+    save_figure,
+    slope_intercept,
+)
+from fclens.report.files import DONE_MARKER, node_filename, save_explanation
+from fclens.report.html import default_classes, explanations_page, weights_page
+
+__all__ = [
+    "DONE_MARKER",
+    "chain_figure",
+    "default_classes",
+    "explanations_page",
+    "figure_png",
+    "fit_plot",
+    "image_bytes",
+    "node_filename",
+    "overlay",
+    "r2_histogram",
+    "save_explanation",
+    "save_figure",
+    "slope_intercept",
+    "weights_page",
+]

@@ -1,0 +1,261 @@
+"""The HTML pages in a real browser: headless Chromium, opened from disk, with the network blocked.
+
+Needs Playwright (``pip install playwright``) and Debian's Chromium (``apt-get install chromium``);
+Playwright never downloads a browser of its own here. Without them these tests fail and say what to
+install, unless FCLENS_SKIP_BROWSER=1, which skips them (loudly). Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fclens.ald import fit_ald
+from fclens.explain import Explanation, explain
+from fclens.models import Classifier
+from fclens.report import explanations_page, weights_page
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+HOSTILE = "<img src=x onerror=alert(1)>.jpg"
+
+
+def _unavailable() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright is not installed: pip install playwright (never run `playwright install` here)"
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        return f"Chromium is not at {CHROMIUM}: apt-get install chromium"
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    reason = _unavailable()
+    if reason is not None:
+        if os.environ.get("FCLENS_SKIP_BROWSER") == "1":
+            pytest.skip(f"BROWSER TESTS SKIPPED (FCLENS_SKIP_BROWSER=1): {reason}")
+        pytest.fail(f"{reason}; or set FCLENS_SKIP_BROWSER=1 to skip the browser tests", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield launched
+        launched.close()
+
+
+class Visit:
+    """One page opened from disk, with every outside request blocked and recorded, and every error kept."""
+
+    def __init__(self, browser: Any, path: Path) -> None:
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        self.outside: list[str] = []
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.on("request", self._request)
+        self.page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("dialog", self._dialog)
+        self.page.goto(path.as_uri(), wait_until="load")
+
+    def _route(self, route: Any) -> None:
+        if self._record(route.request.url):
+            route.abort()
+        else:
+            route.continue_()
+
+    def _request(self, request: Any) -> None:
+        self._record(request.url)
+
+    def _record(self, url: str) -> bool:
+        """Note ``url`` if it leaves the page's own file and data: URIs; True if it does."""
+        leaves = not url.startswith(("file:", "data:"))
+        if leaves and url not in self.outside:
+            self.outside.append(url)
+        return leaves
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def check_clean(self) -> None:
+        """No request left the page, nothing went wrong, no injected script ran, every picture decoded."""
+        widths = self.page.evaluate(
+            """() => Promise.all(Array.from(document.images).filter((i) => i.getAttribute("src"))
+                 .map((i) => i.decode().then(() => i.naturalWidth, () => 0)))"""
+        )
+        assert widths and min(widths) > 0, f"{widths.count(0)} of {len(widths)} images did not decode"
+        assert self.outside == [], f"the page tried to reach {self.outside}"
+        assert self.errors == [], self.errors
+        assert self.dialogs == [], f"a script ran: {self.dialogs}"
+
+    def screenshot(self, name: str, full_page: bool = False) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / name), full_page=full_page)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture(scope="session")
+def pages(
+    tmp_path_factory: pytest.TempPathFactory, classifier: Classifier, chelsea: Path, coffee: Path
+) -> dict[str, Path]:
+    """The two pages as files: a batch (a hostile file name, a skipped file) and the weights page."""
+    cat, cup = explain(classifier, [chelsea, coffee], maps=("activation", "contribution"))
+    assert isinstance(cat, Explanation)
+    folder = tmp_path_factory.mktemp("pages")
+    batch = explanations_page(
+        [cat, dataclasses.replace(cup, source=HOSTILE)], skipped=[("broken.jpg", "<b>not an image</b>")]
+    )
+    weight = classifier.head.weight
+    names = list(classifier.class_names)
+    names[3] = HOSTILE
+    weights = weights_page(classifier.name, fit_ald(weight), names, weight, classes_to_plot=[3, 282, 285])
+    written = {"explanations": folder / "explanations.html", "weights": folder / "weights.html"}
+    written["explanations"].write_text(batch, encoding="utf-8")
+    written["weights"].write_text(weights, encoding="utf-8")
+    return written
+
+
+@pytest.fixture
+def explanations(browser: Any, pages: dict[str, Path]) -> Iterator[Visit]:
+    visit = Visit(browser, pages["explanations"])
+    yield visit
+    visit.close()
+
+
+@pytest.fixture
+def weights(browser: Any, pages: dict[str, Path]) -> Iterator[Visit]:
+    visit = Visit(browser, pages["weights"])
+    yield visit
+    visit.close()
+
+
+def test_explanations_page_loads_offline_and_shows_everything(explanations: Visit):
+    page = explanations.page
+    explanations.check_clean()
+    assert page.locator("h1").is_visible()
+    assert page.locator("table.index tbody tr").count() == 2
+    assert page.locator("section.explanation").count() == 2
+    first = page.locator("section.explanation").first
+    assert first.locator("ol.top5 li").count() == 5
+    assert first.locator("figure.big img:visible").count() == 3  # input, discriminative, confusing
+    assert first.locator(".tree button.card").first.is_visible()
+    assert page.locator("#skipped").is_visible()
+    assert page.get_by_text(HOSTILE).first.is_visible()  # the hostile name is text, not an element
+    assert page.locator('img[src="x"]').count() == 0
+    assert page.get_by_text("<b>not an image</b>").is_visible()
+    explanations.screenshot("explanations.png", full_page=True)
+
+
+def test_index_links_jump_to_their_section(explanations: Visit):
+    page = explanations.page
+    page.locator("table.index tbody tr").nth(1).locator("a").last.click()
+    target = page.locator("section.explanation").nth(1)
+    assert page.evaluate("location.hash") == "#" + target.get_attribute("id")
+    box = target.locator("h2").bounding_box()
+    assert box is not None and 0 <= box["y"] < 500
+    assert target.locator("h2").inner_text() == HOSTILE
+
+
+def test_clicking_a_node_enlarges_it_and_escape_closes(explanations: Visit):
+    page = explanations.page
+    dialog = page.locator("#lightbox")
+    assert not dialog.is_visible()
+    node = page.locator("section.explanation").first.locator(".tree button.card").nth(2)
+    thumbnail = node.locator("img.ov:visible")
+    small = thumbnail.bounding_box()
+    node.click()
+    assert dialog.is_visible()
+    large = page.locator("#lightbox-image")
+    assert large.get_attribute("src") == thumbnail.get_attribute("src")
+    assert large.bounding_box()["width"] > 2 * small["width"]
+    assert node.get_attribute("data-caption") in page.locator("#lightbox-caption").inner_text()
+    explanations.screenshot("explanations-enlarged.png")
+    page.keyboard.press("Escape")
+    assert not dialog.is_visible()
+    explanations.check_clean()
+
+
+def test_map_kind_switch_changes_the_shown_maps(explanations: Visit):
+    page = explanations.page
+
+    def shown() -> list[str]:
+        return page.locator(".tree img.ov:visible").evaluate_all("(images) => images.map((i) => i.src)")
+
+    before = shown()
+    assert before and page.locator(".tree img.ov:visible[data-k='0']").count() == len(before)
+    page.get_by_label("contribution").check()
+    after = shown()
+    assert len(after) == len(before) and not set(after) & set(before)
+    assert page.locator(".tree img.ov:visible[data-k='1']").count() == len(after)
+    # The enlarged view follows the switch too.
+    page.locator(".tree button.card").first.click()
+    assert page.locator("#lightbox-image").get_attribute("src") == after[0]
+    assert "contribution" in page.locator("#lightbox-caption").inner_text()
+    page.keyboard.press("Escape")
+    explanations.screenshot("explanations-contribution.png")
+    page.get_by_label("activation").check()
+    assert shown() == before
+    explanations.check_clean()
+
+
+def test_weights_page_filter(weights: Visit):
+    page = weights.page
+    weights.check_clean()
+    rows = page.locator("#class-table tbody tr")
+    assert rows.count() == 1000 and page.locator("#class-table tbody tr:visible").count() == 1000
+    for figure in ("#figures img", "#class-282 img", "#class-285 .tree"):
+        assert page.locator(figure).first.is_visible()
+    weights.screenshot("weights.png")
+
+    page.fill("#class-filter", "cat")
+    visible = page.locator("#class-table tbody tr:visible td:nth-child(2)").all_inner_texts()
+    assert 3 <= len(visible) < 50 and all("cat" in name.lower() for name in visible)
+    assert "tiger cat" in visible and "Egyptian cat" in visible
+    assert page.locator("#class-count").inner_text() == f"{len(visible)} of 1000 classes"
+    weights.screenshot("weights-filtered.png")
+
+    page.fill("#class-filter", "282")
+    assert page.locator("#class-table tbody tr:visible td:first-child").all_inner_texts() == ["282"]
+    page.fill("#class-filter", "onerror")
+    assert page.locator("#class-table tbody tr:visible td:nth-child(2)").all_inner_texts() == [HOSTILE]
+    page.fill("#class-filter", "")
+    assert page.locator("#class-table tbody tr:visible").count() == 1000
+    page.locator("#class-table a[href='#class-285']").click()
+    assert page.locator("#class-285").is_visible()
+    weights.check_clean()
+
+
+def test_pages_open_from_a_copy_elsewhere(browser: Any, pages: dict[str, Path], tmp_path: Path):
+    """Self-contained: a copy moved to another folder, alone, still shows every picture."""
+    copy = tmp_path / "moved" / "page.html"
+    copy.parent.mkdir()
+    shutil.copy(pages["explanations"], copy)
+    visit = Visit(browser, copy)
+    try:
+        visit.check_clean()
+    finally:
+        visit.close()

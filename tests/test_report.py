@@ -1,0 +1,356 @@
+"""fclens.report without a browser: overlays, figures, saved folders, and the two HTML pages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fclens.ald import ALDFit, fit_ald
+from fclens.explain import Explanation, explain
+from fclens.models import Classifier
+from fclens.report import (
+    DONE_MARKER,
+    chain_figure,
+    default_classes,
+    explanations_page,
+    fit_plot,
+    node_filename,
+    overlay,
+    r2_histogram,
+    save_explanation,
+    save_figure,
+    slope_intercept,
+    weights_page,
+)
+from fclens.report import files as report_files
+
+HOSTILE = "<img src=x onerror=alert(1)>.jpg"
+QUOTES = '" onmouseover="alert(2)" x=\'.jpg'
+KINDS = ("activation", "contribution")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fixtures: real explanations of the sample photos by the embedded model
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def explanation(classifier: Classifier, chelsea: Path) -> Explanation:
+    (found,) = explain(classifier, chelsea, maps=KINDS)
+    return found
+
+
+@pytest.fixture(scope="session")
+def full_tree(classifier: Classifier, coffee: Path) -> Explanation:
+    (found,) = explain(classifier, coffee, maps=KINDS, mode="full", min_size=80)
+    return found
+
+
+@pytest.fixture(scope="session")
+def fit(classifier: Classifier) -> ALDFit:
+    return fit_ald(classifier.head.weight)
+
+
+@pytest.fixture(scope="session")
+def batch_page(explanation: Explanation, full_tree: Explanation) -> str:
+    hostile = dataclasses.replace(full_tree, source=HOSTILE)
+    quoted = dataclasses.replace(explanation, source=QUOTES, model_name="<b>model</b>")
+    return explanations_page([explanation, hostile, quoted], skipped=[(HOSTILE, "<script>alert(3)</script>")])
+
+
+@pytest.fixture(scope="session")
+def weights_html(classifier: Classifier, fit: ALDFit) -> str:
+    names = list(classifier.class_names)
+    names[5] = HOSTILE
+    return weights_page("<i>lite0</i>", fit, names, classifier.head.weight, classes_to_plot=[5, 285])
+
+
+class Elements(HTMLParser):
+    """Every start tag of a page with its attributes, and its text."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def attribute(self, name: str) -> list[str]:
+        return [attrs[name] or "" for _, attrs in self.tags if name in attrs]
+
+
+def gradient(picture: np.ndarray) -> np.ndarray:
+    """Horizontal and vertical differences of a greyscale picture: its edges and texture."""
+    grey = picture.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return np.concatenate([np.diff(grey, axis=0).ravel(), np.diff(grey, axis=1).ravel()])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Overlays
+# ---------------------------------------------------------------------------------------------------------
+def test_overlay_keeps_the_photo_visible_and_shows_the_map(explanation: Explanation):
+    photo = explanation.image
+    heat = torch.zeros(7, 7)
+    heat[1:3, 4:6] = 1.0  # a hot spot, upper right
+    result = overlay(photo, heat)
+    assert result.size == photo.size and result.mode == "RGB"
+    before, after = np.asarray(photo, dtype=np.float64), np.asarray(result, dtype=np.float64)
+    # The photo's edges survive: the heatmap is smooth, so the overlay's texture is the photo's, dimmed.
+    assert np.corrcoef(gradient(before), gradient(after))[0, 1] > 0.95
+    assert 0.4 < np.abs(gradient(after)).mean() / np.abs(gradient(before)).mean() < 0.9
+    assert np.abs(after - before).mean() < 60
+    # Hot pixels lean towards the colour map's top (viridis yellow), cold ones do not.
+    yellow = np.array([253.0, 231.0, 37.0])
+    hot, cold = after[40:80, 140:180], after[170:210, 20:60]
+    hot_shift = np.abs(hot - before[40:80, 140:180] - (yellow - before[40:80, 140:180]) * 0.5).mean()
+    cold_shift = np.abs(cold - before[170:210, 20:60] - (yellow - before[170:210, 20:60]) * 0.5).mean()
+    assert hot_shift < cold_shift
+
+
+def test_overlay_accepts_numpy_any_size_and_constant_maps(explanation: Explanation):
+    photo = explanation.image
+    a = overlay(photo, np.random.default_rng(0).random((5, 9)))
+    b = overlay(photo, np.ones((7, 7)))
+    c = overlay(photo, torch.full((7, 7), float("nan")))
+    assert a.size == b.size == c.size == photo.size
+    assert np.isfinite(np.asarray(c, dtype=float)).all()
+    with pytest.raises(ValueError, match="2-D"):
+        overlay(photo, np.zeros((1, 7, 7)))
+
+
+def test_overlay_caption_goes_below_the_photo(explanation: Explanation):
+    photo = explanation.image
+    heat = explanation.nodes[0].map
+    plain = overlay(photo, heat)
+    captioned = overlay(photo, heat, "+++ | 117 neurons | score 0.530 | a rather long map kind name")
+    assert captioned.width == plain.width and captioned.height > plain.height
+    np.testing.assert_array_equal(np.asarray(captioned)[: plain.height], np.asarray(plain))
+    strip = np.asarray(captioned)[plain.height :]
+    assert (strip < 128).any() and (strip > 250).mean() > 0.5  # dark text on white
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("path", "kind", "name"),
+    [
+        ("", None, "node-root.png"),
+        ("+", None, "node-p.png"),
+        ("++", None, "node-pp.png"),
+        ("-", None, "node-m.png"),
+        ("--", "contribution", "node-mm-contribution.png"),
+        ("+-+", None, "node-pmp.png"),
+        ("+", "smooth-gradcam++", "node-p-smooth-gradcampp.png"),
+        ("", "a/b c", "node-root-a_b_c.png"),
+    ],
+)
+def test_node_file_names(path: str, kind: str | None, name: str):
+    assert node_filename(path, kind) == name
+
+
+@pytest.mark.parametrize("path", ["../x", "root", "+ ", "+/"])
+def test_node_file_names_refuse_anything_but_a_path(path: str):
+    with pytest.raises(ValueError, match="'\\+' and '-'"):
+        node_filename(path)
+
+
+def test_save_explanation_writes_everything_and_the_json_last(
+    explanation: Explanation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    order: list[tuple[str, bool]] = []
+    folder = tmp_path / "out" / "chelsea"
+
+    def recording(write, path_at: int):  # records each write and whether the done-marker existed before it
+        def wrapped(*args):
+            order.append((Path(args[path_at]).name, (folder / DONE_MARKER).exists()))
+            return write(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(report_files, "atomic_write_bytes", recording(report_files.atomic_write_bytes, 0))
+    monkeypatch.setattr(report_files, "atomic_write_text", recording(report_files.atomic_write_text, 0))
+    monkeypatch.setattr(report_files, "save_figure", recording(report_files.save_figure, 1))
+
+    save_explanation(explanation, folder)
+    order.clear()
+    written = save_explanation(explanation, folder)  # again, over a finished folder
+
+    names = [p.name for p in written]
+    expected = {node_filename(n.path) for n in explanation.nodes} | {
+        node_filename(n.path, "contribution") for n in explanation.nodes
+    }
+    assert set(names) == expected | {"chain.png", DONE_MARKER}
+    assert len(names) == len(set(names)) == 2 * len(explanation.nodes) + 2
+    assert names[-1] == DONE_MARKER and [name for name, _ in order] == names
+    assert not any(existed for _, existed in order)  # the marker appears only with the last write
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)  # no temporary files left
+    for path in written[:-1]:
+        with Image.open(path) as picture:
+            assert picture.format == "PNG" and picture.width >= explanation.image.width
+    assert json.loads((folder / DONE_MARKER).read_text("utf-8")) == json.loads(explanation.to_json())
+
+
+def test_save_figure_is_a_png(fit: ALDFit, tmp_path: Path):
+    path = save_figure(r2_histogram(fit), tmp_path / "r2.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["r2.png"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------------------
+def test_fit_plot_is_the_authors_figure(classifier: Classifier, fit: ALDFit):
+    fig = fit_plot(classifier.head.weight[285], "Egyptian cat")
+    left, right = fig.axes
+    r2_pos, r2_neg = fit.pos.r2[285], fit.neg.r2[285]
+    assert left.get_title() == f"Class: Egyptian cat, R²: {r2_pos:.3f}"
+    assert right.get_title() == f"Class: Egyptian cat, R²: {r2_neg:.3f}"
+    for ax in (left, right):
+        assert "rank" in ax.get_xlabel() and ax.get_ylabel().startswith("ln ")
+        points, line = ax.get_lines()
+        assert len(points.get_xdata()) > 500 and len(line.get_xdata()) == len(points.get_xdata())
+    # The drawn line is the paper's fit: ald.regression_fit of the same values.
+    slope = np.polyfit(left.get_lines()[1].get_xdata(), left.get_lines()[1].get_ydata(), 1)[0]
+    assert slope == pytest.approx(fit.pos.slope[285], rel=1e-6)
+
+
+def test_fit_plot_of_a_row_without_negative_weights():
+    fig = fit_plot(np.linspace(0.01, 1.0, 50), "all positive")
+    assert "no fit" in fig.axes[1].texts[0].get_text()
+    assert fig.axes[1].get_title() == "Class: all positive, R²: n/a"
+
+
+def test_weight_figures_are_labelled(classifier: Classifier, fit: ALDFit):
+    hist = r2_histogram(fit).axes[0]
+    assert "R²" in hist.get_xlabel() and hist.get_ylabel() == "number of classes"
+    scatter_fig = slope_intercept(fit, classifier.class_names)
+    scatter = scatter_fig.axes[0]
+    assert "slope" in scatter.get_xlabel() and "intercept" in scatter.get_ylabel()
+    labels = {text.get_text() for text in scatter.texts}
+    assert len(labels) == 6 and labels <= set(classifier.class_names)
+    legend = {t.get_text() for t in scatter_fig.legends[0].get_texts()}
+    assert legend == {"positive weights", "negative weights"}
+
+
+def test_chain_figure_rows(explanation: Explanation):
+    fig = chain_figure(explanation)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    plus = ["root", *(n.path for n in explanation.tree.chain("+"))]
+    minus = [n.path for n in explanation.tree.chain("-")]
+    panels = [t.split("\n")[0] for t in titles if "neurons" in t]
+    assert panels == plus + minus
+    assert all(re.search(r"\d+ neurons, score \d\.\d{3}", t) for t in titles if "neurons" in t)
+    assert any(t.startswith("input: ") for t in titles)
+    assert explanation.target.name in fig.get_suptitle()
+
+
+def test_chain_figure_of_an_unsplit_root(classifier: Classifier, chelsea: Path):
+    (unsplit,) = explain(classifier, chelsea, min_size=5000)
+    assert unsplit.discriminative is None and unsplit.confusing is None
+    titles = [ax.get_title() for ax in chain_figure(unsplit).axes if "neurons" in ax.get_title()]
+    assert [t.split("\n")[0] for t in titles] == ["root"]
+    assert "root" in explanations_page([unsplit])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pages
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["batch_page", "weights_html"])
+def test_pages_reach_nothing_outside_themselves(which: str, request: pytest.FixtureRequest):
+    page = request.getfixturevalue(which)
+    elements = Elements(page)
+    for value in elements.attribute("src"):
+        assert value.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")), value[:60]
+    ids = set(elements.attribute("id"))
+    for value in elements.attribute("href"):
+        assert value.startswith("#") and value[1:] in ids, value
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|url\(", page, re.IGNORECASE)
+    assert not {tag for tag, _ in elements.tags} & {"link", "iframe", "object", "embed", "base"}
+    assert all(not attrs.get("src") for tag, attrs in elements.tags if tag == "script")
+
+
+def test_hostile_names_are_text_in_the_explanations_page(batch_page: str):
+    assert (
+        HOSTILE not in batch_page
+        and "<script>alert(3)" not in batch_page
+        and "<b>model</b>" not in batch_page
+    )
+    assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in batch_page
+    elements = Elements(batch_page)
+    text = "".join(elements.text)
+    assert HOSTILE in text and "<script>alert(3)</script>" in text and "<b>model</b>" in text
+    assert not [attrs for _, attrs in elements.tags if "onerror" in attrs or "onmouseover" in attrs]
+    assert elements.attribute("alt").count(QUOTES) >= 1  # the quotes stayed inside the attribute
+    assert all(re.fullmatch(r"[A-Za-z0-9-]+", i) for i in elements.attribute("id"))
+
+
+def test_hostile_names_are_text_in_the_weights_page(weights_html: str):
+    assert HOSTILE not in weights_html and "<i>lite0</i>" not in weights_html
+    elements = Elements(weights_html)
+    text = "".join(elements.text)
+    assert HOSTILE in text and "<i>lite0</i>" in text
+    assert not [attrs for _, attrs in elements.tags if "onerror" in attrs]
+    assert HOSTILE.lower() in elements.attribute("data-search")
+
+
+def test_explanations_page_sections(batch_page: str, explanation: Explanation, full_tree: Explanation):
+    elements = Elements(batch_page)
+    sections = [
+        a["id"] for tag, a in elements.tags if tag == "section" and "explanation" in (a.get("class") or "")
+    ]
+    assert len(sections) == 3 and len(set(sections)) == 3
+    index_links = [
+        a["href"] for tag, a in elements.tags if tag == "a" and a.get("href", "").startswith("#image-")
+    ]
+    assert sorted(set(index_links)) == sorted(f"#{s}" for s in sections)
+    radios = [a for tag, a in elements.tags if tag == "input" and a.get("name") == "map-kind"]
+    assert [r["value"] for r in radios] == ["0", "1"]
+    overlays = [a for tag, a in elements.tags if tag == "img" and "ov" in (a.get("class") or "").split()]
+    nodes = 2 * len(explanation.nodes) + len(full_tree.nodes)
+    # Every node in every kind, plus the two terminal maps of each image in every kind.
+    assert len(overlays) == 2 * (nodes + 2 * 3)
+    assert {a["data-k"] for a in overlays} == {"0", "1"}
+    assert sum(1 for tag, a in elements.tags if tag == "button" and "card" in (a.get("class") or "")) == nodes
+    assert "Skipped" in "".join(elements.text) and 'id="lightbox"' in batch_page
+    badges = re.findall(r'<span class="path">([^<]*)</span><span class="badge">([^<]*)</span>', batch_page)
+    ends = [(e.discriminative.path, e.confusing.path) for e in (explanation, full_tree, explanation)]
+    assert badges == [
+        pair for d, c in ends for pair in sorted([(d, "most discriminative"), (c, "most confusing")])
+    ]
+
+
+def test_single_explanation_page_has_no_index(explanation: Explanation):
+    page = explanation.to_html()
+    assert 'id="index"' not in page and 'id="skipped"' not in page
+    assert page.count('class="explanation"') == 1 and explanation.target.name in page
+
+
+def test_weights_page_contents(weights_html: str, fit: ALDFit, classifier: Classifier):
+    elements = Elements(weights_html)
+    rows = [a for tag, a in elements.tags if tag == "tr" and "data-index" in a]
+    assert [int(a["data-index"]) for a in rows] == list(range(fit.n_classes))
+    assert {"class-5", "class-285", "class-filter", "class-table"} <= set(elements.attribute("id"))
+    text = " ".join(elements.text)
+    assert "Beyond the paper" in text and "not in the paper" in text
+    assert "Class: Egyptian cat, R²" not in text  # figure titles live in the PNGs, not as page text
+    assert f"{fit.marginal_mean_pos:.4g}" in text
+    assert "#285 Egyptian cat" in text
+    assert weights_html.count('class="badge">most discriminative<') == 2
+
+
+def test_default_classes_span_the_r2_ranking(fit: ALDFit):
+    picked = default_classes(fit)
+    assert len(picked) == 12 and picked == sorted(set(picked))
+    assert int(np.nanargmin(fit.pos.r2)) in picked and int(np.nanargmax(fit.pos.r2)) in picked
