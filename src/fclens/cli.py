@@ -1,0 +1,553 @@
+"""The ``fclens`` command: weights, tree, survey and explain.
+
+Exit codes: 0 done; 2 bad input (one line on stderr; the traceback only with ``--debug``); 3 done, but
+some items (images, models) were skipped — each with its reason in the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fclens.errors import FclensError
+from fclens.io import atomic_write_text
+
+EXIT_BAD_INPUT = 2
+EXIT_PARTIAL = 3
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except FclensError as error:
+        if args.debug:
+            raise
+        print(f"fclens: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("fclens: interrupted; finished work is kept, rerun to continue", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        print(
+            f"fclens: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fclens",
+        description="What the final fully-connected layer of an image classifier has learned "
+        "(arXiv 2205.11908), and where in an image its most discriminative and most confusing neurons fire.",
+        epilog="Exit codes: 0 done, 2 bad input, 3 done but some items were skipped (see the summary).",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    weights = _command(
+        commands,
+        "weights",
+        _run_weights,
+        "does the final layer follow an Asymmetric Laplace Distribution? (per class, per model)",
+    )
+    weights.add_argument(
+        "--out",
+        type=Path,
+        help="folder for ald.csv, summary.json and figures (default: fclens-weights-MODEL)",
+    )
+    weights.add_argument(
+        "--plots", action="store_true", help="draw the author's per-class fit plots and the summary figures"
+    )
+    weights.add_argument(
+        "--plot-classes",
+        default=None,
+        help="classes to plot, comma-separated indices or names, or 'all' "
+        "(default: the 4 best and 4 worst fits and 4 spread across the classes)",
+    )
+    weights.add_argument("--html", action="store_true", help="write the model's self-contained HTML page")
+
+    tree = _command(commands, "tree", _run_tree, "the recursive split of one class's weights")
+    tree.add_argument("--class", dest="target", required=True, help="class index or name")
+    _tree_options(tree)
+
+    survey = _command(
+        commands,
+        "survey",
+        _run_survey,
+        "the ALD fit of several models, one row per model",
+        model_option=False,
+    )
+    survey.add_argument(
+        "--models",
+        required=True,
+        help="comma-separated sources: efficientnet_lite0, timm:NAME, torchvision:NAME",
+    )
+    survey.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="folder of local weight files named after the models (NAME.safetensors/.pth)",
+    )
+    survey.add_argument("--out", type=Path, help="write the table as CSV here too")
+
+    explain = _command(
+        commands,
+        "explain",
+        _run_explain,
+        "where in each image the class's most discriminative and most confusing neurons fire",
+    )
+    explain.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="image files or folders")
+    explain.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add a photo shipped with fclens: chelsea (a cat), coffee (an espresso)",
+    )
+    explain.add_argument("--class", dest="target", help="class index or name (default: the predicted class)")
+    explain.add_argument(
+        "--map",
+        dest="maps",
+        default="activation",
+        help="map kinds, comma-separated: activation (default), contribution, smooth-gradcam++",
+    )
+    _tree_options(explain)
+    explain.add_argument(
+        "--out", type=Path, default=Path("fclens-out"), help="output folder (default: fclens-out)"
+    )
+    explain.add_argument(
+        "--curves",
+        action="store_true",
+        help="also deletion/insertion AUCs for the terminal nodes and the class (many forwards)",
+    )
+    explain.add_argument("--html", action="store_true", help="write report.html, one self-contained page")
+    explain.add_argument(
+        "--seed", type=int, default=0, help="seed of the noisy smooth-gradcam++ maps (default 0)"
+    )
+    explain.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    explain.add_argument(
+        "--target-layer", help="module name to draw maps from (default: found automatically)"
+    )
+    explain.add_argument(
+        "--force", action="store_true", help="redo images that already have explanation.json"
+    )
+    return parser
+
+
+def _command(
+    commands: Any,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    help_text: str,
+    model_option: bool = True,
+) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help_text, description=help_text)
+    command.set_defaults(run=run)
+    if model_option:
+        command.add_argument(
+            "--model",
+            default=None,
+            help="efficientnet_lite0 (default, offline), efficientnet_lite1/2, timm:NAME, torchvision:NAME",
+        )
+        command.add_argument(
+            "--weights", type=Path, help="local weight file (.safetensors, or .pth read with weights_only)"
+        )
+        command.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    command.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    command.add_argument("--debug", action="store_true", help="show tracebacks")
+    return command
+
+
+def _tree_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--min-size",
+        type=_at_least_two,
+        default=20,
+        help="nodes with fewer weights are not split (default 20, the author's)",
+    )
+    command.add_argument(
+        "--mode",
+        choices=("chains", "full"),
+        default="chains",
+        help="chains: the author's + and − chains (default); full: a full binary tree",
+    )
+
+
+def _at_least_two(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError("must be at least 2")
+    return value
+
+
+def _load(args: argparse.Namespace):
+    from fclens.models import load_model
+
+    return load_model(args.model, weights=args.weights, device=args.device)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, allow_nan=False))
+
+
+# --------------------------------------------------------------------------------------------- weights
+def _run_weights(args: argparse.Namespace) -> int:
+    from fclens.ald import fit_ald
+
+    model = _load(args)
+    weight = model.head.weight.cpu()
+    fit = fit_ald(weight)
+    out = args.out or Path(f"fclens-weights-{_safe_name(model.name)}")
+    summary = {
+        "model": model.name,
+        "classes": int(weight.shape[0]),
+        "inputs": int(weight.shape[1]),
+        **fit.summary(),
+    }
+    fit.to_csv(out / "ald.csv", class_names=model.class_names)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
+    written = [out / "ald.csv", out / "summary.json"]
+    if args.plots or args.html:
+        classes = _plot_classes(args.plot_classes, fit, model)
+        written += _weights_figures(out, model, fit, classes, html=args.html, plots=args.plots)
+    if args.json:
+        _print_json({**summary, "files": [str(p) for p in written]})
+    else:
+        print(_weights_text(summary))
+        print(f"\nwrote {', '.join(str(p) for p in written[:4])}{' …' if len(written) > 4 else ''}")
+    return 0
+
+
+def _plot_classes(spec: str | None, fit: Any, model: Any) -> list[int]:
+    """The classes to draw: the user's list, 'all', or the best, worst and spread-out fits."""
+    import numpy as np
+
+    if spec == "all":
+        return list(range(model.num_classes))
+    if spec:
+        return [model.class_index(item) for item in spec.split(",") if item.strip()]
+    r2 = np.nan_to_num(np.asarray(fit.pos.r2, dtype=float), nan=-np.inf)
+    order = [int(k) for k in np.argsort(r2)]
+    spread = [order[int(i)] for i in np.linspace(0, len(order) - 1, 6)[1:-1]]
+    return list(dict.fromkeys(order[-4:][::-1] + order[:4] + spread))
+
+
+def _weights_figures(
+    out: Path, model: Any, fit: Any, classes: list[int], html: bool, plots: bool
+) -> list[Path]:
+    from tqdm import tqdm
+
+    from fclens import report
+    from fclens.tree import split_tree
+
+    weight = model.head.weight.cpu()
+    written: list[Path] = []
+    if plots:
+        for name, figure in (
+            ("r2-histogram.png", report.r2_histogram(fit)),
+            ("slope-intercept.png", report.slope_intercept(fit, model.class_names)),
+        ):
+            written.append(report.save_figure(figure, out / name))
+        for k in tqdm(classes, desc="fit plots", unit="class", leave=False):
+            figure = report.fit_plot(weight[k], model.class_names[k])
+            written.append(
+                report.save_figure(
+                    figure, out / "classes" / f"{k:04d}-{_safe_name(model.class_names[k])}.png"
+                )
+            )
+    if html:
+        trees = {k: split_tree(weight[k], class_index=k) for k in classes}
+        page = report.weights_page(model.name, fit, model.class_names, weight, trees, classes)
+        written.append(atomic_write_text(out / "weights.html", page))
+    return written
+
+
+def _weights_text(summary: dict[str, Any]) -> str:
+    def number(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
+    joint = summary["joint"]
+    lines = [
+        f"{summary['model']}: final layer {summary['classes']} classes × {summary['inputs']} inputs",
+        "the paper's regression fit (PAPER §2):",
+        f"  marginal mean  pos {number(summary['marginal_mean_pos'])}   neg {number(summary['marginal_mean_neg'])}",
+        f"  joint fit      pos mean {number(joint['pos']['mean'])} R² {number(joint['pos']['r2'])}   "
+        f"neg mean {number(joint['neg']['mean'])} R² {number(joint['neg']['r2'])}",
+    ]
+    quantiles = summary.get("r2_quantiles") or {}
+    for part in ("pos", "neg"):
+        q = quantiles.get(part) or {}
+        if q:
+            lines.append(
+                f"  per-class R² {part}: median {number(q.get('50%'))} "
+                f"(5% {number(q.get('5%'))}, 95% {number(q.get('95%'))})"
+            )
+    aic = summary.get("aic") or {}
+    if aic:
+        lines.append("beyond the paper (maximum likelihood, AIC):")
+        lines.append(
+            "  classes best described by " + ", ".join(f"{k} {v}" for k, v in aic.get("best", {}).items())
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ tree
+def _run_tree(args: argparse.Namespace) -> int:
+    from fclens.tree import split_tree
+
+    model = _load(args)
+    k = model.class_index(args.target)
+    tree = split_tree(model.head.weight[k].cpu(), min_size=args.min_size, mode=args.mode, class_index=k)
+    if args.json:
+        _print_json(
+            {"model": model.name, "class": {"index": k, "name": model.class_names[k]}, **tree.to_dict()}
+        )
+    else:
+        print(tree.to_text(class_name=model.class_names[k]))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- survey
+SURVEY_COLUMNS = (
+    "model",
+    "status",
+    "classes",
+    "inputs",
+    "marginal_mean_pos",
+    "marginal_mean_neg",
+    "joint_pos_mean",
+    "joint_pos_r2",
+    "joint_neg_mean",
+    "joint_neg_r2",
+    "median_r2_pos",
+    "median_r2_neg",
+    "ald_preferred",
+    "reason",
+)
+
+
+def _run_survey(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    sources = [s.strip() for s in args.models.split(",") if s.strip()]
+    if not sources:
+        raise FclensError(
+            "--models is empty; give comma-separated models, e.g. timm:resnet50,efficientnet_lite0"
+        )
+    if args.weights_dir is not None and not args.weights_dir.is_dir():
+        raise FclensError(f"--weights-dir {args.weights_dir} is not a folder")
+    rows = [_survey_row(source, args.weights_dir) for source in tqdm(sources, desc="models", unit="model")]
+    table = _csv_text(rows, SURVEY_COLUMNS)
+    if args.out:
+        atomic_write_text(args.out, table)
+    if args.json:
+        _print_json(rows)
+    else:
+        print(table, end="")
+    return EXIT_PARTIAL if any(row["status"] != "ok" for row in rows) else 0
+
+
+def _survey_row(source: str, weights_dir: Path | None) -> dict[str, Any]:
+    """One model's ALD figures, or its failure reason: one bad model never stops the survey."""
+    from fclens.ald import fit_ald
+    from fclens.models import load_model
+
+    row: dict[str, Any] = dict.fromkeys(SURVEY_COLUMNS)
+    row["model"] = source
+    try:
+        weights = _weights_file(source, weights_dir)
+        model = load_model(source, weights=weights)
+        summary = fit_ald(model.head.weight.cpu()).summary()
+    except FclensError as error:
+        return {**row, "status": "failed", "reason": str(error)}
+    except Exception as error:  # a broken third-party model must not end the survey
+        return {**row, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
+    quantiles = summary.get("r2_quantiles", {})
+    row.update(
+        status="ok",
+        classes=model.num_classes,
+        inputs=model.head.num_features,
+        marginal_mean_pos=summary["marginal_mean_pos"],
+        marginal_mean_neg=summary["marginal_mean_neg"],
+        joint_pos_mean=summary["joint"]["pos"]["mean"],
+        joint_pos_r2=summary["joint"]["pos"]["r2"],
+        joint_neg_mean=summary["joint"]["neg"]["mean"],
+        joint_neg_r2=summary["joint"]["neg"]["r2"],
+        median_r2_pos=(quantiles.get("pos") or {}).get("50%"),
+        median_r2_neg=(quantiles.get("neg") or {}).get("50%"),
+        ald_preferred=(summary.get("aic") or {}).get("best", {}).get("ald"),
+        reason="",
+    )
+    return row
+
+
+def _weights_file(source: str, weights_dir: Path | None) -> Path | None:
+    if weights_dir is None:
+        return None
+    stem = source.split(":", 1)[-1]
+    for suffix in WEIGHT_SUFFIXES:
+        if (weights_dir / f"{stem}{suffix}").is_file():
+            return weights_dir / f"{stem}{suffix}"
+    return None
+
+
+def _csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------- explain
+EXPLAIN_COLUMNS = (
+    "source",
+    "status",
+    "reason",
+    "prediction",
+    "probability",
+    "target",
+    "discriminative_score",
+    "confusing_score",
+    "output",
+)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fclens.explain import explain
+    from fclens.images import ImageError, iter_image_paths, load_image, sample_image
+
+    if args.batch_size < 1:
+        raise FclensError("--batch-size must be at least 1")
+    kinds = tuple(kind.strip() for kind in args.maps.split(",") if kind.strip())
+    paths = iter_image_paths(args.paths) + [sample_image(name) for name in args.sample]
+    if not paths:
+        raise FclensError("no images given or found; give image files or folders, or --sample chelsea")
+    out = args.out.resolve()
+    paths = [path for path in paths if out not in path.resolve().parents]  # never explain our own output
+    model = _load(args)
+    target = None if args.target is None else model.class_index(args.target)  # fail before any work
+    rows: list[dict[str, Any]] = [{} for _ in paths]
+    done = []
+    todo: list[tuple[int, Path, Any]] = []
+    progress = tqdm(total=len(paths), desc="images", unit="image", disable=None)
+
+    def flush() -> None:
+        if not todo:
+            return
+        explanations = explain(
+            model,
+            [image for _, _, image in todo],
+            target=target,
+            min_size=args.min_size,
+            mode=args.mode,
+            maps=kinds,
+            curves=args.curves,
+            seed=args.seed,
+            target_layer=args.target_layer,
+            batch_size=args.batch_size,
+        )
+        for (position, path, _), explanation in zip(todo, explanations, strict=True):
+            explanation.source = str(path)
+            folder = _output_folder(args.out, path)
+            explanation.save(folder)
+            rows[position] = _explain_row(explanation, folder)
+            done.append(explanation)
+        progress.update(len(todo))
+        todo.clear()
+
+    for position, path in enumerate(paths):
+        folder = _output_folder(args.out, path)
+        if not args.force and (folder / "explanation.json").is_file():
+            rows[position] = {
+                "source": str(path),
+                "status": "done earlier",
+                "reason": "",
+                "output": str(folder),
+            }
+            progress.update(1)
+            continue
+        try:
+            todo.append((position, path, load_image(path)))
+        except ImageError as error:
+            rows[position] = {"source": str(path), "status": "skipped", "reason": error.reason}
+            progress.update(1)
+            continue
+        if len(todo) == args.batch_size:
+            flush()
+    flush()
+    progress.close()
+    atomic_write_text(args.out / "summary.csv", _csv_text(rows, EXPLAIN_COLUMNS))
+    skipped = [(row["source"], row["reason"]) for row in rows if row["status"] == "skipped"]
+    if args.html:
+        from fclens.report import explanations_page
+
+        atomic_write_text(args.out / "report.html", explanations_page(done, skipped))
+    if args.json:
+        _print_json(json.loads(done[0].to_json()) if len(paths) == 1 and done else rows)
+    else:
+        for row in rows:
+            print(_explain_line(row))
+        print(
+            f"summary: {args.out / 'summary.csv'}"
+            + (f", report: {args.out / 'report.html'}" if args.html else "")
+        )
+    return EXIT_PARTIAL if skipped else 0
+
+
+def _output_folder(out: Path, path: Path) -> Path:
+    """One folder per image, named after it; a short hash of the full path keeps namesakes apart."""
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    return out / f"{_safe_name(path.stem)}-{digest}"
+
+
+def _safe_name(text: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._")
+    return cleaned[:60] or "item"
+
+
+def _explain_row(explanation: Any, folder: Path) -> dict[str, Any]:
+    top = explanation.top5[0]
+    return {
+        "source": explanation.source,
+        "status": "ok",
+        "reason": "",
+        "prediction": top.name,
+        "probability": round(top.probability, 6),
+        "target": explanation.target.name,
+        "discriminative_score": explanation.discriminative.score,
+        "confusing_score": explanation.confusing.score,
+        "output": str(folder),
+    }
+
+
+def _explain_line(row: dict[str, Any]) -> str:
+    if row["status"] == "ok":
+        return (
+            f"{row['source']}: {row['prediction']} ({row['probability']:.1%}); target {row['target']}: "
+            f"discriminative {row['discriminative_score']:.3f}, confusing {row['confusing_score']:.3f}"
+        )
+    if row["status"] == "skipped":
+        return f"{row['source']}: skipped: {row['reason']}"
+    return f"{row['source']}: {row['status']} ({row['output']})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

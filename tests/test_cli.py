@@ -1,0 +1,166 @@
+"""The fclens command as a user runs it: outputs, exit codes, one-line errors, reruns."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+from safetensors.torch import save_file
+
+from fclens.cli import main
+from fclens.images import sample_image
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ([], ["weights"], ["tree"], ["survey"], ["explain"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--help"])
+        assert exit_.value.code == 0
+    assert "--json" in capsys.readouterr().out
+
+
+def test_weights_json_summary_and_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "weights", "--out", str(tmp_path), "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["model"] == "efficientnet_lite0" and summary["classes"] == 1000
+    assert summary["joint"]["pos"]["r2"] == pytest.approx(0.844, abs=0.005)
+    assert {"marginal_mean_pos", "marginal_mean_neg", "r2_quantiles", "mle", "aic"} <= set(summary)
+    assert {"mean", "r2"} <= set(summary["joint"]["neg"])
+    with open(tmp_path / "ald.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 1000 and rows[285]["name"] == "Egyptian cat"
+
+
+def test_weights_plots_and_page(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(
+        capsys, "weights", "--out", str(tmp_path), "--plots", "--html", "--plot-classes", "285,espresso"
+    )
+    assert code == 0 and "marginal mean" in out
+    assert (tmp_path / "r2-histogram.png").stat().st_size > 10_000
+    assert sorted(p.name for p in (tmp_path / "classes").iterdir()) == [
+        "0285-Egyptian_cat.png",
+        "0967-espresso.png",
+    ]
+    assert "Egyptian cat" in (tmp_path / "weights.html").read_text()
+
+
+def test_tree_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "tree", "--class", "Egyptian cat")
+    assert code == 0 and "Egyptian cat" in out and "+++" in out and "---" in out
+    code, out, _ = run(capsys, "tree", "--class", "285", "--mode", "full", "--min-size", "200", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["class"] == {"index": 285, "name": "Egyptian cat"} and data["mode"] == "full"
+
+
+def test_unknown_class_is_a_one_line_error_with_close_matches(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "tree", "--class", "egyptian kat")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "did you mean 'Egyptian cat'" in err and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="unknown class"):
+        main(["tree", "--class", "egyptian kat", "--debug"])
+
+
+def test_survey_continues_past_a_failing_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    save_file(
+        timm.create_model("resnet18", num_classes=10).state_dict(), str(tmp_path / "resnet18.safetensors")
+    )
+    code, out, _ = run(
+        capsys,
+        "survey",
+        "--models",
+        "efficientnet_lite0,timm:resnet_18,timm:resnet18",
+        "--weights-dir",
+        str(tmp_path),
+        "--json",
+    )
+    rows = json.loads(out)
+    assert code == 3 and [row["status"] for row in rows] == ["ok", "failed", "ok"]
+    assert "did you mean" in rows[1]["reason"] and rows[2]["classes"] == 10
+    assert rows[0]["joint_pos_r2"] == pytest.approx(0.844, abs=0.005)
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sample_image("chelsea"), folder / "<img src=x onerror=alert(1)>.jpg")
+    (folder / "notes.jpg").write_text("not a picture")
+    (folder / "cut.jpg").write_bytes(sample_image("coffee").read_bytes()[:4000])
+    return folder
+
+
+def test_explain_folder_skips_bad_files_and_reruns_skip_finished(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, photos: Path
+) -> None:
+    out = tmp_path / "out"
+    code, text, _ = run(
+        capsys, "explain", str(photos), "--out", str(out), "--html", "--map", "activation,contribution"
+    )
+    assert code == 3
+    with open(out / "summary.csv", newline="") as file:
+        rows = {Path(row["source"]).name: row for row in csv.DictReader(file)}
+    assert rows["notes.jpg"]["status"] == "skipped" and "not an image" in rows["notes.jpg"]["reason"]
+    assert rows["cut.jpg"]["status"] == "skipped" and "truncated" in rows["cut.jpg"]["reason"]
+    cat = rows["<img src=x onerror=alert(1)>.jpg"]
+    assert cat["status"] == "ok" and cat["prediction"] in {"tabby", "tiger cat", "Egyptian cat"}
+    folder = Path(cat["output"])
+    assert (folder / "explanation.json").is_file() and (folder / "chain.png").is_file()
+    assert (folder / "node-root-contribution.png").is_file()
+    page = (out / "report.html").read_text()
+    assert "<img src=x onerror" not in page and "&lt;img src=x onerror=alert(1)&gt;.jpg" in page
+
+    finished = (folder / "explanation.json").stat().st_mtime_ns
+    code, text, _ = run(capsys, "explain", str(photos), "--out", str(out))
+    assert code == 3 and "done earlier" in text
+    assert (folder / "explanation.json").stat().st_mtime_ns == finished
+
+
+def test_explain_json_for_one_image(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "explain", "--sample", "coffee", "--out", str(tmp_path), "--json")
+    data = json.loads(out)
+    assert code == 0 and data["prediction"]["name"] == "espresso" and data["target"]["index"] == 967
+    assert data["discriminative"].startswith("+") and data["confusing"].startswith("-")
+    assert all({"path", "size", "score"} <= set(node) for node in data["nodes"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["explain", "--sample", "chelsea", "--map", "gradcam"], "unknown map kind 'gradcam'"),
+        (["explain", "--sample", "dog"], "unknown sample image 'dog'"),
+        (["explain"], "no images given"),
+        (["weights", "--model", "timm:not_a_model"], "timm has no model"),
+        (["weights", "--weights", "missing.pth"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args, message
+) -> None:
+    code, _, err = run(capsys, *args, "--out", str(tmp_path)) if args[0] == "explain" else run(capsys, *args)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_console_entry_point_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fclens", "tree", "--class", "espresso"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "espresso" in done.stdout
