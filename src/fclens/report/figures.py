@@ -180,7 +180,7 @@ def chain_figure(explanation: Explanation, kind: str | None = None) -> Figure:
     middle.imshow(image)
     middle.set_axis_off()
     middle.set_anchor("C")
-    middle.set_title(f"input: {explanation.source}", fontsize=9)
+    middle.set_title(f"input: {Path(explanation.source).name or explanation.source}", fontsize=9)
     mappable = cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=HEATMAP_CMAP)
     bar = fig.colorbar(mappable, ax=fig.axes, shrink=0.5, pad=0.02, panchor=False)
     bar.set_label(f"{kind} (min–max per node)")
