@@ -402,12 +402,12 @@ def to_batch(
     """
     items = list(images) if isinstance(images, Sequence) and not isinstance(images, str) else [images]
     rows: list[torch.Tensor] = []
-    displays: list[Image.Image] = []
+    displays: list[Image.Image | None] = []  # None: a tensor row, pictured below with all the others
     for item in items:
         if isinstance(item, torch.Tensor):
             batch = _check_tensor(item, preprocessing)
             rows.append(batch)
-            displays += _tensors_to_images(preprocessing.denormalize(batch))
+            displays += [None] * len(batch)
         else:
             display = preprocessing.display(_as_image(item))
             rows.append(preprocessing.normalize(display)[None])
@@ -415,7 +415,12 @@ def to_batch(
     if not displays:
         raise ImageError("no images given; pass at least one path, PIL image, array or tensor")
     devices = {row.device for row in rows}
-    return torch.cat(rows if len(devices) == 1 else [row.cpu() for row in rows]), displays
+    batch = torch.cat(rows if len(devices) == 1 else [row.cpu() for row in rows])
+    given = [i for i, display in enumerate(displays) if display is None]
+    if given:
+        pictures = iter(_tensors_to_images(preprocessing.denormalize(batch[given])))
+        displays = [next(pictures) if display is None else display for display in displays]
+    return batch, displays
 
 
 def _as_image(item: object) -> Image.Image:
