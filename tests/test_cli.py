@@ -49,6 +49,7 @@ def test_weights_plots_and_page(capsys: pytest.CaptureFixture[str], tmp_path: Pa
         capsys, "weights", "--out", str(tmp_path), "--plots", "--html", "--plot-classes", "285,espresso"
     )
     assert code == 0 and "marginal mean" in out
+    assert "per-class R² pos: median 0.847" in out and "gauss 912" in out and "n/a" not in out
     assert (tmp_path / "r2-histogram.png").stat().st_size > 10_000
     assert sorted(p.name for p in (tmp_path / "classes").iterdir()) == [
         "0285-Egyptian_cat.png",
@@ -93,6 +94,7 @@ def test_survey_continues_past_a_failing_model(capsys: pytest.CaptureFixture[str
     assert code == 3 and [row["status"] for row in rows] == ["ok", "failed", "ok"]
     assert "did you mean" in rows[1]["reason"] and rows[2]["classes"] == 10
     assert rows[0]["joint_pos_r2"] == pytest.approx(0.844, abs=0.005)
+    assert rows[0]["median_r2_pos"] == pytest.approx(0.847, abs=0.005) and rows[0]["ald_preferred"] == 88
 
 
 @pytest.fixture

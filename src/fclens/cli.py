@@ -284,25 +284,18 @@ def _weights_text(summary: dict[str, Any]) -> str:
     joint = summary["joint"]
     lines = [
         f"{summary['model']}: final layer {summary['classes']} classes × {summary['inputs']} inputs",
-        "the paper's regression fit (PAPER §2):",
+        "the paper's regression fit (arXiv 2205.11908):",
         f"  marginal mean  pos {number(summary['marginal_mean_pos'])}   neg {number(summary['marginal_mean_neg'])}",
         f"  joint fit      pos mean {number(joint['pos']['mean'])} R² {number(joint['pos']['r2'])}   "
         f"neg mean {number(joint['neg']['mean'])} R² {number(joint['neg']['r2'])}",
     ]
-    quantiles = summary.get("r2_quantiles") or {}
     for part in ("pos", "neg"):
-        q = quantiles.get(part) or {}
-        if q:
-            lines.append(
-                f"  per-class R² {part}: median {number(q.get('50%'))} "
-                f"(5% {number(q.get('5%'))}, 95% {number(q.get('95%'))})"
-            )
-    aic = summary.get("aic") or {}
-    if aic:
-        lines.append("beyond the paper (maximum likelihood, AIC):")
+        q = summary["r2_quantiles"][part]
         lines.append(
-            "  classes best described by " + ", ".join(f"{k} {v}" for k, v in aic.get("best", {}).items())
+            f"  per-class R² {part}: median {number(q['p50'])} (5% {number(q['p05'])}, 95% {number(q['p95'])})"
         )
+    counts = ", ".join(f"{name} {count}" for name, count in summary["aic"]["best_counts"].items())
+    lines += ["beyond the paper (maximum likelihood, AIC):", f"  classes best described by {counts}"]
     return "\n".join(lines)
 
 
@@ -377,7 +370,7 @@ def _survey_row(source: str, weights_dir: Path | None) -> dict[str, Any]:
         return {**row, "status": "failed", "reason": str(error)}
     except Exception as error:  # a broken third-party model must not end the survey
         return {**row, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
-    quantiles = summary.get("r2_quantiles", {})
+    quantiles = summary["r2_quantiles"]
     row.update(
         status="ok",
         classes=model.num_classes,
@@ -388,9 +381,9 @@ def _survey_row(source: str, weights_dir: Path | None) -> dict[str, Any]:
         joint_pos_r2=summary["joint"]["pos"]["r2"],
         joint_neg_mean=summary["joint"]["neg"]["mean"],
         joint_neg_r2=summary["joint"]["neg"]["r2"],
-        median_r2_pos=(quantiles.get("pos") or {}).get("50%"),
-        median_r2_neg=(quantiles.get("neg") or {}).get("50%"),
-        ald_preferred=(summary.get("aic") or {}).get("best", {}).get("ald"),
+        median_r2_pos=quantiles["pos"]["p50"],
+        median_r2_neg=quantiles["neg"]["p50"],
+        ald_preferred=summary["aic"]["best_counts"]["ald"],
         reason="",
     )
     return row

@@ -255,7 +255,7 @@ def r2_histogram(fit: ALDFit) -> Figure:
         ax.hist(
             ok, bins=bins, histtype="step", lw=1.5, color=colour, label=f"{label} ({ok.size} classes{median})"
         )
-    ax.set_xlabel("R² of the regression fit (PAPER.md §2)")
+    ax.set_xlabel("R² of the paper’s regression fit")
     ax.set_ylabel("number of classes")
     ax.set_title(f"Goodness of the ALD regression fit over {fit.n_classes} classes", fontsize=10)
     fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
