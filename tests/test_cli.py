@@ -128,9 +128,24 @@ def test_explain_folder_skips_bad_files_and_reruns_skip_finished(
     assert "<img src=x onerror" not in page and "&lt;img src=x onerror=alert(1)&gt;.jpg" in page
 
     finished = (folder / "explanation.json").stat().st_mtime_ns
-    code, text, _ = run(capsys, "explain", str(photos), "--out", str(out))
+    code, text, _ = run(capsys, "explain", str(photos), "--out", str(out), "--html")
     assert code == 3 and "done earlier" in text
     assert (folder / "explanation.json").stat().st_mtime_ns == finished
+    with open(out / "summary.csv", newline="") as file:
+        again = {Path(row["source"]).name: row for row in csv.DictReader(file)}
+    earlier = again["<img src=x onerror=alert(1)>.jpg"]
+    assert earlier["status"] == "done earlier" and earlier["prediction"] == cat["prediction"]
+    assert earlier["discriminative_score"] == cat["discriminative_score"]
+    assert "explained in an earlier run" in (out / "report.html").read_text()
+
+
+def test_explain_with_a_tree_that_never_splits(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--min-size above the layer's width leaves a root alone: no terminal nodes, and no crash."""
+    code, text, _ = run(capsys, "explain", "--sample", "coffee", "--out", str(tmp_path), "--min-size", "5000")
+    assert code == 0 and "discriminative none (tree not split)" in text
+    with open(tmp_path / "summary.csv", newline="") as file:
+        (row,) = csv.DictReader(file)
+    assert row["status"] == "ok" and row["discriminative_score"] == ""
 
 
 def test_explain_json_for_one_image(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ from torch import nn
 
 from fclens.errors import FclensError
 from fclens.explain import explain
+from fclens.head import evaluating
 from fclens.images import Preprocessing, to_batch
-from fclens.maps import MAP_KINDS, NodeBatch, capture, evaluating, node_maps, node_membership
+from fclens.maps import MAP_KINDS, NodeBatch, capture, node_maps, node_membership
 from fclens.models import Classifier, load_model
 from fclens.tree import SplitTree, split_tree
 

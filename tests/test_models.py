@@ -159,3 +159,20 @@ def test_offline_hub_miss_suggests_a_weight_file() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     ).stdout
     assert "could not get pretrained weights for timm:resnet18" in out and "--weights PATH" in out
+
+
+def test_class_count_comes_from_the_layer_that_makes_the_logits() -> None:
+    """A module may register layers in any order; what counts is the one whose output is the logits."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 5)
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.aux = nn.Linear(4, 8)  # registered last, never produces the output
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    model = load_model(Net(), class_names=list("abcde"))
+    assert model.num_classes == 5 and model.head.layer is model.module.fc

@@ -354,3 +354,13 @@ def test_default_classes_span_the_r2_ranking(fit: ALDFit):
     picked = default_classes(fit)
     assert len(picked) == 12 and picked == sorted(set(picked))
     assert int(np.nanargmin(fit.pos.r2)) in picked and int(np.nanargmax(fit.pos.r2)) in picked
+
+
+def test_figures_take_dollar_signs_in_names_as_text(
+    explanation: Explanation, classifier: Classifier, tmp_path: Path
+):
+    """A file or class name with "$" must not reach matplotlib's math parser (it would abort a batch)."""
+    hostile = dataclasses.replace(explanation, source=r"a$\frac$b.jpg", model_name=r"net$_x")
+    save_figure(chain_figure(hostile), tmp_path / "chain.png")
+    save_figure(fit_plot(classifier.head.weight[0], r"class$\frac$"), tmp_path / "fit.png")
+    assert (tmp_path / "chain.png").stat().st_size > 0 and (tmp_path / "fit.png").stat().st_size > 0

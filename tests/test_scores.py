@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from fclens.maps import evaluating
+from fclens.head import evaluating
 from fclens.models import Classifier
 from fclens.scores import BLUR_KERNEL, BLUR_SIGMA, deletion_insertion, masked_score, upsample_normalised
 

@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "--plot-classes",
         default=None,
         help="classes to plot, comma-separated indices or names, or 'all' "
-        "(default: the 4 best and 4 worst fits and 4 spread across the classes)",
+        "(default: 12 spread over the R² ranking, worst and best included)",
     )
     weights.add_argument("--html", action="store_true", help="write the model's self-contained HTML page")
 
@@ -234,17 +234,14 @@ def _run_weights(args: argparse.Namespace) -> int:
 
 
 def _plot_classes(spec: str | None, fit: Any, model: Any) -> list[int]:
-    """The classes to draw: the user's list, 'all', or the best, worst and spread-out fits."""
-    import numpy as np
+    """The classes to draw: the user's list, 'all', or the page's default spread over the R² ranking."""
+    from fclens.report import default_classes
 
     if spec == "all":
         return list(range(model.num_classes))
     if spec:
         return [model.class_index(item) for item in spec.split(",") if item.strip()]
-    r2 = np.nan_to_num(np.asarray(fit.pos.r2, dtype=float), nan=-np.inf)
-    order = [int(k) for k in np.argsort(r2)]
-    spread = [order[int(i)] for i in np.linspace(0, len(order) - 1, 6)[1:-1]]
-    return list(dict.fromkeys(order[-4:][::-1] + order[:4] + spread))
+    return default_classes(fit)
 
 
 def _weights_figures(
@@ -253,7 +250,6 @@ def _weights_figures(
     from tqdm import tqdm
 
     from fclens import report
-    from fclens.tree import split_tree
 
     weight = model.head.weight.cpu()
     written: list[Path] = []
@@ -271,8 +267,7 @@ def _weights_figures(
                 )
             )
     if html:
-        trees = {k: split_tree(weight[k], class_index=k) for k in classes}
-        page = report.weights_page(model.name, fit, model.class_names, weight, trees, classes)
+        page = report.weights_page(model.name, fit, model.class_names, weight, classes_to_plot=classes)
         written.append(atomic_write_text(out / "weights.html", page))
     return written
 
@@ -438,7 +433,8 @@ def _run_explain(args: argparse.Namespace) -> int:
     model = _load(args)
     target = None if args.target is None else model.class_index(args.target)  # fail before any work
     rows: list[dict[str, Any]] = [{} for _ in paths]
-    done = []
+    done = []  # kept only for the page or the single-image JSON: a long run must not hold every image
+    keep = args.html or (args.json and len(paths) == 1)
     todo: list[tuple[int, Path, Any]] = []
     progress = tqdm(total=len(paths), desc="images", unit="image", disable=None)
 
@@ -461,19 +457,19 @@ def _run_explain(args: argparse.Namespace) -> int:
             explanation.source = str(path)
             folder = _output_folder(args.out, path)
             explanation.save(folder)
-            rows[position] = _explain_row(explanation, folder)
-            done.append(explanation)
+            rows[position] = _explain_row(explanation.to_dict(), folder)
+            if keep:
+                done.append(explanation)
         progress.update(len(todo))
         todo.clear()
 
     for position, path in enumerate(paths):
         folder = _output_folder(args.out, path)
-        if not args.force and (folder / "explanation.json").is_file():
+        finished = folder / "explanation.json"
+        if not args.force and finished.is_file():
             rows[position] = {
-                "source": str(path),
+                **_explain_row(json.loads(finished.read_text("utf-8")), folder),
                 "status": "done earlier",
-                "reason": "",
-                "output": str(folder),
             }
             progress.update(1)
             continue
@@ -492,9 +488,20 @@ def _run_explain(args: argparse.Namespace) -> int:
     if args.html:
         from fclens.report import explanations_page
 
-        atomic_write_text(args.out / "report.html", explanations_page(done, skipped))
-    if args.json:
-        _print_json(json.loads(done[0].to_json()) if len(paths) == 1 and done else rows)
+        earlier = [
+            (row["source"], f"explained in an earlier run, see {row['output']}; --force puts it on this page")
+            for row in rows
+            if row["status"] == "done earlier"
+        ]
+        atomic_write_text(args.out / "report.html", explanations_page(done, skipped + earlier))
+    if args.json and len(paths) == 1 and rows[0]["status"] != "skipped":
+        _print_json(
+            done[0].to_dict()
+            if done
+            else json.loads(Path(rows[0]["output"], "explanation.json").read_text("utf-8"))
+        )
+    elif args.json:
+        _print_json(rows)
     else:
         for row in rows:
             print(_explain_line(row))
@@ -516,30 +523,37 @@ def _safe_name(text: str) -> str:
     return cleaned[:60] or "item"
 
 
-def _explain_row(explanation: Any, folder: Path) -> dict[str, Any]:
-    top = explanation.top5[0]
+def _explain_row(explanation: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A summary row from an explanation's JSON form (this run's, or an earlier run's file)."""
+
+    def score(path: str | None) -> float | None:
+        return next((node["score"] for node in explanation["nodes"] if node["path"] == path), None)
+
     return {
-        "source": explanation.source,
+        "source": explanation["source"],
         "status": "ok",
         "reason": "",
-        "prediction": top.name,
-        "probability": round(top.probability, 6),
-        "target": explanation.target.name,
-        "discriminative_score": explanation.discriminative.score,
-        "confusing_score": explanation.confusing.score,
+        "prediction": explanation["prediction"]["name"],
+        "probability": round(explanation["prediction"]["probability"], 6),
+        "target": explanation["target"]["name"],
+        "discriminative_score": score(explanation["discriminative"]),
+        "confusing_score": score(explanation["confusing"]),
         "output": str(folder),
     }
 
 
 def _explain_line(row: dict[str, Any]) -> str:
-    if row["status"] == "ok":
-        return (
-            f"{row['source']}: {row['prediction']} ({row['probability']:.1%}); target {row['target']}: "
-            f"discriminative {row['discriminative_score']:.3f}, confusing {row['confusing_score']:.3f}"
-        )
     if row["status"] == "skipped":
         return f"{row['source']}: skipped: {row['reason']}"
-    return f"{row['source']}: {row['status']} ({row['output']})"
+
+    def number(value: float | None) -> str:
+        return "none (tree not split)" if value is None else f"{value:.3f}"
+
+    done = " (done earlier)" if row["status"] == "done earlier" else ""
+    return (
+        f"{row['source']}: {row['prediction']} ({row['probability']:.1%}); target {row['target']}: "
+        f"discriminative {number(row['discriminative_score'])}, confusing {number(row['confusing_score'])}{done}"
+    )
 
 
 if __name__ == "__main__":

@@ -258,10 +258,7 @@ def _class_trees(weight: torch.Tensor, classes: list[int], min_size: int, mode: 
     The rows come to the CPU in one copy: one device synchronisation per batch, not per class.
     """
     rows = weight[classes].detach().float().cpu().numpy()
-    try:
-        return [_split_tree(row.tobytes(), k, min_size, mode) for row, k in zip(rows, classes, strict=True)]
-    except ValueError as error:  # a bad min_size or mode: the user's input
-        raise FclensError(str(error)) from error
+    return [_split_tree(row.tobytes(), k, min_size, mode) for row, k in zip(rows, classes, strict=True)]
 
 
 @functools.lru_cache(maxsize=256)

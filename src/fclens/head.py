@@ -109,7 +109,21 @@ def to_grid(
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
 
 
-@dataclass
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode, then give every submodule back its own train/eval flag."""
+    flags = [(m, m.training) for m in module.modules()]
+    if any(training for _, training in flags):
+        module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in flags:
+            if m.training != training:
+                m.training = training
+
+
+@dataclass(eq=False)  # identity, not tensor equality: one module may be called twice
 class _Call:
     name: str
     module: nn.Module
@@ -211,10 +225,8 @@ def find_head(model: nn.Module, input_size: tuple[int, int], target_layer: str |
         raise HeadError("the model has no parameters, so it has no final linear layer")
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, *input_size, generator=generator).to(param.device, param.dtype)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), _recording(model) as calls:
+        with evaluating(model), torch.no_grad(), _recording(model) as calls:
             logits = _logits_of(model(x))
     except HeadError:
         raise
@@ -222,8 +234,6 @@ def find_head(model: nn.Module, input_size: tuple[int, int], target_layer: str |
         raise HeadError(
             f"the model failed on a 1×3×{input_size[0]}×{input_size[1]} input: {error}"
         ) from error
-    finally:
-        model.train(was_training)
     if logits.ndim != 2:
         raise HeadError(
             f"the model returns a tensor of shape {tuple(logits.shape)}, not (batch, classes) logits"

@@ -26,8 +26,7 @@ A new kind is one function decorated with :func:`register_map`, taking a :class:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 
 from fclens.errors import FclensError
-from fclens.head import Head
+from fclens.head import Head, evaluating
 
 __all__ = [
     "MAP_KINDS",
@@ -47,7 +46,6 @@ __all__ = [
     "NodeBatch",
     "branch_sign",
     "capture",
-    "evaluating",
     "node_maps",
     "node_membership",
     "oriented",
@@ -130,20 +128,6 @@ class Capture:
     prelogits: torch.Tensor
     features: torch.Tensor
     activations: torch.Tensor | None = None
-
-
-@contextmanager
-def evaluating(module: nn.Module) -> Iterator[nn.Module]:
-    """Put ``module`` in eval mode, then give every submodule back its own train/eval flag."""
-    flags = [(m, m.training) for m in module.modules()]
-    if any(training for _, training in flags):
-        module.eval()
-    try:
-        yield module
-    finally:
-        for m, training in flags:
-            if m.training != training:
-                m.training = training
 
 
 def capture(module: nn.Module, head: Head, inputs: torch.Tensor, graph: bool = False) -> Capture:

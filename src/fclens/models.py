@@ -129,14 +129,16 @@ def load_model(
     if default is None:
         default = Preprocessing.from_timm_config(module.pretrained_cfg)
     module.eval().to(device)
-    num_classes = _num_outputs(module)
+    classifier = Classifier(module, preprocessing or default, [], name, device)
+    num_classes = classifier.head.num_classes  # the layer that makes the logits, found by a forward pass
     if class_names is None:
         class_names = (
             imagenet_class_names() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
         )
     elif len(class_names) != num_classes:
         raise ModelError(f"{len(class_names)} class names given, but {name} has {num_classes} classes")
-    return Classifier(module, preprocessing or default, list(class_names), name, device)
+    classifier.class_names = list(class_names)
+    return classifier
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -149,17 +151,6 @@ def _device(device: str | torch.device) -> torch.device:
             "--device cuda was asked for, but this machine has no usable CUDA GPU; use --device cpu"
         )
     return device
-
-
-def _num_outputs(module: nn.Module) -> int:
-    """The class count, read from the last Linear/1×1-conv layer's parameters (no forward pass)."""
-    if hasattr(module, "num_classes") and isinstance(module.num_classes, int):
-        return module.num_classes
-    last = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    if not last:
-        return 0
-    layer = last[-1]
-    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
 def _imagenet_preprocessing() -> Preprocessing:

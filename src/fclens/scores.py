@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from fclens.maps import evaluating
+from fclens.head import evaluating
 
 __all__ = ["BLUR_KERNEL", "BLUR_SIGMA", "Curves", "deletion_insertion", "masked_score", "upsample_normalised"]
 

@@ -180,7 +180,9 @@ def chain_figure(explanation: Explanation, kind: str | None = None) -> Figure:
     middle.imshow(image)
     middle.set_axis_off()
     middle.set_anchor("C")
-    middle.set_title(f"input: {Path(explanation.source).name or explanation.source}", fontsize=9)
+    middle.set_title(
+        f"input: {Path(explanation.source).name or explanation.source}", fontsize=9, parse_math=False
+    )
     mappable = cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=HEATMAP_CMAP)
     bar = fig.colorbar(mappable, ax=fig.axes, shrink=0.5, pad=0.02, panchor=False)
     bar.set_label(f"{kind} (min–max per node)")
@@ -189,6 +191,7 @@ def chain_figure(explanation: Explanation, kind: str | None = None) -> Figure:
         f"{explanation.model_name}: class {target.name} (p = {target.probability:.3f})\n"
         f"top: most discriminative chain (+), bottom: most confusing chain (−)",
         fontsize=10,
+        parse_math=False,  # names from outside may hold "$": text, never mathtext
     )
     return fig
 
@@ -220,7 +223,7 @@ def fit_plot(weights_row: Any, class_name: str) -> Figure:
         fit = regression_fit(values)
         ax.set_xlabel("normalised rank (i−1)/n")
         ax.set_ylabel(f"ln {part}")
-        ax.set_title(f"Class: {class_name}, R²: {fmt(fit.r2)}", fontsize=10)
+        ax.set_title(f"Class: {class_name}, R²: {fmt(fit.r2)}", fontsize=10, parse_math=False)
         if not math.isfinite(fit.slope):
             ax.text(0.5, 0.5, f"no fit: {fit.reason}", ha="center", va="center", transform=ax.transAxes)
             continue
@@ -282,7 +285,7 @@ def slope_intercept(fit: ALDFit, class_names: Sequence[str]) -> Figure:
         for k in _outliers(part.slope[ok], part.intercept[ok], ok):
             ax.annotate(
                 class_names[k], (part.slope[k], part.intercept[k]), fontsize=7, color=colour,
-                xytext=(4, 4), textcoords="offset points", path_effects=_HALO,
+                xytext=(4, 4), textcoords="offset points", path_effects=_HALO, parse_math=False,
             )  # fmt: skip
     ax.margins(0.08)  # room for the names of the outermost classes
     ax.set_xlabel("slope a of ln|w| against rank")
