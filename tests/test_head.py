@@ -110,3 +110,21 @@ def test_hooks_are_removed_and_mode_restored() -> None:
     find_head(model, (64, 64))
     assert model.training
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_a_module_called_twice_is_fine() -> None:
+    """One ReLU used at two places and an MLP head: recorded calls are told apart by identity."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2, self.act = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.ReLU()
+            self.hidden, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.act(self.conv2(self.act(self.conv1(x))))
+            return self.out(self.act(self.hidden(features.mean((2, 3)))))
+
+    model = Net()
+    head = find_head(model, (32, 32))
+    assert head.layer is model.out and head.pooling == "other" and head.feature_layer is model.act
