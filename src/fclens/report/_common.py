@@ -7,14 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from fclens import ald
 from fclens.ald import ALDFit
 
 
 def as_numpy(values: Any) -> np.ndarray:
     """A float64 numpy copy of a tensor (any device, dtype, grad) or array-like."""
-    if hasattr(values, "detach"):
-        values = values.detach().double().cpu().numpy()
-    return np.array(values, dtype=np.float64)
+    return ald.as_numpy(values).astype(np.float64)
 
 
 def fmt(value: Any, spec: str = ".3f") -> str:

@@ -159,8 +159,8 @@ def chain_figure(explanation: Explanation, kind: str | None = None) -> Figure:
     titled with its path, size and score. Intermediate nodes of a full tree are not drawn.
     """
     kind = kind or explanation.primary
-    top = _chain(explanation.nodes, "+", with_root=True)
-    bottom = _chain(explanation.nodes, "-", with_root=False)
+    top = [explanation.nodes[0]] + [explanation.node(n.path) for n in explanation.tree.chain("+")]
+    bottom = [explanation.node(n.path) for n in explanation.tree.chain("-")]
     columns = max(len(top), len(bottom), 1)
     fig = Figure(figsize=(2.3 * columns + 0.8, 8.4), dpi=DPI, layout="constrained")
     grid = fig.add_gridspec(3, columns)
@@ -194,12 +194,6 @@ def chain_figure(explanation: Explanation, kind: str | None = None) -> Figure:
         parse_math=False,  # names from outside may hold "$": text, never mathtext
     )
     return fig
-
-
-def _chain(nodes: Sequence[NodeExplanation], sign: str, with_root: bool) -> list[NodeExplanation]:
-    """The nodes whose path repeats ``sign`` only (root first if asked), shallowest first."""
-    chain = [n for n in nodes if set(n.path) == {sign} or (with_root and not n.path)]
-    return sorted(chain, key=lambda n: len(n.path))
 
 
 # ---------------------------------------------------------------------------------------------------------
