@@ -206,9 +206,13 @@ def split_tree(
         raise FclensError("weights_row contains NaN or Inf")
 
     root = Node(path="", indices=np.arange(row.size, dtype=np.int64), values=row, r2=math.nan)
+    nodes: list[
+        Node
+    ] = []  # pre-order: the stack pops a node's children, first child first, before its siblings
     pending = [root]
     while pending:  # nodes still to split
         node = pending.pop()
+        nodes.append(node)
         if node.size < min_size:
             continue
         centred = node.values - node.mean
@@ -229,11 +233,4 @@ def split_tree(
                 )
             )
         pending.extend(reversed(node.children))
-
-    nodes: list[Node] = []
-    order = [root]
-    while order:
-        node = order.pop()
-        nodes.append(node)
-        order.extend(reversed(node.children))
     return SplitTree(class_index=class_index, min_size=int(min_size), mode=mode, root=root, nodes=nodes)
