@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import multiprocessing
 import os
 
 import numpy as np
@@ -15,7 +16,7 @@ import scipy.optimize
 import scipy.stats
 import torch
 
-from fclens.ald import MODELS, fit_ald, regression_fit
+from fclens.ald import _CHUNK, MODELS, fit_ald, regression_fit
 
 # Degenerate input must give NaN and a reason, never a numpy warning.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -69,12 +70,14 @@ def test_regression_fit_equals_the_authors_polyfit_loop():
 
 
 def test_rows_longer_than_a_processing_chunk():
-    w = ald_rows(3, 70_001, seed=15)  # rows cross the 65 536-value chunks of the vectorised sums
+    w = ald_rows(3, _CHUNK + 4_001, seed=15)  # each row is summed in two pieces, and so is the joint fit
     fit = fit_ald(w, method="regression")
     for k, row in enumerate(w):
         for part, sample in ((fit.pos, row[row > 0]), (fit.neg, -row[row < 0])):
             ref = author_fit(sample)
             assert [getattr(part, name)[k] for name in ref] == pytest.approx(list(ref.values()), rel=1e-9)
+    ref = author_fit(w[w > 0])
+    assert [getattr(fit.joint_pos, name) for name in ref] == pytest.approx(list(ref.values()), rel=1e-9)
 
 
 def test_float32_input_gives_the_float64_fit_of_the_same_values():
@@ -196,6 +199,37 @@ def test_method_selects_the_parts():
     assert mle.to_csv().count("\n") == 5
     with pytest.raises(ValueError, match="'all', 'regression', 'mle'"):
         fit_ald(w, method="ols")
+
+
+def test_threads_share_the_classes_without_changing_a_bit():
+    w = ald_rows(700, 400, seed=16)  # 280 000 values: three tiles of rows
+    w[650, 3] = np.nan  # a bad row in the last tile
+    one = fit_ald(w, workers=1)
+    for workers in (2, 5, None):
+        many = fit_ald(w, workers=workers)
+        for part in ("pos", "neg"):
+            for name in ("slope", "r2", "n", "reason"):
+                np.testing.assert_array_equal(
+                    getattr(getattr(many, part), name), getattr(getattr(one, part), name)
+                )
+        np.testing.assert_array_equal(many.mle.loglik, one.mle.loglik)
+        assert many.mle.reason[650] == "NaN or Inf in row"
+    row = w[699]  # the last class comes back in its place
+    assert one.pos.r2[699] == pytest.approx(author_fit(row[row > 0])["r2"], rel=1e-9)
+    with pytest.raises(ValueError, match="workers must be a positive"):
+        fit_ald(w, workers=0)
+
+
+def _fit_in_child(w: np.ndarray) -> float:
+    return float(fit_ald(w, workers=2).pos.r2[0])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_still_fits_after_the_parent_used_threads():
+    w = ald_rows(700, 400, seed=17)
+    expected = fit_ald(w, workers=2).pos.r2[0]  # the parent's thread pool exists from here on
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_fit_in_child, (w,)).get(timeout=60) == expected
 
 
 # --------------------------------------------------------------------------------------------------------

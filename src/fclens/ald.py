@@ -24,13 +24,16 @@ Example::
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
 import os
+import queue
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import scipy.special
@@ -52,8 +55,9 @@ METHODS = ("all", "regression", "mle")
 MODELS = ("ald", "gauss", "laplace")
 """Names of the hypotheses compared by AIC, in the order of the ``aic_*`` fields."""
 
-_CHUNK = 1 << 16
-"""Values per pass of the regression sums (0.5 MiB of float64 per temporary: stays in cache)."""
+_CHUNK = 1 << 17
+"""Values per tile of rows: a tile is sorted, logged and summed while it stays in the CPU cache (1 MiB
+per float64 temporary; measured faster than 2¹⁶ and 2¹⁸, see BENCHMARKS.md)."""
 
 MIN_VALUES = 3
 """Fewest values a part (or, for the MLE, a row) needs before it is fitted."""
@@ -278,37 +282,37 @@ class ALDFit:
 # ---------------------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------------------
-def fit_ald(weight: Any, method: str = "all") -> ALDFit:
+def fit_ald(weight: Any, method: str = "all", workers: int | None = None) -> ALDFit:
     """Fit an ALD to every class of a final layer's weight matrix (PAPER.md §2, plus an MLE).
 
     ``weight``: C classes × D inputs, a torch tensor or anything numpy can read; a C×D×1×1 (1×1 conv
     classifier) is squeezed to C×D and a 1-D row is one class. ``method``: "all", "regression" (the
     paper's fit only, ``mle`` None) or "mle" (the maximum-likelihood fit only, regression parts None).
+    ``workers``: threads that share the classes (default: the CPUs this process may use); the numbers
+    are the same bit for bit whatever their count.
     """
     if method not in METHODS:
         raise FclensError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
+    if workers is not None and workers < 1:
+        raise FclensError(f"workers must be a positive number of threads; got {workers}")
     w = _as_matrix(weight)
     n_classes, n_inputs = w.shape
-    # Sorting is exact in the input's own precision (float32 sorts twice as fast); arithmetic is float64.
-    rows = np.sort(w, axis=1)
-    # NaN sorts last and ±inf to the ends, so a row is finite iff its two ends are: no pass over W.
-    bad = ~(np.isfinite(rows[:, 0]) & np.isfinite(rows[:, -1]))
-    non_finite = np.zeros(n_classes, dtype=np.int64)
-    if bad.any():  # keep the sorted layout valid; these rows are reported as NaN with a reason
-        finite = np.isfinite(rows[bad])
-        non_finite[bad] = n_inputs - np.count_nonzero(finite, axis=1)
-        rows[bad] = np.sort(np.where(finite, rows[bad], 0), axis=1)
+    tiles = _per_tile(w, method in ("all", "regression"), method in ("all", "mle"), workers)
+    non_finite = np.concatenate([tile.non_finite for tile in tiles])
+    bad = non_finite > 0
 
     pos = neg = None
     joint_pos = joint_neg = None
     mean_pos = mean_neg = None
     if method in ("all", "regression"):
-        pos, neg = _fit_parts(rows, non_finite)
+        pos, neg = _regression_parts(tiles, bad)
         # Sorted afresh from W: quicksort is slower on the already row-sorted values.
         everything = np.sort((w[~bad] if bad.any() else w).ravel())[None, :]
         joint_pos, joint_neg = (part.row(0) for part in _fit_parts(everything, np.zeros(1, dtype=np.int64)))
         mean_pos, mean_neg = _nanmean(pos.mean), _nanmean(neg.mean)
-    mle = _fit_mle(rows, bad) if method in ("all", "mle") else None
+    mle = None
+    if method in ("all", "mle"):
+        mle = _mle_result(np.concatenate([tile.mle for tile in tiles], axis=1), bad, n_inputs)
     return ALDFit(
         n_classes=n_classes,
         n_inputs=n_inputs,
@@ -339,14 +343,131 @@ def regression_fit(values: Any) -> RegressionFit:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Every class, a tile of rows at a time
+# ---------------------------------------------------------------------------------------------------------
+class _PartSums(NamedTuple):
+    """What the least-squares line of one part (positive values, or negative magnitudes) needs, per row."""
+
+    n: np.ndarray  # values in the part
+    s_t: np.ndarray  # Σt, t = ln|value|
+    s_rt: np.ndarray  # Σ rank·t, rank 0..n−1 from the smallest magnitude up
+    s_tt: np.ndarray  # Σt²
+    constant: np.ndarray  # all values of the part are equal
+    n_zero: np.ndarray  # exact zeros of the row left out of the part (only the positive part has any)
+
+
+class _Tile(NamedTuple):
+    """What one tile of rows gives: per row, NaN/Inf count, regression sums (neg, pos), MLE statistics."""
+
+    non_finite: np.ndarray
+    sums: tuple[_PartSums, _PartSums] | None
+    mle: np.ndarray | None
+
+
+def _per_tile(w: np.ndarray, regression: bool, mle: bool, workers: int | None) -> list[_Tile]:
+    """Cut W into tiles of whole rows (about ``_CHUNK`` values each), sort each tile once while it sits
+    in the CPU cache, and hand it to the regression sums and/or the MLE. In row order.
+
+    Tiles are independent. The calling thread and ``workers`` − 1 pool threads take the next untaken
+    tile until none is left (numpy releases the GIL in the sort, the logarithm and the sums), so a
+    helper that wakes late just takes fewer tiles; a row's numbers do not depend on which thread took
+    its tile.
+    """
+    n_rows, n = w.shape
+    step = max(1, _CHUNK // n)
+    starts = range(0, n_rows, step)
+    done: list[_Tile | None] = [None] * len(starts)
+    untaken: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(len(starts)):
+        untaken.put(i)
+
+    def take_tiles() -> None:
+        scratch = np.empty((step, n), dtype=w.dtype)  # sorting in place here skips a fresh allocation
+        while True:
+            try:
+                i = untaken.get_nowait()
+            except queue.Empty:
+                return
+            block = w[starts[i] : starts[i] + step]
+            rows = scratch[: len(block)]
+            non_finite = _sort_rows(block, out=rows)
+            done[i] = _Tile(
+                non_finite=non_finite,
+                sums=_regression_sums(rows, non_finite) if regression else None,
+                mle=_mle_block(rows) if mle else None,
+            )
+
+    helpers = min(workers or _usable_cpus(), len(starts)) - 1
+    jobs = [_thread_pool(helpers).submit(take_tiles) for _ in range(helpers)] if helpers else []
+    take_tiles()
+    for job in jobs:
+        if not job.cancel():  # a helper that has not started by now has nothing left to do
+            job.result()
+    return cast(list[_Tile], done)
+
+
+def _sort_rows(block: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Write ``block`` to ``out`` with every row sorted ascending; return per row how many NaN/Inf it held.
+
+    Sorting is exact in the input's own precision (float32 sorts twice as fast as float64). A row with
+    NaN/Inf has them replaced by 0 before sorting, so that the sorted layout stays valid; such rows are
+    reported with a reason, not fitted.
+    """
+    out[...] = block
+    out.sort(axis=1)
+    # NaN sorts last and ±inf to the ends, so a row is finite iff its two ends are: no pass over W.
+    bad = ~(np.isfinite(out[:, 0]) & np.isfinite(out[:, -1]))
+    non_finite = np.zeros(len(out), dtype=np.int64)
+    if bad.any():
+        finite = np.isfinite(out[bad])
+        non_finite[bad] = out.shape[1] - np.count_nonzero(finite, axis=1)
+        out[bad] = np.sort(np.where(finite, out[bad], 0), axis=1)
+    return non_finite
+
+
+@functools.cache
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """A pool of ``threads`` helper threads kept for the life of the process: fresh threads on every
+    call would each start with a cold memory arena, which costs more than the work they share."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="fclens-ald")
+
+
+if hasattr(os, "register_at_fork"):  # a forked child inherits the pools but not their threads
+    os.register_at_fork(after_in_child=_thread_pool.cache_clear)
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The paper's regression fit, vectorised
 # ---------------------------------------------------------------------------------------------------------
+def _regression_parts(tiles: list[_Tile], bad: np.ndarray) -> tuple[PartFit, PartFit]:
+    """The regression fit of the positive part and of the negative magnitudes of every class, from the
+    sums of the tiles in row order (``bad``: rows that held NaN/Inf)."""
+    neg, pos = (
+        _PartSums(*(np.concatenate(field) for field in zip(*parts, strict=True)))
+        for parts in zip(*(tile.sums for tile in tiles if tile.sums), strict=True)
+    )
+    return _part_from_sums(pos, bad), _part_from_sums(neg, bad)
+
+
 def _fit_parts(rows: np.ndarray, n_replaced: np.ndarray) -> tuple[PartFit, PartFit]:
-    """The regression fit of the positive part and of the negative magnitudes of every row at once.
+    """The regression fit of the positive part and of the negative magnitudes of every sorted row (see
+    :func:`_regression_sums`)."""
+    neg, pos = _regression_sums(rows, n_replaced)
+    bad = n_replaced > 0
+    return _part_from_sums(pos, bad), _part_from_sums(neg, bad)
+
+
+def _regression_sums(rows: np.ndarray, n_replaced: np.ndarray) -> tuple[_PartSums, _PartSums]:
+    """The sums behind the regression fit of the negative magnitudes and of the positive part of
+    every row.
 
     ``rows``: R×L, each row sorted ascending and finite. ``n_replaced``: per row, how many NaN/Inf the
-    caller replaced by 0 before sorting; such rows get NaN numbers and a reason, and their replaced
-    entries are not counted as zeros.
+    caller replaced by 0 before sorting; these are not counted as zeros.
 
     In a sorted row the negative values fill the first n_N columns (most negative first, so the
     magnitude in column c has rank n_N − 1 − c) and the positive values, ascending, the last n_P
@@ -356,58 +477,47 @@ def _fit_parts(rows: np.ndarray, n_replaced: np.ndarray) -> tuple[PartFit, PartF
     n_rows, length = rows.shape
     n_neg = _count_sorted(rows, strict=True)
     n_pos = length - _count_sorted(rows, strict=False)
-    n_zero = length - n_neg - n_pos - n_replaced
     (neg_t, neg_ct, neg_tt), (pos_t, pos_ct, pos_tt) = _log_sums(rows, n_neg, length - n_pos)
     r = np.arange(n_rows)
     last = max(length - 1, 0)
     ends = rows if length else np.zeros((n_rows, 1))  # rows with no value at all: both parts are empty
-    bad = n_replaced > 0
-    neg = _part_from_sums(
+    neg = _PartSums(
         n=n_neg,
         s_t=neg_t,
         s_rt=(n_neg - 1) * neg_t - neg_ct,
         s_tt=neg_tt,
         constant=ends[r, 0] == ends[r, np.maximum(n_neg - 1, 0)],
         n_zero=np.zeros(n_rows, dtype=np.int64),
-        bad=bad,
     )
-    pos = _part_from_sums(
+    pos = _PartSums(
         n=n_pos,
         s_t=pos_t,
         s_rt=pos_ct - (length - n_pos) * pos_t,
         s_tt=pos_tt,
         constant=ends[r, np.minimum(length - n_pos, last)] == ends[r, last],
-        n_zero=n_zero,
-        bad=bad,
+        n_zero=length - n_neg - n_pos - n_replaced,
     )
-    return pos, neg
+    return neg, pos
 
 
-def _part_from_sums(
-    n: np.ndarray,
-    s_t: np.ndarray,
-    s_rt: np.ndarray,
-    s_tt: np.ndarray,
-    constant: np.ndarray,
-    n_zero: np.ndarray,
-    bad: np.ndarray,
-) -> PartFit:
-    """The line, its R² and the ALD parameters of one part of every row, from its sums over the part.
+def _part_from_sums(sums: _PartSums, bad: np.ndarray) -> PartFit:
+    """The line, its R² and the ALD parameters of one part of every row, from its sums over the part
+    (``bad``: rows that held NaN/Inf).
 
-    ``s_t`` = Σt, ``s_rt`` = Σ rank·t, ``s_tt`` = Σt² with t_i = ln y_(i) and rank i − 1 = 0..n−1;
-    ``constant`` marks parts whose values are all equal.
+    With t_i = ln y_(i) and rank i − 1 = 0..n−1, x_i = (i−1)/n.
     """
+    n = sums.n
     with np.errstate(all="ignore"):
         nf = n.astype(np.float64)
         # x_i = (i−1)/n: x̄ = (n−1)/(2n) and Σ(x − x̄)² = (n² − 1)/(12n) are closed-form.
         x_mean = (nf - 1) / (2 * nf)
         s_xx = (nf * nf - 1) / (12 * nf)
-        t_mean = s_t / nf
-        s_xt = s_rt / nf - x_mean * s_t  # Σ(x − x̄)(t − t̄)
-        s_tt_centred = s_tt - s_t * t_mean  # Σ(t − t̄)²
+        t_mean = sums.s_t / nf
+        s_xt = sums.s_rt / nf - x_mean * sums.s_t  # Σ(x − x̄)(t − t̄)
+        s_tt_centred = sums.s_tt - sums.s_t * t_mean  # Σ(t − t̄)²
         # Least-squares line t ≈ a·x + b, and R² = 1 − Σ(t − (a x + b))² / Σ(t − t̄)², which for this
         # line equals S_xt² / (S_xx S_tt).
-        slope = np.where(constant, 0.0, s_xt / s_xx)  # exactly flat, whatever the round-off of the sums
+        slope = np.where(sums.constant, 0.0, s_xt / s_xx)  # exactly flat, whatever the sums' round-off
         intercept = t_mean - slope * x_mean
         r2 = s_xt * s_xt / (s_xx * s_tt_centred)
         # ALD parameters from the line (PAPER.md §2): κ = sqrt(e^b / (a − e^b)), λ = a·κ, and the ALD
@@ -418,7 +528,7 @@ def _part_from_sums(
         mean = (1 - kappa**2) / (lam * kappa)
 
     few = n < MIN_VALUES
-    constant = constant & ~few
+    constant = sums.constant & ~few
     no_kappa = ~few & ~constant & ~(slope > eb)
     reason = np.full(n.shape, "", dtype=object)
     reason[no_kappa] = "slope a <= e^b: kappa undefined"
@@ -438,27 +548,19 @@ def _part_from_sums(
         lam=np.where(nan_ald, np.nan, lam),
         mean=np.where(nan_ald, np.nan, mean),
         n=n.astype(np.int64),
-        n_zero=np.asarray(n_zero, dtype=np.int64),
+        n_zero=np.asarray(sums.n_zero, dtype=np.int64),
         reason=reason.astype(str),
     )
 
 
 def _count_sorted(rows: np.ndarray, strict: bool) -> np.ndarray:
-    """Per row of a row-wise ascending matrix, how many entries are < 0 (``strict``) or ≤ 0.
-
-    A bisection run on all rows at once: ⌈log2(L + 1)⌉ steps instead of a pass over the matrix.
-    """
+    """Per row of a row-wise ascending matrix, how many entries are < 0 (``strict``) or ≤ 0: the column
+    of its first entry ≥ 0 (> 0), which ``argmax`` of a boolean row finds, or the row length if none."""
     n_rows, length = rows.shape
-    r = np.arange(n_rows)
-    lo = np.zeros(n_rows, dtype=np.int64)  # the count lies in [lo, hi]
-    hi = np.full(n_rows, length, dtype=np.int64)
-    for _ in range(length.bit_length()):
-        mid = (lo + hi) // 2
-        v = rows[r, np.minimum(mid, length - 1)]
-        below = ((v < 0) if strict else (v <= 0)) & (mid < hi)
-        lo = np.where(below, mid + 1, lo)
-        hi = np.where(below, hi, mid)
-    return lo
+    if length == 0:
+        return np.zeros(n_rows, dtype=np.int64)
+    beyond = rows >= 0 if strict else rows > 0
+    return np.where(beyond[:, -1], np.argmax(beyond, axis=1), length)
 
 
 def _log_sums(rows: np.ndarray, neg_end: np.ndarray, pos_start: np.ndarray) -> np.ndarray:
@@ -466,38 +568,32 @@ def _log_sums(rows: np.ndarray, neg_end: np.ndarray, pos_start: np.ndarray) -> n
     (columns ≥ ``pos_start``), with t = ln|value| in float64 and c the column: a (2, 3, R) array, [0]
     for the negative parts, [1] for the positive parts.
 
-    The rows are taken a tile of about ``_CHUNK`` values at a time (whole rows, or one row cut into
-    pieces when rows are longer) so that the float64 temporaries stay in the CPU cache. In the
-    flattened tile every row is three contiguous runs (negative, zero, positive values); t, c·t and t²
-    are written once and all runs are summed by one ``np.add.reduceat``. Each sum covers exactly its
-    run's values, in an order fixed by the run alone, so a class's fit is the same bit for bit whatever
-    else is in the matrix (a BLAS matrix-vector product would not promise that).
+    Callers pass a tile small enough for the CPU cache; only rows longer than ``_CHUNK`` values (the
+    joint fit's single row) are cut into pieces. In the flattened piece every row is three contiguous
+    runs (negative, zero, positive values); t, c·t and t² are written once and all runs are summed by
+    ``np.add.reduceat``. Each sum covers exactly its run's values, in an order fixed by the run alone,
+    so a class's fit is the same bit for bit whatever else is in the matrix (a BLAS matrix-vector
+    product would not promise that).
     """
     n_rows, length = rows.shape
     out = np.zeros((3, 3 * n_rows))  # (Σt, Σc·t, Σt²) × (row, run)
-    tile_rows = max(1, _CHUNK // max(length, 1))
-    tile_cols = max(1, min(length, _CHUNK))
-    # Column within the tile of each flattened entry: a tile holds whole rows or is part of one row.
-    column = np.tile(np.arange(tile_cols, dtype=np.float64), tile_rows)
-    buf = np.empty((3, tile_rows * tile_cols))
+    width = max(1, min(length, _CHUNK))
+    column = np.arange(width, dtype=np.float64)
     first = np.stack([np.zeros_like(neg_end), neg_end, pos_start], axis=1)  # first column of each run
+    row = np.arange(n_rows)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):  # ln 0 = −inf: only in the zeros' runs, unused
-        for r0 in range(0, n_rows, tile_rows):
-            for c0 in range(0, length, tile_cols):
-                tile = rows[r0 : r0 + tile_rows, c0 : c0 + tile_cols]
-                n_tile, width = tile.shape
-                size = n_tile * width
-                starts = np.clip(first[r0 : r0 + n_tile] - c0, 0, width) + width * np.arange(n_tile)[:, None]
-                starts = starts.ravel()
-                runs = np.flatnonzero(np.diff(starts, append=size))  # empty runs are left out
-                t, ct, tt = terms = buf[:, :size]
-                np.abs(tile, out=t.reshape(n_tile, width))  # float64 from here on, exactly
-                np.log(t, out=t)
-                np.multiply(t, column[:size], out=ct)
-                np.multiply(t, t, out=tt)
-                sums = np.add.reduceat(terms, starts[runs], axis=1)
-                sums[1] += c0 * sums[0]  # the tile's column j is the row's column c0 + j
-                out[:, 3 * r0 + runs] += sums
+        for c0 in range(0, length, width):
+            piece = rows[:, c0 : c0 + width]
+            cols = piece.shape[1]
+            starts = (np.clip(first - c0, 0, cols) + cols * row).ravel()
+            runs = np.flatnonzero(np.diff(starts, append=piece.size))  # empty runs are left out
+            # |value| in the input's precision (exact), its logarithm in float64.
+            t = np.log(np.abs(piece), dtype=np.float64)
+            terms = (t, t * column[:cols], t * t)
+            # One 1-D reduceat per term: unlike a 2-D one, it lets other threads run meanwhile.
+            sums = [np.add.reduceat(term.ravel(), starts[runs]) for term in terms]
+            sums[1] += c0 * sums[0]  # the piece's column j is the row's column c0 + j
+            out[:, runs] += sums
     neg, _, pos = out.reshape(3, n_rows, 3).transpose(2, 0, 1)
     return np.stack([neg, pos])
 
@@ -505,17 +601,11 @@ def _log_sums(rows: np.ndarray, neg_end: np.ndarray, pos_start: np.ndarray) -> n
 # ---------------------------------------------------------------------------------------------------------
 # Beyond the paper: maximum likelihood, KS, AIC
 # ---------------------------------------------------------------------------------------------------------
-def _fit_mle(rows: np.ndarray, bad: np.ndarray) -> MLEFit:
-    """Per-row maximum-likelihood fits, KS and AIC for R×D rows sorted ascending (``bad``: NaN/Inf rows).
-
-    Rows are handled a block at a time (about ``_CHUNK`` values) so that the temporaries stay in the
-    CPU cache; every block is vectorised over its rows.
-    """
-    n_rows, n = rows.shape
-    step = max(1, _CHUNK // n)
-    kappa, loc, scale, loglik, ks, loglik_gauss, loglik_laplace, edge = np.concatenate(
-        [_mle_block(rows[a : a + step]) for a in range(0, n_rows, step)], axis=1
-    )
+def _mle_result(stats: np.ndarray, bad: np.ndarray, n: int) -> MLEFit:
+    """Per-row maximum-likelihood fits, KS and AIC from the statistics of :func:`_mle_block` for rows of
+    ``n`` values (``bad``: rows that held NaN/Inf)."""
+    n_rows = stats.shape[1]
+    kappa, loc, scale, loglik, ks, loglik_gauss, loglik_laplace, edge, distinct = stats
     edge = edge > 0
     with np.errstate(all="ignore"):
         # Stephens' (1970) approximation of the KS p-value, within ~1 % of the exact one for n ≥ 100 and
@@ -523,8 +613,8 @@ def _fit_mle(rows: np.ndarray, bad: np.ndarray) -> MLEFit:
         ks_pvalue = scipy.special.kolmogorov(ks * (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)))
 
     reason = np.full(n_rows, "", dtype=object)
-    constant = rows[:, 0] == rows[:, -1]
-    two_valued = ~((rows > rows[:, :1]) & (rows < rows[:, -1:])).any(axis=1) & ~constant
+    constant = distinct == 1
+    two_valued = distinct == 2
     too_few = np.full(n_rows, n < MIN_VALUES)
     reason[edge] = "likelihood highest at the sample's edge (one-sided exponential)"
     reason[two_valued] = "fewer than 3 distinct values"
@@ -573,7 +663,8 @@ def _mle_block(rows: np.ndarray) -> np.ndarray:
 
     Also the Kolmogorov–Smirnov distance to the fitted ALD and the maximised log-likelihoods of a
     Gaussian and of a symmetric Laplace. Returns the rows kappa, loc, scale, loglik, ks, loglik_gauss,
-    loglik_laplace, edge of an (8, B) array.
+    loglik_laplace, edge and distinct (how many distinct values the row holds, counted up to 3) of a
+    (9, B) array.
     """
     n_rows, n = rows.shape
     r = np.arange(n_rows)
@@ -614,7 +705,9 @@ def _mle_block(rows: np.ndarray) -> np.ndarray:
         loglik_gauss = -0.5 * n * (np.log(2 * np.pi * var) + 1)
         mad = (above[:, mid] + below[:, mid]) / n
         loglik_laplace = -n * (np.log(2 * mad) + 1)
-    return np.stack([kappa, theta + centre, scale, loglik, ks, loglik_gauss, loglik_laplace, edge])
+    inner = ((rows > rows[:, :1]) & (rows < rows[:, -1:])).any(axis=1)  # a value strictly inside the range
+    distinct = np.where(rows[:, 0] == rows[:, -1], 1, np.where(inner, 3, 2))
+    return np.stack([kappa, theta + centre, scale, loglik, ks, loglik_gauss, loglik_laplace, edge, distinct])
 
 
 # ---------------------------------------------------------------------------------------------------------
