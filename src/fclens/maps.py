@@ -46,6 +46,7 @@ __all__ = [
     "NodeBatch",
     "branch_sign",
     "capture",
+    "contrast_maps",
     "node_maps",
     "node_membership",
     "oriented",
@@ -225,12 +226,7 @@ class NodeBatch:
         One batched matrix product for every node of every image; ``features`` defaults to the
         captured ones.
         """
-        features = self.capture.features if features is None else features
-        images, channels, h, w = features.shape
-        maps = torch.bmm(coefficients, features.reshape(images, channels, h * w))
-        if offset is not None:
-            maps = maps + offset[..., None]
-        return maps.reshape(images, -1, h, w)
+        return _combine(self.capture.features if features is None else features, coefficients, offset)
 
     def gradient_map(self, coefficients: torch.Tensor) -> torch.Tensor:
         """Gradient × activation at the gradient layer for objectives Σ_j coefficients[i, m, j] z_ij.
@@ -240,24 +236,7 @@ class NodeBatch:
         backward runs out of memory).
         For an avg-pooled head this equals :meth:`combine` divided by h·w.
         """
-        activations = self.capture.activations
-        if activations is None:
-            raise FclensError("gradient maps need a capture made with graph=True")
-        prelogits = self.capture.prelogits
-        per_node = coefficients.transpose(0, 1).to(prelogits)  # (n, N, D)
-        try:
-            (grads,) = torch.autograd.grad(
-                prelogits, activations, per_node, retain_graph=True, is_grads_batched=True
-            )
-        except RuntimeError:  # an operation without a batching rule: one backward per node
-            grads = torch.stack(
-                [torch.autograd.grad(prelogits, activations, node, retain_graph=True)[0] for node in per_node]
-            )
-        nodes, images = per_node.shape[:2]
-        grid = self.head.spatial(grads.reshape(nodes * images, *grads.shape[2:]))
-        values = self.head.spatial(activations.detach())
-        maps = (grid.reshape(nodes, images, *grid.shape[1:]) * values).sum(dim=2)
-        return maps.transpose(0, 1)
+        return _gradient_map(self.capture, self.head, coefficients)
 
     def noisy_features(self) -> torch.Tensor:
         """Feature grid (N, D, h, w) of the inputs plus the *last* of torchcam's noisy samples.
@@ -273,6 +252,64 @@ class NodeBatch:
                 noise = torch.normal(0.0, self.noise_std, (1, *self.inputs.shape[1:]), generator=generator)
             self._noisy = capture(self.module, self.head, self.inputs + noise.to(self.inputs)).features
         return self._noisy
+
+
+def _combine(
+    features: torch.Tensor, coefficients: torch.Tensor, offset: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Σ_j coefficients[i, m, j] · features[i, j] + offset[i, m] as (N, n, h, w): one batched product."""
+    images, channels, h, w = features.shape
+    maps = torch.bmm(coefficients, features.reshape(images, channels, h * w))
+    if offset is not None:
+        maps = maps + offset[..., None]
+    return maps.reshape(images, -1, h, w)
+
+
+def _gradient_map(capture: Capture, head: Head, coefficients: torch.Tensor) -> torch.Tensor:
+    """:meth:`NodeBatch.gradient_map` for any capture made with ``graph=True``."""
+    activations = capture.activations
+    if activations is None:
+        raise FclensError("gradient maps need a capture made with graph=True")
+    prelogits = capture.prelogits
+    per_node = coefficients.transpose(0, 1).to(prelogits)  # (n, N, D)
+    try:
+        (grads,) = torch.autograd.grad(
+            prelogits, activations, per_node, retain_graph=True, is_grads_batched=True
+        )
+    except RuntimeError:  # an operation without a batching rule: one backward per node
+        grads = torch.stack(
+            [torch.autograd.grad(prelogits, activations, node, retain_graph=True)[0] for node in per_node]
+        )
+    nodes, images = per_node.shape[:2]
+    grid = head.spatial(grads.reshape(nodes * images, *grads.shape[2:]))
+    values = head.spatial(activations.detach())
+    maps = (grid.reshape(nodes, images, *grid.shape[1:]) * values).sum(dim=2)
+    return maps.transpose(0, 1)
+
+
+def _logit_shares(capture: Capture, head: Head, weights: torch.Tensor) -> torch.Tensor:
+    """Maps of Σ_j weights[i, m, j] z_ij per location, (N, n, h, w).
+
+    Affine head: Σ_j weights_imj (a_ij F_ij(x, y) + c_ij) with a, c from :meth:`Head.pool_affine`, whose
+    spatial mean is the sum exactly. Any other head: gradient × activation of the sum.
+    """
+    if not head.affine:
+        return _gradient_map(capture, head, weights)
+    scale, offset = head.pool_affine(capture.features, capture.prelogits)
+    return _combine(capture.features, weights * scale[:, None, :], (weights * offset[:, None, :]).sum(dim=2))
+
+
+def contrast_maps(capture: Capture, head: Head, targets: torch.Tensor, rivals: torch.Tensor) -> torch.Tensor:
+    """Where each image argues for its rival j over its target k, as (N, h, w) on the capture's device.
+
+    Affine head: Σ_c (w_jc − w_kc)(a_c F_c(x, y) + c_c), the ``contribution`` map of every neuron for the
+    weight difference; its spatial mean + b_j − b_k = logit_j − logit_k exactly, so it is positive where
+    the image pulls toward j and needs no pass beyond the capture. Any other head: gradient × activation
+    of logit_j − logit_k (the capture must be made with ``graph=True``).
+    """
+    weight = head.weight.to(capture.prelogits)
+    difference = weight[rivals.to(weight.device)] - weight[targets.to(weight.device)]
+    return _logit_shares(capture, head, difference[:, None, :])[:, 0]
 
 
 def node_maps(batch: NodeBatch, kinds: Iterable[str]) -> dict[str, torch.Tensor]:
@@ -307,12 +344,7 @@ def contribution(batch: NodeBatch) -> torch.Tensor:
 
     mean_xy of the map = Σ_{j∈S} w_kj z_j exactly; a non-affine head gets gradient × activation of it.
     """
-    weights = batch.membership * batch.class_weights[:, None, :]
-    if not batch.head.affine:
-        return batch.gradient_map(weights)
-    features = batch.capture.features
-    scale, offset = batch.head.pool_affine(features, batch.capture.prelogits)
-    return batch.combine(weights * scale[:, None, :], offset=(weights * offset[:, None, :]).sum(dim=2))
+    return _logit_shares(batch.capture, batch.head, batch.membership * batch.class_weights[:, None, :])
 
 
 @register_map(
