@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import numbers
@@ -38,7 +37,7 @@ from fclens.images import ImageInput, iter_image_paths, to_batch
 from fclens.maps import MAP_KINDS, NodeBatch, branch_sign, capture, node_maps, node_membership, oriented
 from fclens.models import Classifier, load_model
 from fclens.scores import deletion_insertion, masked_score, upsample_normalised
-from fclens.tree import Node, SplitTree, split_tree
+from fclens.tree import Node, SplitTree, class_trees
 
 __all__ = ["Explanation", "NodeExplanation", "Prediction", "explain"]
 
@@ -252,21 +251,6 @@ class _Options:
     batch_size: int
 
 
-def _class_trees(weight: torch.Tensor, classes: list[int], min_size: int, mode: str) -> list[SplitTree]:
-    """The split trees of these classes' weight rows (shared, not to be modified).
-
-    The rows come to the CPU in one copy: one device synchronisation per batch, not per class.
-    """
-    rows = weight[classes].detach().float().cpu().numpy()
-    return [_split_tree(row.tobytes(), k, min_size, mode) for row, k in zip(rows, classes, strict=True)]
-
-
-@functools.lru_cache(maxsize=256)
-def _split_tree(row: bytes, index: int, min_size: int, mode: str) -> SplitTree:
-    """:func:`split_tree` memoised on the weights themselves, so consecutive calls do not redo the fits."""
-    return split_tree(np.frombuffer(row, dtype=np.float32), min_size, mode, class_index=index)
-
-
 def _explain_batch(
     classifier: Classifier,
     head: Head,
@@ -283,10 +267,12 @@ def _explain_batch(
     targets = [int(top.indices[i, 0]) if k is None else k for i, k in enumerate(wanted)]
     # Work per class, not per image: images of a batch often share their class.
     classes = sorted(set(targets))
-    trees = _class_trees(head.weight, classes, options.min_size, options.mode)
+    # The rows come to the CPU in one copy: one device synchronisation per batch, not per class.
+    rows = head.weight[classes].detach().float().cpu().numpy()
+    trees = class_trees(rows, classes, options.min_size, options.mode)
     facts = [[_facts(node) for node in tree.nodes] for tree in trees]
     position = [classes.index(k) for k in targets]
-    class_trees = [trees[c] for c in position]
+    image_trees = [trees[c] for c in position]
     on_device = torch.tensor(targets, device=classifier.device)
     indices = [[node.indices for node in tree.nodes] for tree in trees]
     membership = node_membership(indices, head.num_features, inputs.device)[torch.tensor(position)]
@@ -298,14 +284,14 @@ def _explain_batch(
     signs = torch.tensor(
         [
             [branch_sign(node.path) for node in tree.nodes] + [1] * (width - len(tree.nodes))
-            for tree in class_trees
+            for tree in image_trees
         ],
         device=inputs.device,
     )
     primary = oriented(heat[options.kinds[0]], options.kinds[0], signs)
     scores: dict[tuple[int, int], float] = {}
     if options.scores:
-        every = _pairs(class_trees, every_node=True)
+        every = _pairs(image_trees, every_node=True)
         rows = every[:, 0]
         found = masked_score(
             module, inputs, primary[rows, every[:, 1]], rows, on_device[rows], options.batch_size
@@ -313,7 +299,7 @@ def _explain_batch(
         scores = dict(zip(map(tuple, every.tolist()), found.tolist(), strict=True))
     aucs: dict[tuple[int, int], tuple[float, float]] = {}
     if options.curves:
-        ends = _pairs(class_trees, every_node=False)
+        ends = _pairs(image_trees, every_node=False)
         rows = ends[:, 0]
         curves = deletion_insertion(
             module, inputs, primary[rows, ends[:, 1]], rows, on_device[rows], batch_size=options.batch_size

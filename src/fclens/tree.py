@@ -16,8 +16,10 @@ Weights only, never images. Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +28,7 @@ import numpy as np
 from fclens.ald import as_numpy, regression_fit
 from fclens.errors import FclensError
 
-__all__ = ["MODES", "Node", "SplitTree", "split_tree"]
+__all__ = ["MODES", "Node", "SplitTree", "class_trees", "split_tree"]
 
 MODES = ("chains", "full")
 
@@ -234,3 +236,17 @@ def split_tree(
             )
         pending.extend(reversed(node.children))
     return SplitTree(class_index=class_index, min_size=int(min_size), mode=mode, root=root, nodes=nodes)
+
+
+def class_trees(rows: np.ndarray, classes: Sequence[int], min_size: int = 20, mode: str = "chains") -> list[SplitTree]:
+    """The split trees of several classes, from their weight rows (K, D) float32; shared, not to be modified.
+
+    Memoised on the weights themselves, so that batch after batch of a data set reuses its classes' trees.
+    """
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    return [_cached_tree(row.tobytes(), int(k), min_size, mode) for row, k in zip(rows, classes, strict=True)]
+
+
+@functools.lru_cache(maxsize=2048)
+def _cached_tree(row: bytes, index: int, min_size: int, mode: str) -> SplitTree:
+    return split_tree(np.frombuffer(row, dtype=np.float32), min_size, mode, class_index=index)
