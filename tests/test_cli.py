@@ -31,6 +31,46 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--json" in capsys.readouterr().out
 
 
+HEAVY = ("torch", "torchvision", "timm", "numpy", "scipy", "matplotlib", "PIL", "jinja2")
+HEAVY += ("pyarrow", "pandas", "polars", "duckdb", "ray")
+HELP_PROBE = """
+import argparse, contextlib, io, json, sys
+from fclens.cli import _parser, main
+(commands,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+asked = [["--help"], ["--version"]] + [[name, "--help"] for name in commands.choices]
+for argv in asked:
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+        main(argv)
+    assert out.getvalue().strip(), argv
+heavy = sorted(name for name in sys.modules if name.split(".")[0] in HEAVY)
+print(json.dumps({"commands": list(commands.choices), "heavy": heavy}))
+"""
+
+
+def test_help_and_version_import_nothing_heavy() -> None:
+    """--help of fclens and of every subcommand, and --version, answer without torch & co.
+
+    Heavy imports belong inside the ``_run_*`` functions (the rule atop fclens/cli.py); a subcommand
+    added later is checked too, since the probe walks the parser's subcommands.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}" + HELP_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    found = json.loads(done.stdout)
+    assert {"weights", "tree", "survey", "explain"} <= set(found["commands"])
+    assert found["heavy"] == []
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == "fclens 0.1.0"
+
+
 def test_weights_json_summary_and_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = run(capsys, "weights", "--out", str(tmp_path), "--json")
     assert code == 0

@@ -8,18 +8,41 @@ Implements Siddhartha, "An interpretation of the final fully connected layer" (a
     tree = fclens.split_tree(model.head.weight[285])  # the recursive split of one class
     (exp,) = fclens.explain(model, fclens.sample_image("chelsea"))
     exp.discriminative.map, exp.confusing.score, exp.save("out/")
+
+Names are imported on first use (PEP 562), so that ``import fclens`` and ``fclens --help`` do not pay
+for torch, timm and matplotlib before something needs them.
 """
 
-from fclens.ald import ALDFit, MLEFit, PartFit, RegressionFit, fit_ald, regression_fit
-from fclens.errors import FclensError
-from fclens.explain import Explanation, NodeExplanation, Prediction, explain
-from fclens.head import Head, find_head
-from fclens.images import ImageError, Preprocessing, load_image, sample_image
-from fclens.maps import MAP_KINDS, register_map
-from fclens.models import Classifier, ModelError, load_model
-from fclens.tree import Node, SplitTree, split_tree
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fclens.ald import ALDFit, MLEFit, PartFit, RegressionFit, fit_ald, regression_fit
+    from fclens.errors import FclensError
+    from fclens.explain import Explanation, NodeExplanation, Prediction, explain
+    from fclens.head import Head, find_head
+    from fclens.images import ImageError, Preprocessing, load_image, sample_image
+    from fclens.maps import MAP_KINDS, register_map
+    from fclens.models import Classifier, ModelError, load_model
+    from fclens.tree import Node, SplitTree, split_tree
 
 __version__ = "0.1.0"
+
+_SOURCES = {
+    "fclens.ald": ("ALDFit", "MLEFit", "PartFit", "RegressionFit", "fit_ald", "regression_fit"),
+    "fclens.errors": ("FclensError",),
+    "fclens.explain": ("Explanation", "NodeExplanation", "Prediction", "explain"),
+    "fclens.head": ("Head", "find_head"),
+    "fclens.images": ("ImageError", "Preprocessing", "load_image", "sample_image"),
+    "fclens.maps": ("MAP_KINDS", "register_map"),
+    "fclens.models": ("Classifier", "ModelError", "load_model"),
+    "fclens.tree": ("Node", "SplitTree", "split_tree"),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
     "MAP_KINDS",
@@ -48,3 +71,37 @@ __all__ = [
     "sample_image",
     "split_tree",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``fclens.NAME``: a public name, imported from its module on first use; else a submodule."""
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """Keeps ``fclens.explain`` the function once the submodule of that name is imported.
+
+    The import system records every submodule on its package (``fclens.explain = <module>``); where a
+    public name is spelt like its module, the public name wins, as it did when it was imported eagerly.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not (name in _MODULE_OF and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

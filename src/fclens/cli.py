@@ -2,6 +2,11 @@
 
 Exit codes: 0 done; 2 bad input (one line on stderr; the traceback only with ``--debug``); 3 done, but
 some items (images, models) were skipped — each with its reason in the summary.
+
+The rule of this module: at the top, only the standard library and light fclens modules (no torch,
+timm, numpy, matplotlib, …); every heavy import goes inside the ``_run_*`` function that needs it, so
+that ``fclens --help``, ``fclens COMMAND --help`` and ``fclens --version`` answer at once
+(tests/test_cli.py checks every subcommand).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fclens import __version__
 from fclens.errors import FclensError
 from fclens.io import atomic_write_text
 
@@ -55,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         "(arXiv 2205.11908), and where in an image its most discriminative and most confusing neurons fire.",
         epilog="Exit codes: 0 done, 2 bad input, 3 done but some items were skipped (see the summary).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     weights = _command(

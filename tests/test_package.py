@@ -1,0 +1,39 @@
+"""The package's face: every public name resolves, lazily, to the same object as before."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+
+import fclens
+
+PROBE = """
+import json, sys
+import fclens
+before = sorted(n for n in ("torch", "timm", "matplotlib") if n in sys.modules)
+import fclens.explain                      # the submodule of the same name as the function
+from fclens import explain
+import fclens.report
+print(json.dumps({"before": before, "callable": callable(fclens.explain), "same": fclens.explain is explain,
+                  "report": hasattr(fclens.report, "save_explanation")}))
+"""
+
+
+def test_every_public_name_resolves_and_is_listed():
+    assert sorted(fclens._MODULE_OF) == sorted(fclens.__all__)
+    for name in fclens.__all__:
+        assert getattr(fclens, name) is getattr(importlib.import_module(fclens._MODULE_OF[name]), name)
+    assert set(fclens.__all__) <= set(dir(fclens))
+
+
+def test_import_is_lazy_and_the_function_outlives_its_submodule():
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert json.loads(done.stdout) == {"before": [], "callable": True, "same": True, "report": True}
+
+
+def test_unknown_names_are_attribute_errors():
+    assert not hasattr(fclens, "no_such_thing") and not hasattr(fclens, "_private")
