@@ -1,0 +1,563 @@
+"""Pruning the final layer, guided by the split trees and the ALD prior, measured on a scan (PAPER.md §6).
+
+The paper proposes that the fitted prior tells which final-layer weights can go. This module makes
+that a tool with a control group: every method orders the weights of W (C×D), a sparsity s zeroes the
+first s of that order, and :func:`prune_curve` measures the pruned layer on the pooled features that a
+scan stored (``fclens scan --features``): logits = z (W∘M)ᵀ + b for every image at once, with one matrix
+product per (method, sparsity) and no backbone. The reference is the unpruned layer on the same stored
+features, so the float16 rounding of the stored z never counts as a disagreement.
+
+Methods (:data:`METHODS`; "global" orders the whole layer, "per class" each row, pruning round(s·D)
+weights of every row):
+
+- ``magnitude`` (global): the smallest |w| go first.
+- ``magnitude-per-class``: the same within each row.
+- ``random`` (global): a seeded random order — the control.
+- ``tree`` (per class): the class's split tree (:func:`fclens.split_tree`, the author's chains) orders
+  its weights: those that leave the + or − chain nearest the class mean (in "+" but not "++", in "−"
+  but not "−−") go first, then those that leave one split deeper, and so on; the two terminal nodes
+  (the most discriminative and the most confusing neurons) go last. Within a level, nearest the class
+  mean first.
+- ``ald`` (per class): the class's maximum-likelihood ALD (:func:`fclens.fit_ald`, location μ, scale σ,
+  asymmetry κ) gives each weight the probability of a weight at least as extreme on its side of μ:
+  P(X ≥ w) = e^{−κ(w−μ)/σ} / (1+κ²) above μ, P(X ≤ w) = κ² e^{(w−μ)/(κσ)} / (1+κ²) below. The most
+  probable (most typical, near μ) go first, the tails last. Why this rule: the prior describes the bulk
+  of a class's weights as interchangeable draws of one distribution; what carries the class is what the
+  prior finds improbable, so the weights the prior explains best are the ones to remove. It differs
+  from magnitude pruning in centring on μ (not 0) and in measuring each side on its own scale.
+- ``ald-deviant`` (per class): the paper's literal sentence, "weights that deviate strongly from the
+  fitted prior can be removed", read on the paper's own fit (PAPER.md §2): a weight's deviation is its
+  residual |ln y_(i) − (a·x_i + b)| from the regression line of its part (positive weights, or the
+  magnitudes of the negative ones; exact zeros deviate infinitely and go first); the largest
+  deviations go first. Measured beside ``ald``, so that either reading's result is on record.
+
+``bias_correction=True`` moves the removed weights' mean contribution over the scan into the bias,
+b'_k = b_k + Σ_{removed c} w_kc · E[z_c], a standard correction for a layer whose inputs are not centred.
+
+Example::
+
+    mask = fclens.prune(model.head.weight, 0.9, method="tree")      # bool, True = kept
+    curve = fclens.prune_curve("scan/", methods=["tree", "magnitude"], sparsities=[0.5, 0.9])
+    print(curve.to_text()); curve.point("tree", 0.9).agreement
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from fclens.ald import _as_matrix, fit_ald
+from fclens.errors import FclensError
+from fclens.io import atomic_write_bytes, atomic_write_text
+from fclens.tree import split_tree
+
+if TYPE_CHECKING:
+    import torch
+
+    from fclens.scanning import Scan
+
+__all__ = [
+    "DEFAULT_SPARSITIES",
+    "METHODS",
+    "PruneCurve",
+    "PrunePoint",
+    "evaluate",
+    "prune",
+    "prune_curve",
+    "write_pruned",
+]
+
+METHODS = ("magnitude", "magnitude-per-class", "random", "tree", "ald", "ald-deviant")
+"""The pruning methods, in the order tables list them."""
+_GLOBAL = ("magnitude", "random")
+"""Methods that order the whole layer at once; the others order each class's row."""
+DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+_CHUNK = 4096
+"""Images per block of the evaluation: the block's logits for every pruned layer stay within ~16 MB."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Result types
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrunePoint:
+    """One pruned layer evaluated on a scan's features.
+
+    ``sparsity``: the fraction asked for; ``zeroed``: the fraction of W's entries the mask removes
+    (they differ only by the rounding of s·D per row, or s·C·D for a global method). ``accuracy``: top-1
+    against the scan's labels (None without labels); ``agreement``: the share of images whose top-1
+    equals the unpruned layer's; ``kl``: the mean KL(unpruned softmax ‖ pruned softmax), in nats.
+    """
+
+    method: str
+    sparsity: float
+    zeroed: float
+    bias_correction: bool
+    accuracy: float | None
+    agreement: float
+    kl: float
+
+
+@dataclass(frozen=True, eq=False)
+class PruneCurve:
+    """What :func:`prune_curve` measured: one :class:`PrunePoint` per (method, sparsity, correction).
+
+    ``n_images``: images evaluated (the scan's ok rows); ``n_labelled``: those with a label;
+    ``reference_accuracy``: the unpruned layer's top-1 accuracy on them (None without labels);
+    ``pred_agreement``: the share of images whose unpruned top-1, recomputed from the stored float16
+    features, equals the ``pred`` the scan stored from the full-precision forward (None when not
+    known) — the check that the features stand in for the model; ``seed``: the ``random`` method's.
+    """
+
+    points: list[PrunePoint]
+    n_images: int
+    n_labelled: int
+    reference_accuracy: float | None
+    pred_agreement: float | None
+    seed: int
+
+    def point(self, method: str, sparsity: float, bias_correction: bool = False) -> PrunePoint:
+        """The point of ``method`` at ``sparsity`` (to 1e-9); KeyError if the curve has none."""
+        for p in self.points:
+            if (
+                p.method == method
+                and abs(p.sparsity - sparsity) < 1e-9
+                and p.bias_correction == bias_correction
+            ):
+                return p
+        raise KeyError(f"no point {method}@{sparsity} (bias_correction={bias_correction}) in this curve")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: the settings and counts, and ``points`` as a list of dicts."""
+        return {
+            "n_images": self.n_images,
+            "n_labelled": self.n_labelled,
+            "reference_accuracy": self.reference_accuracy,
+            "pred_agreement": self.pred_agreement,
+            "seed": self.seed,
+            "points": [asdict(p) for p in self.points],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), allow_nan=False)
+
+    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
+        """One row per point (columns: the :class:`PrunePoint` fields; no labels → empty accuracy); also
+        written atomically to ``path`` if given."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        names = [f.name for f in fields(PrunePoint)]
+        writer.writerow(names)
+        for p in self.points:
+            writer.writerow(["" if getattr(p, n) is None else getattr(p, n) for n in names])
+        text = buf.getvalue()
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_text(self) -> str:
+        """A table for a terminal: one line per point, accuracy as n/a without labels."""
+        ref = "n/a" if self.reference_accuracy is None else f"{self.reference_accuracy:.4f}"
+        lines = [
+            f"{self.n_images} images ({self.n_labelled} labelled); unpruned accuracy {ref}",
+            f"{'method':<20} {'sparsity':>8} {'bias':>4} {'accuracy':>8} {'agreement':>9} {'KL':>8}",
+        ]
+        for p in self.points:
+            acc = "n/a" if p.accuracy is None else f"{p.accuracy:.4f}"
+            lines.append(
+                f"{p.method:<20} {p.sparsity:>8.3f} {'yes' if p.bias_correction else 'no':>4} "
+                f"{acc:>8} {p.agreement:>9.4f} {p.kl:>8.4f}"
+            )
+        return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Masks
+# ---------------------------------------------------------------------------------------------------------
+def prune(
+    weight: Any, sparsity: float, method: str = "magnitude", seed: int = 0, min_size: int = 20
+) -> np.ndarray:
+    """The mask of ``method`` at ``sparsity``: a bool array the shape of ``weight``, True = kept.
+
+    ``weight``: C×D (or C×D×1×1) tensor or array. ``sparsity`` in [0, 1): the fraction of weights to
+    zero, round(s·D) of every row for the per-class methods, round(s·C·D) of the layer for the global
+    ones (see the module docstring for each method). ``seed`` drives ``random``; ``min_size`` is the
+    split trees' (``tree`` only).
+    """
+    _check_sparsity(sparsity)
+    w = _as_matrix(weight)
+    mask = _mask(pruning_ranks(w, method, seed=seed, min_size=min_size), method, sparsity)
+    return mask.reshape(tuple(weight.shape) if hasattr(weight, "shape") else np.shape(weight))
+
+
+def pruning_ranks(w: np.ndarray, method: str, seed: int = 0, min_size: int = 20) -> np.ndarray:
+    """Each weight's place in ``method``'s pruning order (0 = removed first): int64, shape of ``w`` (C×D),
+    counted over the whole layer for a global method and within each row otherwise."""
+    if method not in METHODS:
+        raise FclensError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
+    w = np.asarray(w, dtype=np.float64)
+    if not np.isfinite(w).all():
+        raise FclensError("the weight matrix contains NaN or Inf")
+    if method == "magnitude":
+        return _ranks(np.abs(w), per_row=False)
+    if method == "random":
+        order = np.random.default_rng(seed).permutation(w.size)
+        return _inverse(order).reshape(w.shape)
+    if method == "magnitude-per-class":
+        return _ranks(np.abs(w), per_row=True)
+    if method == "tree":
+        return _ranks(*_tree_keys(w, min_size), per_row=True)
+    if method == "ald":
+        return _ranks(_ald_keys(w), per_row=True)
+    return _ranks(-_deviation(w), per_row=True)
+
+
+def _check_sparsity(sparsity: float) -> None:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+        raise FclensError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+
+
+def _mask(ranks: np.ndarray, method: str, sparsity: float) -> np.ndarray:
+    count = round(sparsity * (ranks.size if method in _GLOBAL else ranks.shape[1]))
+    return ranks >= count
+
+
+def _ranks(key: np.ndarray, tiebreak: np.ndarray | None = None, *, per_row: bool) -> np.ndarray:
+    """Ranks of ``key`` ascending (then ``tiebreak``, then position): within rows or over the whole."""
+    rows = np.repeat(np.arange(key.shape[0]), key.shape[1]) if per_row else np.zeros(key.size, np.int64)
+    keys = (key.ravel(),) if tiebreak is None else (tiebreak.ravel(), key.ravel())
+    order = np.lexsort((*keys, rows))  # stable: equal keys keep their position order
+    ranks = _inverse(order)
+    if per_row:
+        ranks = ranks - rows * key.shape[1]
+    return ranks.reshape(key.shape)
+
+
+def _inverse(order: np.ndarray) -> np.ndarray:
+    ranks = np.empty_like(order)
+    ranks[order] = np.arange(order.size)
+    return ranks
+
+
+def _tree_keys(w: np.ndarray, min_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(level, distance) per weight: the depth of the deepest chain node holding it (terminal nodes at
+    D + 1, after every other level), and |w − class mean| to order a level."""
+    level = np.zeros(w.shape, dtype=np.int64)
+    for k, row in enumerate(w):
+        tree = split_tree(row, min_size=min_size, mode="chains")
+        for sign in "+-":
+            chain = tree.chain(sign)
+            for depth, node in enumerate(chain, start=1):
+                level[k, node.indices] = depth  # nodes are nested: the deepest one writes last
+            if chain:
+                level[k, chain[-1].indices] = w.shape[1] + 1
+    return level, np.abs(w - w.mean(axis=1, keepdims=True))
+
+
+def _ald_keys(w: np.ndarray) -> np.ndarray:
+    """−ln P(a weight at least as extreme on its side of μ) under the class's MLE ALD: small = typical.
+
+    Rows without a full ALD fit (a degenerate or one-sided row, see :class:`fclens.MLEFit`) fall back
+    to |w|, the order of ``magnitude-per-class``.
+    """
+    mle = fit_ald(w, method="mle").mle
+    assert mle is not None
+    kappa, loc, scale = (np.asarray(a, dtype=np.float64)[:, None] for a in (mle.kappa, mle.loc, mle.scale))
+    good = np.isfinite(kappa) & np.isfinite(loc) & (scale > 0)
+    kappa, loc, scale = np.where(good, kappa, 1.0), np.where(good, loc, 0.0), np.where(good, scale, 1.0)
+    x = (w - loc) / scale
+    log_tail = np.where(
+        x >= 0, -kappa * x - np.log1p(kappa**2), 2 * np.log(kappa) - np.log1p(kappa**2) + x / kappa
+    )
+    return np.where(good, -log_tail, np.abs(w))
+
+
+def _deviation(w: np.ndarray) -> np.ndarray:
+    """|ln y_(i) − (a·x_i + b)| per weight: its residual from the paper's regression line of its part.
+
+    Positive part: w > 0 sorted ascending, x_i = (i−1)/n (PAPER.md §2); negative part: the magnitudes
+    −w of w < 0, likewise. Exact zeros (left out of the paper's fit) deviate infinitely; a part whose
+    fit failed (NaN line) gets deviation 0, so its weights go last.
+    """
+    fit = fit_ald(w, method="regression")
+    assert fit.pos is not None and fit.neg is not None
+    order = np.argsort(w, axis=1, kind="stable")
+    position = np.empty_like(order)
+    np.put_along_axis(position, order, np.arange(w.shape[1])[None, :], axis=1)
+    n_neg = (w < 0).sum(axis=1, keepdims=True)
+    n_pos = (w > 0).sum(axis=1, keepdims=True)
+    first_pos = w.shape[1] - n_pos  # ascending order: negatives, zeros, then positives
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(w > 0, (position - first_pos) / n_pos, (n_neg - 1 - position) / n_neg)
+        slope = np.where(w > 0, fit.pos.slope[:, None], fit.neg.slope[:, None])
+        intercept = np.where(w > 0, fit.pos.intercept[:, None], fit.neg.intercept[:, None])
+        residual = np.abs(np.log(np.abs(w)) - (slope * x + intercept))
+    return np.where(w == 0, np.inf, np.nan_to_num(residual, nan=0.0))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------
+def prune_curve(
+    scan: Scan | str | os.PathLike[str],
+    methods: Sequence[str] = ("tree", "ald", "magnitude", "random"),
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    bias_correction: bool | Literal["both"] = False,
+    seed: int = 0,
+    min_size: int | None = None,
+    device: str | None = None,
+) -> PruneCurve:
+    """Accuracy, agreement and KL of each method's pruned layer at each sparsity, on a scan's features.
+
+    ``scan``: a :class:`fclens.Scan` or its directory, made with ``features=True``.
+    ``bias_correction``: False, True, or "both" (each point twice). ``min_size``: the split trees' (the
+    scan's own by default). ``device``: where the products run (default cpu).
+    """
+    from fclens.scanning import read_scan
+
+    if isinstance(scan, (str, os.PathLike)):
+        scan = read_scan(scan)
+    features = scan.features()
+    ok = scan.ok()
+    labels = ok.column("label").to_numpy(zero_copy_only=False) if "label" in ok.column_names else None
+    pred = ok.column("pred").to_numpy(zero_copy_only=False) if "pred" in ok.column_names else None
+    if min_size is None:
+        min_size = int(scan.manifest.get("tree", {}).get("min_size", 20))
+    return evaluate(
+        features,
+        scan.weight,
+        scan.bias,
+        labels=labels,
+        pred=pred,
+        methods=methods,
+        sparsities=sparsities,
+        bias_correction=bias_correction,
+        seed=seed,
+        min_size=min_size,
+        device=device,
+    )
+
+
+def evaluate(
+    features: Any,
+    weight: Any,
+    bias: Any,
+    labels: Any = None,
+    pred: Any = None,
+    methods: Sequence[str] = ("tree", "ald", "magnitude", "random"),
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    bias_correction: bool | Literal["both"] = False,
+    seed: int = 0,
+    min_size: int = 20,
+    device: str | None = None,
+) -> PruneCurve:
+    """:func:`prune_curve` on arrays: ``features`` (N, D), ``weight`` (C, D), ``bias`` (C,) or None,
+    ``labels`` (N,) with NaN/None/negative for unknown, ``pred`` (N,) the stored top-1 (optional)."""
+    import torch
+
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise FclensError(f"no pruning method given; choose from {', '.join(METHODS)}")
+    for method in methods:
+        if method not in METHODS:
+            raise FclensError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
+    for s in sparsities:
+        _check_sparsity(s)
+    sparsities = list(dict.fromkeys(float(s) for s in sparsities))
+    if not sparsities:
+        raise FclensError("no sparsity given; give numbers in [0, 1)")
+    if bias_correction not in (False, True, "both"):
+        raise FclensError(f"bias_correction must be False, True or 'both', got {bias_correction!r}")
+    corrections = [False, True] if bias_correction == "both" else [bool(bias_correction)]
+
+    w = _as_matrix(weight).astype(np.float32)
+    z = np.ascontiguousarray(features, dtype=np.float32)
+    if z.ndim != 2 or z.shape[1] != w.shape[1]:
+        raise FclensError(f"features have shape {z.shape}; the layer takes {w.shape[1]} inputs per image")
+    if z.shape[0] == 0:
+        raise FclensError("the scan has no evaluated images (no rows with status ok)")
+    b = np.zeros(w.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32).reshape(-1)
+    y = _labels(labels, z.shape[0])
+    mean = z.mean(axis=0, dtype=np.float64)
+
+    # One product per (method, sparsity); the bias-corrected twin only adds its own bias to it.
+    configs: list[tuple[str, float, bool, float]] = []
+    layers: list[tuple[np.ndarray, list[np.ndarray]]] = []
+    for method in methods:
+        ranks = pruning_ranks(w, method, seed=seed, min_size=min_size)
+        for s in sparsities:
+            mask = _mask(ranks, method, s)
+            configs += [(method, s, corrected, 1.0 - float(mask.mean())) for corrected in corrections]
+            biases = [b + bias_shift(w, mask, mean) if corrected else b for corrected in corrections]
+            layers.append((np.where(mask, w, 0), biases))
+
+    dev = torch.device(device or "cpu")
+    pruned = [
+        (torch.from_numpy(lw).to(dev), [torch.from_numpy(lb).to(dev) for lb in bs]) for lw, bs in layers
+    ]
+    full_w, full_b = torch.from_numpy(w).to(dev), torch.from_numpy(b).to(dev)
+    agree = np.zeros(len(configs))
+    correct, kl = np.zeros_like(agree), np.zeros_like(agree)
+    ref_correct = ref_pred_equal = 0.0
+    y_all = torch.from_numpy(y).to(dev)
+    with torch.inference_mode():
+        for start in range(0, z.shape[0], _CHUNK):
+            block = torch.from_numpy(z[start : start + _CHUNK]).to(dev)
+            labelled = y_all[start : start + _CHUNK]
+            known = labelled >= 0
+            ref = block @ full_w.T + full_b  # the same operations as a pruned layer's logits, bit for bit
+            ref_top = ref.argmax(dim=1)
+            ref_p = torch.softmax(ref, dim=1)
+            # KL(p0 ‖ p) summed over images = Σ p0 ln p0 − Σ p0 L + Σ lse(L), since Σ_c p0 = 1 per image.
+            ref_neg_entropy = _cross(ref_p, ref) - float(torch.logsumexp(ref, dim=1).double().sum())
+            ref_correct += float((ref_top[known] == labelled[known]).sum())
+            if pred is not None:
+                stored = torch.from_numpy(np.asarray(pred[start : start + _CHUNK], np.int64)).to(dev)
+                ref_pred_equal += float((ref_top == stored).sum())
+            i = 0
+            for layer_w, biases in pruned:
+                product = block @ layer_w.T
+                for layer_b in biases:
+                    logits = product + layer_b
+                    top = logits.argmax(dim=1)
+                    agree[i] += float((top == ref_top).sum())
+                    correct[i] += float((top[known] == labelled[known]).sum())
+                    lse = float(torch.logsumexp(logits, dim=1).double().sum())
+                    kl[i] += ref_neg_entropy - _cross(ref_p, logits) + lse
+                    i += 1
+
+    n, n_labelled = z.shape[0], int((y >= 0).sum())
+    points = [
+        PrunePoint(
+            method=method,
+            sparsity=s,
+            zeroed=float(zeroed),
+            bias_correction=corrected,
+            accuracy=float(correct[i]) / n_labelled if n_labelled else None,
+            agreement=float(agree[i]) / n,
+            kl=max(kl[i] / n, 0.0),  # ≥ 0 in exact arithmetic; rounding can dip below
+        )
+        for i, (method, s, corrected, zeroed) in enumerate(configs)
+    ]
+    return PruneCurve(
+        points=points,
+        n_images=n,
+        n_labelled=n_labelled,
+        reference_accuracy=ref_correct / n_labelled if n_labelled else None,
+        pred_agreement=ref_pred_equal / n if pred is not None else None,
+        seed=seed,
+    )
+
+
+def _cross(p: torch.Tensor, logits: torch.Tensor) -> float:
+    """Σ p·logits over a block, accumulated per image in float32 and over images in float64."""
+    return float((p * logits).sum(dim=1).double().sum())
+
+
+def bias_shift(w: np.ndarray, mask: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The removed weights' mean contribution per class, Σ_{c removed} w_kc · E[z_c]: (C,) float32."""
+    return (np.where(mask, 0, w).astype(np.float64) @ np.asarray(mean, np.float64)).astype(np.float32)
+
+
+def _labels(labels: Any, n: int) -> np.ndarray:
+    """Labels as int64 with −1 for unknown (None, NaN or negative)."""
+    if labels is None:
+        return np.full(n, -1, np.int64)
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if y.shape[0] != n:
+        raise FclensError(f"{y.shape[0]} labels for {n} images")
+    return np.where(np.isfinite(y) & (y >= 0), y, -1).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A pruned model on disk
+# ---------------------------------------------------------------------------------------------------------
+def write_pruned(
+    scan: Scan | str | os.PathLike[str],
+    method: str,
+    sparsity: float,
+    path: str | os.PathLike[str],
+    bias_correction: bool = False,
+    seed: int = 0,
+    min_size: int | None = None,
+) -> Path:
+    """Save the scanned model with ``method``'s mask at ``sparsity`` applied to its final layer.
+
+    The model is loaded from the scan's manifest (``model.source`` and ``model.weights``); the pruned
+    weights of its final layer are zeroed (and the bias corrected if asked, from the scan's feature
+    means), and the whole state dict is written atomically as safetensors to ``path``, which
+    ``fclens.load_model(source, weights=path)`` reads back. A scan of a model passed as a module has no
+    source to reload: FclensError.
+    """
+    import torch
+    from safetensors.torch import save
+
+    from fclens.models import load_model
+    from fclens.scanning import read_scan
+
+    if isinstance(scan, (str, os.PathLike)):
+        scan = read_scan(scan)
+    _check_sparsity(sparsity)
+    model_info = scan.manifest.get("model") or {}
+    source = model_info.get("source")
+    if not source:
+        raise FclensError(
+            "the scanned model was passed as a module, so it cannot be reloaded to write; "
+            "scan a named model (efficientnet_lite0, timm:NAME, torchvision:NAME) to use --write"
+        )
+    classifier = load_model(source, weights=model_info.get("weights"))
+    layer = classifier.head.layer
+    w = scan.weight.astype(np.float32)
+    loaded = layer.weight.detach().reshape(w.shape).cpu().numpy()
+    if loaded.shape != w.shape or not np.allclose(loaded, w, rtol=0, atol=1e-6):
+        raise FclensError(f"{source} as loaded now does not have the final layer this scan recorded")
+    if min_size is None:
+        min_size = int(scan.manifest.get("tree", {}).get("min_size", 20))
+    mask = _mask(pruning_ranks(w, method, seed=seed, min_size=min_size), method, sparsity)
+    with torch.no_grad():
+        layer.weight.mul_(torch.from_numpy(mask).reshape(layer.weight.shape).to(layer.weight))
+        if bias_correction:
+            if layer.bias is None:
+                raise FclensError(f"the final layer of {source} has no bias to correct")
+            mean = scan.features().astype(np.float64).mean(axis=0)
+            layer.bias.add_(torch.from_numpy(bias_shift(w, mask, mean)).to(layer.bias))
+    # Tensors that share storage (tied weights) cannot be saved as one by safetensors: copy each.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in classifier.module.state_dict().items()}
+    return atomic_write_bytes(
+        path, save(state, metadata=_metadata(source, method, sparsity, bias_correction))
+    )
+
+
+def _metadata(source: str, method: str, sparsity: float, bias_correction: bool) -> dict[str, str]:
+    return {
+        "fclens_pruned_from": source,
+        "method": method,
+        "sparsity": repr(sparsity),
+        "bias_correction": str(bias_correction).lower(),
+    }
+
+
+def parse_write(spec: str) -> tuple[str, float]:
+    """``"METHOD@SPARSITY"`` (e.g. ``tree@0.9``) → (method, sparsity), checked."""
+    method, at, value = spec.rpartition("@")
+    if not at:
+        raise FclensError(f"--write takes METHOD@SPARSITY (e.g. tree@0.9), got {spec!r}")
+    if method not in METHODS:
+        raise FclensError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
+    try:
+        sparsity = float(value)
+    except ValueError:
+        raise FclensError(f"sparsity must be a number in [0, 1), got {value!r}") from None
+    if not math.isfinite(sparsity):
+        raise FclensError(f"sparsity must be a number in [0, 1), got {value!r}")
+    _check_sparsity(sparsity)
+    return method, sparsity

@@ -1,0 +1,205 @@
+"""fclens.prune: each method's order, the masks, the evaluation against a direct one, scans and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from fclens.errors import FclensError
+from fclens.prune import METHODS, evaluate, prune, pruning_ranks
+from fclens.tree import split_tree
+
+PER_CLASS = [m for m in METHODS if m not in ("magnitude", "random")]
+
+
+def laplace_layer(classes: int = 12, inputs: int = 200, seed: int = 0) -> np.ndarray:
+    """A layer whose rows are asymmetric-Laplace-like, as the paper finds in trained classifiers."""
+    rng = np.random.default_rng(seed)
+    pos = rng.exponential(0.05, size=(classes, inputs))
+    neg = -rng.exponential(0.03, size=(classes, inputs))
+    return np.where(rng.random((classes, inputs)) < 0.4, pos, neg) - 0.01
+
+
+def direct(z: np.ndarray, w: np.ndarray, b: np.ndarray, mask: np.ndarray, shift: bool):
+    """The unpruned and the pruned top-1 per image and the mean KL, computed the plain way in float64."""
+
+    def log_softmax(logits: np.ndarray) -> np.ndarray:
+        top = logits.max(axis=1, keepdims=True)
+        return logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+
+    z, w, b = z.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+    ref = z @ w.T + b
+    removed = np.where(mask, 0.0, w)
+    logits = z @ np.where(mask, w, 0.0).T + b + (removed @ z.mean(axis=0) if shift else 0.0)
+    ref_log, log = log_softmax(ref), log_softmax(logits)
+    kl = (np.exp(ref_log) * (ref_log - log)).sum(axis=1).mean()
+    return ref.argmax(axis=1), logits.argmax(axis=1), kl
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.9, 0.99])
+def test_masks_remove_the_asked_share_and_are_nested(method: str, sparsity: float):
+    w = laplace_layer()
+    mask = prune(w, sparsity, method=method)
+    assert mask.dtype == bool and mask.shape == w.shape
+    if method in PER_CLASS:
+        assert (~mask).sum(axis=1).tolist() == [round(sparsity * w.shape[1])] * w.shape[0]
+    else:
+        assert (~mask).sum() == round(sparsity * w.size)
+    # A sparser mask removes a superset: the curve walks one order, it never reshuffles.
+    assert not (prune(w, min(sparsity + 0.05, 0.995), method=method) & ~mask).any()
+
+
+def test_magnitude_removes_the_smallest_weights_globally_and_per_class():
+    w = laplace_layer()
+    mask = prune(w, 0.7, "magnitude")
+    assert np.abs(w[~mask]).max() <= np.abs(w[mask]).min()
+    per_class = prune(w, 0.7, "magnitude-per-class")
+    for row, keep in zip(w, per_class, strict=True):
+        assert np.abs(row[~keep]).max() <= np.abs(row[keep]).min()
+    assert (per_class != mask).any()  # the two differ on a layer whose rows differ in scale
+
+
+def test_random_is_seeded():
+    w = laplace_layer()
+    np.testing.assert_array_equal(prune(w, 0.5, "random", seed=3), prune(w, 0.5, "random", seed=3))
+    assert (prune(w, 0.5, "random", seed=3) != prune(w, 0.5, "random", seed=4)).any()
+
+
+def test_tree_prunes_level_by_level_and_keeps_the_terminal_nodes_last():
+    w = laplace_layer(classes=3, inputs=400)
+    ranks = pruning_ranks(w, "tree", min_size=20)
+    for row, rank in zip(w, ranks, strict=True):
+        tree = split_tree(row, min_size=20)
+        plus, minus = tree.chain("+"), tree.chain("-")
+        terminal = np.union1d(plus[-1].indices, minus[-1].indices)
+        # The weights kept last are exactly the two terminal nodes.
+        last = np.argsort(rank)[-terminal.size :]
+        np.testing.assert_array_equal(np.sort(last), terminal)
+        # The first to go left a chain at its first split ("+" but not "++", "-" but not "--").
+        first_level = np.union1d(
+            np.setdiff1d(plus[0].indices, plus[1].indices), np.setdiff1d(minus[0].indices, minus[1].indices)
+        )
+        first = np.argsort(rank)[: first_level.size]
+        np.testing.assert_array_equal(np.sort(first), first_level)
+        # Within that level, nearest the class mean first.
+        distance = np.abs(row - row.mean())[np.argsort(rank)[: first_level.size]]
+        assert np.all(np.diff(distance) >= 0)
+
+
+def test_ald_prunes_the_most_probable_weights_under_the_fitted_prior_first():
+    from fclens.ald import fit_ald
+
+    w = laplace_layer(classes=4)
+    mle = fit_ald(w, method="mle").mle
+    ranks = pruning_ranks(w, "ald")
+    for k, row in enumerate(w):
+        prior = scipy.stats.laplace_asymmetric(mle.kappa[k], loc=mle.loc[k], scale=mle.scale[k])
+        tail = np.where(row >= mle.loc[k], prior.sf(row), prior.cdf(row))
+        np.testing.assert_array_equal(np.argsort(ranks[k]), np.argsort(-tail, kind="stable"))
+    # It is not magnitude pruning: it centres on the fitted location and scales each side.
+    assert (ranks != pruning_ranks(w, "magnitude-per-class")).any()
+
+
+def test_ald_deviant_prunes_the_largest_residuals_from_the_papers_line_first():
+    w = laplace_layer(classes=2, inputs=300)
+    w[0, 5] = 0.0  # an exact zero is left out of the paper's fit: it deviates most
+    ranks = pruning_ranks(w, "ald-deviant")
+    for k, row in enumerate(w):
+        residual = np.empty_like(row)
+        for part in (row > 0, row < 0):
+            y = np.abs(row[part])
+            order = np.argsort(y)
+            x = np.arange(y.size) / y.size
+            slope, intercept = np.polyfit(x, np.log(y[order]), 1)
+            r = np.empty_like(y)
+            r[order] = np.abs(np.log(y[order]) - (slope * x + intercept))
+            residual[part] = r
+        residual[row == 0] = np.inf
+        np.testing.assert_array_equal(np.argsort(ranks[k]), np.argsort(-residual, kind="stable"))
+    assert np.argsort(ranks[0])[0] == 5
+
+
+def test_a_conv_shaped_layer_gets_a_mask_of_its_shape():
+    import torch
+
+    w = torch.from_numpy(laplace_layer()).reshape(12, 200, 1, 1)
+    mask = prune(w, 0.5, "tree")
+    assert mask.shape == (12, 200, 1, 1)
+    np.testing.assert_array_equal(mask[:, :, 0, 0], prune(laplace_layer(), 0.5, "tree"))
+
+
+@pytest.mark.parametrize("sparsity", [1.0, -0.1, 1.5, True, float("nan")])
+def test_sparsity_outside_zero_one_is_refused(sparsity: float):
+    with pytest.raises(FclensError, match=r"sparsity must be a number in \[0, 1\)"):
+        prune(laplace_layer(), sparsity)
+
+
+def test_unknown_method_lists_the_choices():
+    with pytest.raises(FclensError, match="choose from magnitude, magnitude-per-class, random, tree, ald"):
+        prune(laplace_layer(), 0.5, method="biggest")
+
+
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_the_curve_equals_a_direct_evaluation_of_each_pruned_layer(bias_correction: bool):
+    rng = np.random.default_rng(1)
+    w = laplace_layer(classes=8, inputs=64)
+    b = rng.normal(0, 0.1, 8).astype(np.float32)
+    z = np.maximum(rng.normal(0.3, 1, size=(500, 64)), 0).astype(np.float32)
+    y = (z @ w.T + b).argmax(axis=1)
+    y[::3] = rng.integers(0, 8, size=y[::3].shape)  # some labels the layer gets wrong
+    labels = y.astype(np.float64)
+    labels[::7] = np.nan  # and some images without a label
+    curve = evaluate(
+        z, w, b, labels=labels, methods=METHODS, sparsities=[0.0, 0.5, 0.9], bias_correction=bias_correction
+    )
+    assert curve.n_images == 500 and curve.n_labelled == 500 - len(range(0, 500, 7))
+    known = np.isfinite(labels)
+    for point in curve.points:
+        mask = prune(w, point.sparsity, point.method)
+        ref_top, top, kl = direct(z, w, b, mask, bias_correction)
+        assert point.bias_correction is bias_correction
+        assert point.zeroed == pytest.approx(1 - mask.mean())
+        assert point.accuracy == pytest.approx((top == y)[known].mean(), abs=1e-12)
+        assert point.agreement == pytest.approx((top == ref_top).mean(), abs=1e-12)
+        assert point.kl == pytest.approx(kl, rel=1e-4, abs=1e-6)
+        if point.sparsity == 0:
+            assert point.agreement == 1 and point.kl < 1e-9
+    assert curve.reference_accuracy == pytest.approx((ref_top == y)[known].mean())
+
+
+def test_both_corrections_in_one_pass_and_the_correction_helps_uncentred_inputs():
+    rng = np.random.default_rng(2)
+    w = laplace_layer(classes=10, inputs=128)
+    z = (rng.exponential(1.0, size=(800, 128)) + 1.0).astype(np.float32)  # every input well above 0
+    curve = evaluate(z, w, None, methods=["random"], sparsities=[0.8], bias_correction="both")
+    plain, corrected = curve.point("random", 0.8), curve.point("random", 0.8, bias_correction=True)
+    assert (plain.bias_correction, corrected.bias_correction) == (False, True)
+    assert corrected.kl < plain.kl and curve.n_labelled == 0 and plain.accuracy is None
+
+
+def test_evaluate_refuses_bad_input():
+    w, z = laplace_layer(), np.ones((5, 200), np.float32)
+    with pytest.raises(FclensError, match="choose from"):
+        evaluate(z, w, None, methods=["tree", "smallest"])
+    with pytest.raises(FclensError, match=r"\[0, 1\)"):
+        evaluate(z, w, None, sparsities=[0.5, 1.0])
+    with pytest.raises(FclensError, match="200 inputs"):
+        evaluate(np.ones((5, 20), np.float32), w, None)
+
+
+def test_the_curve_as_csv_json_and_text():
+    import json
+
+    w = laplace_layer()
+    z = np.abs(np.random.default_rng(0).normal(size=(50, 200))).astype(np.float32)
+    curve = evaluate(z, w, None, methods=["magnitude", "tree"], sparsities=[0.5])
+    lines = curve.to_csv().splitlines()
+    assert lines[0] == "method,sparsity,zeroed,bias_correction,accuracy,agreement,kl"
+    assert lines[1].startswith("magnitude,0.5,0.5,False,,") and len(lines) == 3
+    doc = json.loads(curve.to_json())
+    assert doc["points"][1]["method"] == "tree" and doc["points"][1]["accuracy"] is None
+    assert "tree" in curve.to_text() and "n/a" in curve.to_text()
+    with pytest.raises(KeyError, match=r"random@0\.5"):
+        curve.point("random", 0.5)
