@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from fclens.cli import main
 from fclens.errors import FclensError
+from fclens.explain import Explanation, explain
 from fclens.maps import capture, contrast_maps
 from fclens.models import Classifier, load_model
+from fclens.report import explanations_page
+from test_explain import CATS
 from test_maps import SMALL, random_inputs, zoo
 
 
@@ -109,3 +118,122 @@ def test_non_affine_head_needs_a_capture_with_a_graph() -> None:
     targets, rivals = runner_up(captured.logits)
     with pytest.raises(FclensError, match="graph=True"):
         contrast_maps(captured, classifier.head, targets, rivals)
+
+
+# --- explain(..., contrast=) ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def contrasted(classifier: Classifier, chelsea: Path, coffee: Path) -> list[Explanation]:
+    return explain(classifier, [chelsea, coffee], maps=("activation", "contribution"), contrast="runner-up")
+
+
+def test_runner_up_is_the_most_probable_other_class(contrasted: list[Explanation]) -> None:
+    for explanation in contrasted:
+        contrast = explanation.contrast
+        assert contrast is not None
+        others = [p for p in explanation.top5 if p.index != explanation.target.index]
+        assert contrast.rival.index == others[0].index and contrast.rival.name == others[0].name
+        assert contrast.rival.probability == pytest.approx(others[0].probability)
+    assert contrasted[0].contrast.rival.index in CATS  # a cat's rival is another cat
+
+
+@pytest.mark.usefixtures("float32")
+def test_explained_contrast_map_adds_up_to_the_logit_gap(
+    contrasted: list[Explanation], classifier: Classifier
+) -> None:
+    bias = classifier.head.bias.cpu().double()
+    for explanation in contrasted:
+        contrast = explanation.contrast
+        j, k = contrast.rival.index, explanation.target.index
+        assert contrast.map.shape == (7, 7) and contrast.map.device.type == "cpu"
+        mean = float(contrast.map.double().mean() + bias[j] - bias[k])
+        assert mean == pytest.approx(contrast.gap, abs=1e-4 * max(1.0, abs(contrast.gap)))
+        # The gap is also what the two probabilities say: log(p_j / p_k).
+        ratio = np.log(contrast.rival.probability / explanation.target.probability)
+        assert contrast.gap == pytest.approx(ratio, abs=1e-3)
+        assert contrast.gap < 0  # the target is the top-1 class
+
+
+def test_contrast_neurons_are_against_the_target_and_for_the_rival(
+    contrasted: list[Explanation], classifier: Classifier
+) -> None:
+    weight = classifier.head.weight.detach().cpu().numpy()
+    for explanation in contrasted:
+        contrast = explanation.contrast
+        j, k = contrast.rival.index, explanation.target.index
+        expected = set(explanation.tree.node("-").indices) & set(contrast.rival_tree.node("+").indices)
+        assert set(contrast.neurons.tolist()) == expected and len(expected) > 10
+        assert (weight[k, contrast.neurons] < weight[k].mean()).all()
+        assert (weight[j, contrast.neurons] >= weight[j].mean()).all()
+        assert (np.diff(contrast.evidence) <= 0).all() and contrast.evidence[0] > 0
+        assert contrast.rival_tree.class_index == j
+
+
+def test_contrast_holds_the_rival_terminal_nodes_in_every_kind(contrasted: list[Explanation]) -> None:
+    contrast = contrasted[0].contrast
+    ends = (contrast.rival_discriminative, contrast.rival_confusing)
+    assert [end.path for end in ends] == [
+        contrast.rival_tree.discriminative.path,
+        contrast.rival_tree.confusing.path,
+    ]
+    for end in ends:
+        assert list(end.maps) == ["activation", "contribution"] and end.score is None
+        assert end.map.shape == (7, 7)
+    # the rival's − node pulls the rival's logit down: its contribution map is ≤ 0 on average
+    assert float(contrast.rival_confusing.maps["contribution"].mean()) < 0
+
+
+def test_contrast_with_a_named_class_and_in_json(classifier: Classifier, chelsea: Path) -> None:
+    (explanation,) = explain(classifier, chelsea, contrast="espresso", scores=False)
+    assert explanation.contrast.rival.name == "espresso" and explanation.contrast.gap < -5
+    data = json.loads(explanation.to_json())["contrast"]
+    assert data["rival"]["index"] == 967 and len(data["map"]) == 7
+    assert data["neurons"][:3] == explanation.contrast.neurons[:3].tolist()
+    (plain,) = explain(classifier, chelsea, scores=False)
+    assert plain.contrast is None and plain.to_dict()["contrast"] is None
+
+
+def test_contrast_with_the_target_itself_is_refused(classifier: Classifier, chelsea: Path) -> None:
+    with pytest.raises(FclensError, match="explained class itself"):
+        explain(classifier, chelsea, target=285, contrast=285, scores=False)
+
+
+def test_contrast_on_a_non_affine_head() -> None:
+    classifier = load_model(MLPHead(), preprocessing=SMALL)
+    inputs = random_inputs(2, torch.device("cpu"))
+    explanations = explain(classifier, inputs, contrast="runner-up", min_size=8, scores=False)
+    for explanation in explanations:
+        assert explanation.contrast.map.shape == explanation.nodes[0].map.shape
+        assert torch.isfinite(explanation.contrast.map).all() and explanation.contrast.map.abs().max() > 0
+
+
+def test_page_shows_the_contrast_and_the_pair(contrasted: list[Explanation]) -> None:
+    page = explanations_page(contrasted)
+    assert page.count('<figure class="big contrast">') == 2
+    assert page.count('<table class="pair">') == 2
+    rival = contrasted[0].contrast.rival.name
+    assert f"Why not {rival}" in page
+    plain = explanations_page([dataclasses.replace(contrasted[0], contrast=None)])
+    assert "big contrast" not in plain and 'class="pair"' not in plain
+
+
+def test_cli_contrast(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main(
+        [
+            "explain",
+            "--sample",
+            "chelsea",
+            "--contrast",
+            "runner-up",
+            "--out",
+            str(tmp_path),
+            "--json",
+            "--html",
+        ]
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["contrast"]["rival"]["index"] in CATS
+    assert "Why not" in (tmp_path / "report.html").read_text("utf-8")
+    code = main(["explain", "--sample", "chelsea", "--contrast", "espreso", "--out", str(tmp_path)])
+    assert code == 2 and "did you mean" in capsys.readouterr().err

@@ -125,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--class", dest="target", help="class index or name (default: the predicted class)")
     explain.add_argument(
+        "--contrast",
+        metavar="CLASS",
+        help="also show why the image is not CLASS: runner-up (each image's most probable other class), "
+        "or a class index or name",
+    )
+    explain.add_argument(
         "--map",
         dest="maps",
         default="activation",
@@ -426,7 +432,7 @@ EXPLAIN_COLUMNS = (
 def _run_explain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from fclens.explain import explain
+    from fclens.explain import RUNNER_UP, explain
     from fclens.images import ImageError, iter_image_paths, load_image, sample_image
 
     if args.batch_size < 1:
@@ -439,6 +445,8 @@ def _run_explain(args: argparse.Namespace) -> int:
     paths = [path for path in paths if out not in path.resolve().parents]  # never explain our own output
     model = _load(args)
     target = None if args.target is None else model.class_index(args.target)  # fail before any work
+    if args.contrast not in (None, RUNNER_UP):
+        model.class_index(args.contrast)
     rows: list[dict[str, Any]] = [{} for _ in paths]
     done = []  # kept only for the page or the single-image JSON: a long run must not hold every image
     keep = args.html or (args.json and len(paths) == 1)
@@ -459,6 +467,7 @@ def _run_explain(args: argparse.Namespace) -> int:
             seed=args.seed,
             target_layer=args.target_layer,
             batch_size=args.batch_size,
+            contrast=args.contrast,
         )
         for (position, path, _), explanation in zip(todo, explanations, strict=True):
             explanation.source = str(path)

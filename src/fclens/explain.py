@@ -34,14 +34,26 @@ from torch import nn
 from fclens.errors import FclensError
 from fclens.head import Head, find_head
 from fclens.images import ImageInput, iter_image_paths, to_batch
-from fclens.maps import MAP_KINDS, NodeBatch, branch_sign, capture, node_maps, node_membership, oriented
+from fclens.maps import (
+    MAP_KINDS,
+    NodeBatch,
+    branch_sign,
+    capture,
+    contrast_maps,
+    node_maps,
+    node_membership,
+    oriented,
+)
 from fclens.models import Classifier, load_model
 from fclens.scores import deletion_insertion, masked_score, upsample_normalised
 from fclens.tree import Node, SplitTree, class_trees
 
-__all__ = ["Explanation", "NodeExplanation", "Prediction", "explain"]
+__all__ = ["RUNNER_UP", "Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"]
 
 Target = int | str | None
+
+RUNNER_UP = "runner-up"
+"""``contrast=RUNNER_UP``: contrast each image's target with its most probable other class."""
 
 
 @dataclass
@@ -111,6 +123,48 @@ class NodeExplanation:
 
 
 @dataclass
+class Contrast:
+    """Why the image is explained as the target k and not the rival j: where, and by which neurons.
+
+    ``map`` (h, w) is :func:`fclens.maps.contrast_maps`: positive where the image argues for j over k. For
+    an affine head its spatial mean + b_j − b_k is ``gap`` = logit_j − logit_k exactly (the gradient
+    form for other heads). ``neurons`` are the neurons on the − side of k's tree and the + side of j's:
+    the "−" child of k's root and the "+" child of j's (each row split at its own mean, PAPER.md §3).
+    Both trees file them against k and for j, so they are fixed by the weights alone and every image of
+    the pair is read with the same set; with non-negative features (ReLU networks) a neuron there that
+    fires can only widen the gap toward j. They are ordered by ``evidence``, their share
+    (w_jc − w_kc) z_c of the logit gap on this image, largest first. ``rival_discriminative`` and
+    ``rival_confusing`` are j's terminal nodes seen on this image, in the explanation's map kinds
+    (not scored; None when j's tree was never split), to set beside the target's own.
+    """
+
+    rival: Prediction
+    map: torch.Tensor
+    gap: float
+    neurons: np.ndarray
+    evidence: np.ndarray
+    rival_tree: SplitTree
+    rival_discriminative: NodeExplanation | None
+    rival_confusing: NodeExplanation | None
+
+    def shown(self) -> torch.Tensor:
+        """The map as shown: the evidence for the rival, zero where the image argues for the target."""
+        return self.map.clamp(min=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        ends = (self.rival_discriminative, self.rival_confusing)
+        return {
+            "rival": vars(self.rival),
+            "gap": self.gap,
+            "map": self.map.tolist(),
+            "neurons": [int(c) for c in self.neurons],
+            "evidence": [float(e) for e in self.evidence],
+            "rival_discriminative": None if ends[0] is None else ends[0].to_dict(),
+            "rival_confusing": None if ends[1] is None else ends[1].to_dict(),
+        }
+
+
+@dataclass
 class Explanation:
     """Where one image drives the neurons of its target class's split tree.
 
@@ -118,6 +172,7 @@ class Explanation:
     pre-order; ``map_kinds`` were computed for every node, ``primary`` (the first) is the one scored.
     ``seed`` drove the noise of noisy map kinds (None when none was asked for). ``feature_layer`` names
     the layer the maps are drawn on. The class AUCs are those of the root, the map of all neurons.
+    ``contrast`` is filled when :func:`explain` was asked for one.
     """
 
     source: str
@@ -133,6 +188,7 @@ class Explanation:
     feature_layer: str
     class_deletion_auc: float | None = None
     class_insertion_auc: float | None = None
+    contrast: Contrast | None = None
 
     @property
     def discriminative(self) -> NodeExplanation | None:
@@ -176,6 +232,7 @@ class Explanation:
                 "discriminative": None if self.tree.discriminative is None else self.tree.discriminative.path,
                 "confusing": None if self.tree.confusing is None else self.tree.confusing.path,
                 "nodes": [node.to_dict() for node in self.nodes],
+                "contrast": None if self.contrast is None else self.contrast.to_dict(),
             }
         )
 
@@ -207,6 +264,7 @@ def explain(
     seed: int | None = 0,
     target_layer: str | None = None,
     batch_size: int = 16,
+    contrast: Target = None,
 ) -> list[Explanation]:
     """Explain each image by the split tree of its target class: one :class:`Explanation` per image.
 
@@ -218,6 +276,8 @@ def explain(
     AUCs for the terminal nodes and the whole class. ``seed`` drives noisy kinds (None: a fresh seed,
     recorded in the result). ``target_layer`` draws the maps on another layer (a module name).
     ``batch_size`` images go through the model together, and as many masked images per scoring forward.
+    ``contrast``: ``"runner-up"`` (each image's most probable class other than its target), a class index
+    or name, or None; fills :attr:`Explanation.contrast`.
     """
     classifier = model if isinstance(model, Classifier) else load_model(model)
     kinds = _map_kinds(maps)
@@ -228,11 +288,12 @@ def explain(
         head = find_head(classifier.module, classifier.preprocessing.input_size, target_layer)
     items = _items(images)
     targets = _targets(classifier, target, len(items))
+    rival = None if contrast in (None, RUNNER_UP) else classifier.class_index(contrast)
     if any(MAP_KINDS[kind].noisy for kind in kinds):
         seed = secrets.randbits(31) if seed is None else int(seed)
     else:
         seed = None
-    options = _Options(kinds, min_size, mode, scores, curves, seed, batch_size)
+    options = _Options(kinds, min_size, mode, scores, curves, seed, batch_size, contrast is not None, rival)
     explanations: list[Explanation] = []
     for start in range(0, len(items), batch_size):
         stop = start + batch_size
@@ -249,6 +310,8 @@ class _Options:
     curves: bool
     seed: int | None
     batch_size: int
+    contrast: bool = False
+    rival: int | None = None  # the contrast class asked for; None: each image's runner-up
 
 
 def _explain_batch(
@@ -278,6 +341,7 @@ def _explain_batch(
     membership = node_membership(indices, head.num_features, inputs.device)[torch.tensor(position)]
     batch = NodeBatch(module, head, inputs, captured, on_device, membership, seed=options.seed or 0)
     heat = {kind: value.detach() for kind, value in node_maps(batch, options.kinds).items()}
+    contrasts = _contrasts(classifier, batch, probabilities, targets, options) if options.contrast else None
     del batch, captured  # frees the autograd graph of a non-affine head before scoring
 
     width = heat[options.kinds[0]].shape[1]  # trees of different classes have different node counts
@@ -337,9 +401,91 @@ def _explain_batch(
                 feature_layer=layer,
                 class_deletion_auc=nodes[0].deletion_auc,
                 class_insertion_auc=nodes[0].insertion_auc,
+                contrast=None if contrasts is None else contrasts[i],
             )
         )
     return explanations
+
+
+def _contrasts(
+    classifier: Classifier,
+    batch: NodeBatch,
+    probabilities: torch.Tensor,
+    targets: list[int],
+    options: _Options,
+) -> list[Contrast]:
+    """Each image's :class:`Contrast` with its rival: from the capture, plus maps of the rival's two ends."""
+    head = batch.head
+    rivals = [_rival(row, k, options.rival) for row, k in zip(probabilities, targets, strict=True)]
+    on_device = torch.tensor(rivals, device=batch.targets.device)
+    maps = contrast_maps(batch.capture, head, batch.targets, on_device).detach().float().cpu()
+    classes = sorted(set(rivals) | set(targets))
+    weight = head.weight.detach().float().cpu()
+    trees = dict(
+        zip(
+            classes,
+            class_trees(weight[classes].numpy(), classes, options.min_size, options.mode),
+            strict=True,
+        )
+    )
+    ends = [(trees[j].discriminative, trees[j].confusing) for j in rivals]
+    present = [[end for end in pair if end is not None] for pair in ends]
+    heat: dict[str, torch.Tensor] = {}
+    if any(present):
+        indices = [[node.indices for node in nodes] for nodes in present]
+        membership = node_membership(indices, head.num_features, batch.inputs.device)
+        rival_batch = NodeBatch(
+            batch.module, head, batch.inputs, batch.capture, on_device, membership, seed=batch.seed
+        )
+        heat = {
+            kind: value.detach().float().cpu()
+            for kind, value in node_maps(rival_batch, options.kinds).items()
+        }
+    prelogits = batch.capture.prelogits.detach().float().cpu()
+    logits = batch.capture.logits.detach().float().cpu()
+    contrasts = []
+    for i, (k, j) in enumerate(zip(targets, rivals, strict=True)):
+        side = np.intersect1d(_side(trees[k], "-"), _side(trees[j], "+"))
+        columns = torch.as_tensor(side)
+        evidence = ((weight[j, columns] - weight[k, columns]) * prelogits[i, columns]).numpy()
+        order = np.argsort(-evidence, kind="stable")
+        seen = iter(
+            NodeExplanation(
+                **_facts(node), maps={kind: heat[kind][i, m] for kind in options.kinds}, score=None
+            )
+            for m, node in enumerate(present[i])
+        )
+        discriminative, confusing = (None if end is None else next(seen) for end in ends[i])
+        contrasts.append(
+            Contrast(
+                rival=_prediction(classifier, j, float(probabilities[i, j])),
+                map=maps[i],
+                gap=float(logits[i, j] - logits[i, k]),
+                neurons=side[order],
+                evidence=evidence[order],
+                rival_tree=trees[j],
+                rival_discriminative=discriminative,
+                rival_confusing=confusing,
+            )
+        )
+    return contrasts
+
+
+def _rival(probabilities: torch.Tensor, target: int, asked: int | None) -> int:
+    """The class asked for, or the most probable class other than ``target``."""
+    if asked is None:
+        top = probabilities.topk(min(2, probabilities.numel())).indices.tolist()
+        return next(c for c in top if c != target)
+    if asked == target:
+        raise FclensError(
+            f"the contrast class {asked} is the explained class itself; give another, or runner-up"
+        )
+    return asked
+
+
+def _side(tree: SplitTree, sign: str) -> np.ndarray:
+    """The neurons of the root's ``sign`` child; an unsplit tree has only one side, all its neurons."""
+    return tree.root.indices if tree.root.is_leaf else tree.node(sign).indices
 
 
 def _pairs(trees: list[SplitTree], every_node: bool) -> torch.Tensor:

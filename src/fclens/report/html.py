@@ -39,12 +39,15 @@ from fclens.tree import Node, SplitTree, split_tree
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from fclens.explain import Explanation, NodeExplanation
+    from fclens.explain import Contrast, Explanation, NodeExplanation
 
 __all__ = ["default_classes", "explanations_page", "render", "weights_page"]
 
 THUMBNAIL = 96
 """Longest side, in pixels, of the photos in a batch's index table."""
+
+NEURONS_SHOWN = 10
+"""How many of a contrast's neurons a page lists, strongest first."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -70,6 +73,22 @@ class Card:
 
 
 @dataclass
+class ContrastView:
+    """An explanation's contrast: the rival, its map, and the two trees' terminal nodes side by side.
+
+    ``pairs`` rows are (title, the target's card, the rival's card), a card None where a tree was never
+    split; ``neurons`` the strongest (neuron, evidence) of :attr:`fclens.explain.Contrast.neurons`.
+    """
+
+    rival: dict[str, Any]
+    gap: str
+    picture: str
+    pairs: list[tuple[str, Card | None, Card | None]]
+    neurons: list[tuple[int, str]]
+    count: int
+
+
+@dataclass
 class ExplanationView:
     """One explanation's section of the batch page, and its row in the index table."""
 
@@ -86,6 +105,7 @@ class ExplanationView:
     confusing: Card | None
     scores: tuple[str, str]
     facts: list[tuple[str, str]]
+    contrast: ContrastView | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -96,7 +116,7 @@ def explanations_page(
     skipped: Iterable[tuple[str, str]] = (),
     title: str = "fclens: where the final layer looks",
 ) -> str:
-    """A self-contained HTML page for a batch of explanations (one is fine: ``Explanation.to_html``).
+    """A self-contained HTML page for a batch of explanations (or of one: ``explanations_page([exp])``).
 
     Per image: the photo, the top-5 predictions, the split tree with every node's overlay, the
     terminal discriminative and confusing maps beside the photo; a switch between the map kinds that
@@ -208,6 +228,7 @@ def _explanation_view(number: int, explanation: Explanation, kinds: list[str]) -
 
     tree, by_path = _nest(explanation.nodes, card, explanation.tree)
     ends = (explanation.discriminative, explanation.confusing)  # None when the root was never split
+    contrast = explanation.contrast
     target = explanation.target
     thumbnail = image.copy()
     thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
@@ -242,6 +263,38 @@ def _explanation_view(number: int, explanation: Explanation, kinds: list[str]) -
                 ("class insertion AUC", explanation.class_insertion_auc),
             ),
         ],
+        contrast=None
+        if contrast is None
+        else _contrast_view(
+            contrast, image, [None if end is None else by_path[end.path] for end in ends], card
+        ),
+    )
+
+
+def _contrast_view(
+    contrast: Contrast,
+    image: Image.Image,
+    target_ends: list[Card | None],
+    card: Callable[[NodeExplanation], Card],
+) -> ContrastView:
+    rival = contrast.rival
+    rival_ends = [
+        None if node is None else card(node)
+        for node in (contrast.rival_discriminative, contrast.rival_confusing)
+    ]
+    return ContrastView(
+        rival={"name": rival.name, "index": rival.index, "probability": rival.probability},
+        gap=fmt(contrast.gap, ".4g"),
+        picture=_image_uri(overlay(image, contrast.shown())),
+        pairs=[
+            ("Most discriminative", target_ends[0], rival_ends[0]),
+            ("Most confusing", target_ends[1], rival_ends[1]),
+        ],
+        neurons=[
+            (int(c), fmt(e, ".4g"))
+            for c, e in zip(contrast.neurons[:NEURONS_SHOWN], contrast.evidence[:NEURONS_SHOWN], strict=True)
+        ],
+        count=len(contrast.neurons),
     )
 
 
