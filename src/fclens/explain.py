@@ -36,6 +36,7 @@ from fclens.head import Head, find_head
 from fclens.images import ImageInput, iter_image_paths, to_batch
 from fclens.maps import (
     MAP_KINDS,
+    Capture,
     NodeBatch,
     branch_sign,
     capture,
@@ -295,10 +296,23 @@ def explain(
         seed = None
     options = _Options(kinds, min_size, mode, scores, curves, seed, batch_size, contrast is not None, rival)
     explanations: list[Explanation] = []
-    for start in range(0, len(items), batch_size):
-        stop = start + batch_size
-        explanations += _explain_batch(classifier, head, items[start:stop], targets[start:stop], options)
+    for batch in _batches(items, batch_size, classifier.preprocessing.input_size):
+        explanations += _explain_batch(classifier, head, items[batch], targets[batch], options)
     return explanations
+
+
+def _batches(items: list[tuple[str, ImageInput]], batch_size: int, size: tuple[int, int]) -> list[slice]:
+    """Runs of consecutive items of one input size, cut into batches of at most ``batch_size``.
+
+    A tensor comes at its own size; every other kind of image is prepared at the model's ``size``.
+    """
+    sizes = [tuple(item.shape[-2:]) if isinstance(item, torch.Tensor) else size for _, item in items]
+    batches, start = [], 0
+    for stop in range(1, len(items) + 1):
+        if stop == len(items) or stop - start == batch_size or sizes[stop] != sizes[start]:
+            batches.append(slice(start, stop))
+            start = stop
+    return batches
 
 
 @dataclass(frozen=True)
@@ -324,7 +338,7 @@ def _explain_batch(
     inputs, displays = to_batch([item for _, item in items], classifier.preprocessing)
     inputs = inputs.to(classifier.device)
     module = classifier.module
-    captured = capture(module, head, inputs, graph=not head.affine)
+    captured = _capture(classifier, head, inputs)
     probabilities = captured.logits.float().softmax(dim=1).cpu()
     top = probabilities.topk(min(5, probabilities.shape[1]), dim=1)
     targets = [int(top.indices[i, 0]) if k is None else k for i, k in enumerate(wanted)]
@@ -486,6 +500,29 @@ def _rival(probabilities: torch.Tensor, target: int, asked: int | None) -> int:
 def _side(tree: SplitTree, sign: str) -> np.ndarray:
     """The neurons of the root's ``sign`` child; an unsplit tree has only one side, all its neurons."""
     return tree.root.indices if tree.root.is_leaf else tree.node(sign).indices
+
+
+def _capture(classifier: Classifier, head: Head, inputs: torch.Tensor) -> Capture:
+    """The batch's forward pass; an input size that the model cannot take is a one-line FclensError.
+
+    A size other than the model's own is tried, except where the head reads a grid of tokens (ViT,
+    DeiT): its layout was found at the model's size, as were the position embeddings of most.
+    """
+    size = tuple(inputs.shape[2:])
+    if size == classifier.preprocessing.input_size:
+        return capture(classifier.module, head, inputs, graph=not head.affine)
+    if head.layout == "tokens":
+        reason = f"its features are a {head.grid[0]}×{head.grid[1]} grid of tokens at that size"
+    else:
+        try:
+            return capture(classifier.module, head, inputs, graph=not head.affine)
+        except Exception as error:  # the model's own refusal, of whatever type it raises
+            reason = " ".join(str(error).split()) or type(error).__name__
+    height, width = classifier.preprocessing.input_size
+    raise FclensError(
+        f"{classifier.name} cannot be explained on (3, {size[0]}, {size[1]}) inputs, only at its input size "
+        f"(3, {height}, {width}): {reason}; resize the tensor, or pass a path, PIL image or array"
+    )
 
 
 def _pairs(trees: list[SplitTree], every_node: bool) -> torch.Tensor:

@@ -395,10 +395,11 @@ def to_batch(
     """Stack images of any accepted kind into one model input, with the pictures the model sees.
 
     Paths, PIL images and arrays are decoded and preprocessed; a tensor is taken as already
-    preprocessed, (3, H, W) or (N, 3, H, W), and its picture is recovered by `denormalize`. Returns
-    the float32 batch (N, 3, H, W) — on the CPU, or on the device of the tensors given — and N display
-    images, one per row, for overlays. The first input that cannot be used raises ImageError;
-    skipping bad files is the batch driver's choice.
+    preprocessed, (3, H, W) or (N, 3, H, W): values as the model expects them, at its input size or at
+    any other that the model takes; its picture is recovered by `denormalize`. Returns the float32
+    batch (N, 3, H, W) — on the CPU, or on the device of the tensors given — and N display images, one
+    per row, for overlays. The first input that cannot be used raises ImageError, as do inputs of
+    different sizes; skipping bad files is the batch driver's choice.
     """
     items = list(images) if isinstance(images, Sequence) and not isinstance(images, str) else [images]
     rows: list[torch.Tensor] = []
@@ -414,6 +415,11 @@ def to_batch(
             displays.append(display)
     if not displays:
         raise ImageError("no images given; pass at least one path, PIL image, array or tensor")
+    sizes = list(dict.fromkeys(tuple(row.shape[1:]) for row in rows))
+    if len(sizes) > 1:
+        raise ImageError(
+            f"inputs of different sizes in one batch, {sizes[0]} and {sizes[1]}; give one size at a time"
+        )
     devices = {row.device for row in rows}
     batch = torch.cat(rows if len(devices) == 1 else [row.cpu() for row in rows])
     given = [i for i, display in enumerate(displays) if display is None]
@@ -436,13 +442,17 @@ def _as_image(item: object) -> Image.Image:
 
 
 def _check_tensor(tensor: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """A preprocessed input as a float32 (N, 3, H, W) batch on its own device, or ImageError naming the shape expected."""
+    """A preprocessed input as a float32 (N, 3, H, W) batch on its own device, or ImageError naming the shape expected.
+
+    Any H × W is taken: whether the model takes it is the model's to say (:func:`fclens.explain`).
+    """
     height, width = preprocessing.input_size
     batch = tensor[None] if tensor.ndim == 3 else tensor
-    if batch.ndim != 4 or tuple(batch.shape[1:]) != (3, height, width):
+    if batch.ndim != 4 or batch.shape[1] != 3 or min(batch.shape[2:]) < 1:
         raise ImageError(
             f"tensor of shape {tuple(tensor.shape)}: expected a preprocessed (3, {height}, {width}) or "
-            f"(N, 3, {height}, {width}) tensor; pass a path, PIL image or array to have it preprocessed"
+            f"(N, 3, {height}, {width}) tensor (or another H×W that the model takes); pass a path, PIL "
+            "image or array to have it preprocessed"
         )
     if not batch.is_floating_point():
         raise ImageError(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.resources
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -54,6 +54,10 @@ class Classifier:
     class_names: list[str]
     name: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    source: str | None = None
+    """What :func:`load_model` was given (None for a module), so that a scan can record and reload it."""
+    weights: Path | None = None
+    """The local weight file loaded, if any."""
 
     @cached_property
     def head(self) -> Head:
@@ -98,11 +102,15 @@ def load_model(
     device: str | torch.device = "cpu",
     class_names: list[str] | None = None,
     preprocessing: Preprocessing | None = None,
+    input_size: int | tuple[int, int] | None = None,
 ) -> Classifier:
     """Load a classifier from the embedded weights, timm, torchvision or a module, in eval mode.
 
     ``class_names`` and ``preprocessing`` override what the source says (a module of your own has no
     metadata: it gets ImageNet's normalisation at 224 px, and ImageNet names if it has 1000 classes).
+    ``input_size`` = (H, W), or one side of a square, overrides the size alone: images are prepared
+    at it, and the forward pass that finds the final layer runs at it. Tensors of another size are still taken where the model
+    takes them (:func:`fclens.explain`).
     """
     device = _device(device)
     if source is None:
@@ -128,8 +136,14 @@ def load_model(
         )
     if default is None:
         default = Preprocessing.from_timm_config(module.pretrained_cfg)
+    preprocessing = preprocessing or default
+    if input_size is not None:
+        side = (input_size, input_size) if isinstance(input_size, int) else input_size
+        preprocessing = replace(preprocessing, input_size=side)
     module.eval().to(device)
-    classifier = Classifier(module, preprocessing or default, [], name, device)
+    given = None if isinstance(source, nn.Module) else source
+    weight_file = None if weights is None else Path(weights)
+    classifier = Classifier(module, preprocessing, [], name, device, given, weight_file)
     num_classes = classifier.head.num_classes  # the layer that makes the logits, found by a forward pass
     if class_names is None:
         class_names = (
