@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from fclens.images import ImageError, Preprocessing, load_image, sample_image
     from fclens.maps import MAP_KINDS, register_map
     from fclens.models import Classifier, ModelError, load_model
+    from fclens.scanning import Scan, ScanError, read_scan, scan
     from fclens.tree import Node, SplitTree, split_tree
 
 __version__ = "0.1.0"
@@ -40,6 +41,7 @@ _SOURCES = {
     "fclens.images": ("ImageError", "Preprocessing", "load_image", "sample_image"),
     "fclens.maps": ("MAP_KINDS", "register_map"),
     "fclens.models": ("Classifier", "ModelError", "load_model"),
+    "fclens.scanning": ("Scan", "ScanError", "read_scan", "scan"),
     "fclens.tree": ("Node", "SplitTree", "split_tree"),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
@@ -60,15 +62,19 @@ __all__ = [
     "Prediction",
     "Preprocessing",
     "RegressionFit",
+    "Scan",
+    "ScanError",
     "SplitTree",
     "explain",
     "find_head",
     "fit_ald",
     "load_image",
     "load_model",
+    "read_scan",
     "register_map",
     "regression_fit",
     "sample_image",
+    "scan",
     "split_tree",
 ]
 

@@ -161,6 +161,33 @@ def _parser() -> argparse.ArgumentParser:
 
 def _command(
     commands: Any,
+
+    scan = _command(
+        commands,
+        "scan",
+        _run_scan,
+        "scan a data set into one Parquet table: each image's prediction, rival, tree, node maps and contrast",
+    )
+    scan.add_argument("source", type=Path, metavar="SOURCE", help="a folder of images, or a .csv/.parquet list")
+    scan.add_argument("--out", type=Path, required=True, help="the scan directory (manifest + Parquet shards)")
+    scan.add_argument(
+        "--labels",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto: class-name subfolders or the list's label column (default); none: no labels",
+    )
+    _tree_options(scan)
+    scan.add_argument("--map", dest="map_kind", default="activation", help="the map kind stored per node (default activation)")
+    scan.add_argument("--features", action="store_true", help="store the final layer's pooled input (for fclens prune)")
+    scan.add_argument(
+        "--scores", choices=("terminal", "all"), help="add the author's masked scores (one forward per node)"
+    )
+    scan.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    scan.add_argument("--workers", type=int, help="decode processes (default: the usable CPUs, at most 8)")
+    scan.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
+    scan.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default: a local Ray")
+    scan.add_argument("--actors", type=int, help="ray engine: model actors (default: one per GPU, else 1)")
+    scan.add_argument("--force", action="store_true", help="start over in a directory that holds another scan")
     name: str,
     run: Callable[[argparse.Namespace], int],
     help_text: str,
@@ -574,3 +601,42 @@ def _explain_line(row: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     sys.exit(main())
+# ------------------------------------------------------------------------------------------------ scan
+def _run_scan(args: argparse.Namespace) -> int:
+    from fclens.scanning import scan
+
+    if args.batch_size < 1:
+        raise FclensError("--batch-size must be at least 1")
+    result = scan(
+        _load(args),
+        args.source,
+        args.out,
+        labels=args.labels,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        min_size=args.min_size,
+        mode=args.mode,
+        map_kind=args.map_kind,
+        features=args.features,
+        scores=args.scores,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        actors=args.actors,
+        force=args.force,
+    )
+    counts = result.manifest["counts"]
+    if args.json:
+        _print_json({"out": str(args.out), "counts": counts, "complete": result.manifest["complete"]})
+    else:
+        skipped = result.table.filter(_skipped_mask(result.table))
+        for path, reason in zip(skipped.column("path").to_pylist(), skipped.column("reason").to_pylist(), strict=True):
+            print(f"{path}: skipped: {reason}")
+        print(f"scanned {counts['ok']} of {counts['images']} images ({counts['skipped']} skipped) into {args.out}")
+    return EXIT_PARTIAL if counts["skipped"] else 0
+
+
+def _skipped_mask(table: Any) -> Any:
+    import pyarrow.compute as pc
+
+    return pc.equal(table.column("status"), "skipped")
+

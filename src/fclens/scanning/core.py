@@ -1,0 +1,251 @@
+"""The per-batch core of a scan: a preprocessed batch in, one table row per image out.
+
+Both engines (the local DataLoader loop and Ray Data's model actors) call :class:`BatchScanner`, so they
+write the same rows. Per batch there is one captured forward pass; every node map of every image comes
+from it in one batched product (:func:`fclens.maps.node_maps`), the contrast map too
+(:func:`fclens.maps.contrast_maps`), and the node contributions are one product with the final layer's
+input. Nothing loops over nodes in Python per image: the ragged per-image node lists become Arrow list
+columns through offsets. The columns are documented in docs/scan-format.md and README.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from fclens.errors import FclensError
+from fclens.maps import MAP_KINDS, NodeBatch, branch_sign, capture, contrast_maps, node_maps, oriented
+from fclens.models import Classifier
+from fclens.scanning.sources import Item
+from fclens.scores import masked_score
+from fclens.tree import MODES, SplitTree, class_trees
+
+__all__ = ["SCHEMA_VERSION", "SCORE_MODES", "BatchScanner", "ScanOptions", "scan_schema", "skipped_rows"]
+
+SCHEMA_VERSION = 1
+"""Version of the row schema and manifest; bumped whenever a column changes meaning or type."""
+
+SCORE_MODES = ("terminal", "all")
+"""Which nodes get the author's masked score: the ends of the tree (leaves and root), or every node."""
+
+TOP = 5
+"""Classes kept per image, most probable first."""
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How each image is scanned; part of the manifest, so a rerun with other options is refused."""
+
+    min_size: int = 20
+    mode: str = "chains"
+    map_kind: str = "activation"
+    features: bool = False
+    scores: str | None = None
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise FclensError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.map_kind not in MAP_KINDS:
+            raise FclensError(f"unknown map kind {self.map_kind!r}; choose from {', '.join(MAP_KINDS)}")
+        if self.scores is not None and self.scores not in SCORE_MODES:
+            raise FclensError(f"scores must be one of {', '.join(SCORE_MODES)} or None; got {self.scores!r}")
+        if self.batch_size < 1:
+            raise FclensError(f"batch size must be at least 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, object]:
+        """What changes the rows (the batch size does not)."""
+        values = asdict(self)
+        del values["batch_size"]
+        return values
+
+
+def scan_schema(options: ScanOptions) -> pa.Schema:
+    """The Arrow schema of a scan's rows (docs/scan-format.md)."""
+    half = pa.list_(pa.float16())
+    fields = [
+        ("index", pa.int64()),
+        ("path", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("label", pa.int32()),
+        ("pred", pa.int32()),
+        ("prob", pa.float32()),
+        ("top5", pa.list_(pa.int32())),
+        ("top5_prob", pa.list_(pa.float32())),
+        ("target", pa.int32()),
+        ("rival", pa.int32()),
+        ("prob_target", pa.float32()),
+        ("prob_rival", pa.float32()),
+        ("logit_target", pa.float32()),
+        ("logit_rival", pa.float32()),
+        ("node_path", pa.list_(pa.string())),
+        ("node_size", pa.list_(pa.int32())),
+        ("node_contribution", pa.list_(pa.float32())),
+        ("node_map", pa.list_(half)),
+        ("contrast_map", half),
+    ]
+    if options.features:
+        fields.append(("features", half))
+    if options.scores:
+        fields.append(("node_score", pa.list_(pa.float32())))
+    return pa.schema(fields, metadata={"fclens_schema_version": str(SCHEMA_VERSION)})
+
+
+def skipped_rows(items: Sequence[Item], reasons: Sequence[str], schema: pa.Schema) -> pa.RecordBatch:
+    """Rows for images that could not be scanned: where they are, why not, their label; the rest null."""
+    known = {
+        "index": [item.index for item in items],
+        "path": [item.path for item in items],
+        "status": ["skipped"] * len(items),
+        "reason": list(reasons),
+        "label": [item.label for item in items],
+    }
+    columns = [
+        pa.array(known[field.name], field.type) if field.name in known else pa.nulls(len(items), field.type)
+        for field in schema
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+class BatchScanner:
+    """Turns preprocessed batches of a classifier's images into scan rows (one forward per batch).
+
+    ``grid`` is the feature grid (h, w) of the last batch, which the writer records in the manifest.
+    """
+
+    def __init__(self, classifier: Classifier, options: ScanOptions) -> None:
+        self.classifier = classifier
+        self.options = options
+        self.head = classifier.head
+        self.schema = scan_schema(options)
+        self.grid: tuple[int, int] | None = None
+        self._membership: dict[int, torch.Tensor] = {}  # class → (n, D) node membership on the device
+
+    def __call__(self, inputs: torch.Tensor, items: Sequence[Item]) -> pa.RecordBatch:
+        """Rows for ``items``, whose preprocessed images are ``inputs`` (N, 3, H, W), in the same order."""
+        classifier, head, options = self.classifier, self.head, self.options
+        device = classifier.device
+        inputs = inputs.to(device, non_blocking=True)
+        captured = capture(classifier.module, head, inputs, graph=not head.affine)
+        logits = captured.logits.float()
+        probabilities = logits.softmax(dim=1)
+        top = probabilities.topk(min(TOP, probabilities.shape[1]), dim=1)
+        labels = torch.tensor([-1 if item.label is None else item.label for item in items], device=device)
+        targets = torch.where(labels >= 0, labels, top.indices[:, 0])
+        everything_else = probabilities.scatter(1, targets[:, None], -1.0)
+        rivals = everything_else.argmax(dim=1) if probabilities.shape[1] > 1 else targets
+
+        target_list = targets.tolist()
+        classes = sorted(set(target_list))
+        rows = head.weight[classes].detach().float().cpu().numpy()
+        trees = dict(zip(classes, class_trees(rows, classes, options.min_size, options.mode), strict=True))
+        image_trees = [trees[k] for k in target_list]
+        membership = self._memberships(trees, target_list)  # (N, n, D)
+        node_batch = NodeBatch(
+            classifier.module, head, inputs, captured, targets, membership, seed=options.seed
+        )
+        maps = node_maps(node_batch, [options.map_kind])[options.map_kind].detach()
+        weights = head.weight.to(captured.prelogits)[targets]
+        shares = captured.prelogits.detach().float() * weights.float()  # w_kj z_j, (N, D)
+        contributions = torch.bmm(membership, shares[:, :, None])[:, :, 0]  # Σ_{j∈node} w_kj z_j
+        contrast = contrast_maps(captured, head, targets, rivals).detach()
+        prelogits = captured.prelogits.detach()
+        del node_batch, captured  # frees a non-affine head's autograd graph before scoring
+        scores = self._scores(inputs, maps, targets, image_trees) if options.scores else None
+
+        self.grid = (int(maps.shape[2]), int(maps.shape[3]))
+        counts = np.array([len(tree.nodes) for tree in image_trees])
+        valid = torch.arange(maps.shape[1], device=device)[None, :] < torch.as_tensor(counts, device=device)[:, None]
+        take = np.arange(len(items))
+        columns = {
+            "index": pa.array([item.index for item in items], pa.int64()),
+            "path": pa.array([item.path for item in items], pa.string()),
+            "status": pa.array(["ok"] * len(items), pa.string()),
+            "reason": pa.nulls(len(items), pa.string()),
+            "label": pa.array([item.label for item in items], pa.int32()),
+            "pred": _numpy(top.indices[:, 0], np.int32),
+            "prob": _numpy(top.values[:, 0], np.float32),
+            "top5": _lists(_numpy(top.indices, np.int32)),
+            "top5_prob": _lists(_numpy(top.values, np.float32)),
+            "target": _numpy(targets, np.int32),
+            "rival": _numpy(rivals, np.int32),
+            "prob_target": _numpy(probabilities[take, targets], np.float32),
+            "prob_rival": _numpy(probabilities[take, rivals], np.float32),
+            "logit_target": _numpy(logits[take, targets], np.float32),
+            "logit_rival": _numpy(logits[take, rivals], np.float32),
+            "node_path": _ragged([node.path for tree in image_trees for node in tree.nodes], counts),
+            "node_size": _ragged(np.concatenate([_sizes(tree) for tree in image_trees]).astype(np.int32), counts),
+            "node_contribution": _ragged(_numpy(contributions[valid], np.float32), counts),
+            "node_map": _ragged(_lists(_numpy(maps[valid].flatten(1), np.float16)), counts),
+            "contrast_map": _lists(_numpy(contrast.flatten(1), np.float16)),
+        }
+        if options.features:
+            columns["features"] = _lists(_numpy(prelogits, np.float16))
+        if scores is not None:
+            columns["node_score"] = _ragged(scores[valid.cpu().numpy()], counts)
+        return pa.RecordBatch.from_arrays([columns[field.name] for field in self.schema], schema=self.schema)
+
+    def _memberships(self, trees: dict[int, SplitTree], targets: list[int]) -> torch.Tensor:
+        """(N, n, D) node membership per image, built once per class and then reused batch after batch."""
+        for k, tree in trees.items():
+            if k not in self._membership:
+                rows = torch.zeros(len(tree.nodes), self.head.num_features)
+                for m, node in enumerate(tree.nodes):
+                    rows[m, torch.as_tensor(np.asarray(node.indices), dtype=torch.long)] = 1.0
+                self._membership[k] = rows.to(self.classifier.device)
+        width = max(len(tree.nodes) for tree in trees.values())
+        stacked = {
+            k: torch.nn.functional.pad(self._membership[k], (0, 0, 0, width - len(tree.nodes)))
+            for k, tree in trees.items()
+        }
+        return torch.stack([stacked[k] for k in targets])
+
+    def _scores(
+        self, inputs: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, image_trees: list[SplitTree]
+    ) -> np.ndarray:
+        """The author's masked score of the chosen nodes, (N, n) float32 with NaN where not scored."""
+        pairs = [
+            (i, m, branch_sign(node.path))
+            for i, tree in enumerate(image_trees)
+            for m, node in enumerate(tree.nodes)
+            if self.options.scores == "all" or node.is_leaf or not node.path
+        ]
+        where = torch.tensor(pairs, dtype=torch.long, device=inputs.device)
+        rows, nodes, signs = where[:, 0], where[:, 1], where[:, 2]
+        chosen = oriented(maps[rows, nodes], self.options.map_kind, signs)
+        found = masked_score(
+            self.classifier.module, inputs, chosen, rows, targets[rows], self.options.batch_size
+        )
+        scores = np.full(tuple(maps.shape[:2]), np.nan, dtype=np.float32)
+        scores[rows.cpu().numpy(), nodes.cpu().numpy()] = found.numpy()
+        return scores
+
+
+def _numpy(values: torch.Tensor, dtype: type) -> np.ndarray:
+    return values.detach().cpu().numpy().astype(dtype, copy=False)
+
+
+def _sizes(tree: SplitTree) -> np.ndarray:
+    return np.array([node.size for node in tree.nodes], dtype=np.int32)
+
+
+def _lists(matrix: np.ndarray) -> pa.ListArray:
+    """An (N, K) array as N lists of K values."""
+    rows, width = matrix.shape
+    offsets = np.arange(0, rows * width + 1, width, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.ascontiguousarray(matrix).reshape(-1)))
+
+
+def _ragged(values: pa.Array | np.ndarray | list, counts: np.ndarray) -> pa.ListArray:
+    """Flat ``values`` as one list per image, image i taking the next ``counts[i]``."""
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    flat = values if isinstance(values, pa.Array) else pa.array(values)
+    if isinstance(values, np.ndarray) and values.dtype == np.float32:
+        flat = pa.array(values, mask=np.isnan(values))  # unscored nodes are null, not NaN
+    return pa.ListArray.from_arrays(pa.array(offsets), flat)

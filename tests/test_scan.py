@@ -1,0 +1,232 @@
+"""The data-set scan: sources and labels, the rows against explain(), resume, bad input, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+import fclens
+from fclens.cli import main
+from fclens.errors import FclensError
+from fclens.scanning import ScanError, read_scan, scan
+from fclens.scanning.store import MANIFEST
+
+
+def make_photo_folder(root: Path, copies: int = 4) -> Path:
+    """Crops and flips of the shipped photos in class-name subfolders, a truncated JPEG and a text file."""
+    for sample, folder in (("chelsea", "Tiger_Cat"), ("coffee", "espresso")):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        photo = Image.open(fclens.sample_image(sample)).convert("RGB")
+        width, height = photo.size
+        for i in range(copies):
+            crop = photo.crop((7 * i, 5 * i, width - 6 * i, height - 4 * i))
+            (ImageOps.mirror(crop) if i % 2 else crop).save(root / folder / f"{sample}-{i}.jpg", quality=92)
+    (root / "Tiger_Cat" / "broken.jpg").write_bytes(fclens.sample_image("chelsea").read_bytes()[:2000])
+    (root / "espresso" / "notes.png").write_text("not a picture")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="module")
+def scanned(classifier: fclens.Classifier, folder: Path, tmp_path_factory: pytest.TempPathFactory) -> fclens.Scan:
+    out = tmp_path_factory.mktemp("scan") / "scan"
+    return scan(classifier, folder, out, batch_size=4, workers=2, features=True, scores="terminal", progress=False)
+
+
+def test_a_folder_gives_one_row_per_image_with_labels_from_its_subfolders(scanned: fclens.Scan) -> None:
+    table = scanned.table
+    assert table.num_rows == 10
+    assert table.column("index").to_pylist() == list(range(10))
+    rows = {Path(row["path"]).name: row for row in table.to_pylist()}
+    assert rows["chelsea-0.jpg"]["label"] == 282  # "Tiger_Cat" matched to "tiger cat" ignoring case and "_"
+    assert rows["coffee-1.jpg"]["label"] == 967
+    assert rows["coffee-1.jpg"]["pred"] == 967 and rows["coffee-1.jpg"]["target"] == 967
+    assert rows["chelsea-2.jpg"]["target"] == 282  # the label, not the prediction
+    assert rows["broken.jpg"]["status"] == "skipped" and "truncated" in rows["broken.jpg"]["reason"]
+    assert rows["notes.png"]["status"] == "skipped" and rows["notes.png"]["pred"] is None
+    assert scanned.manifest["counts"] == {"images": 10, "ok": 8, "skipped": 2}
+    assert scanned.manifest["complete"] is True
+    assert scanned.class_names[282] == "tiger cat"
+
+
+def test_rival_is_the_most_probable_other_class(scanned: fclens.Scan) -> None:
+    for row in scanned.ok().to_pylist():
+        others = [(p, k) for k, p in zip(row["top5"], row["top5_prob"], strict=True) if k != row["target"]]
+        assert row["rival"] == max(others)[1]
+        assert row["prob_rival"] == pytest.approx(max(others)[0])
+        assert row["top5"][0] == row["pred"]
+
+
+def test_contributions_and_contrast_add_up_to_the_logits(scanned: fclens.Scan) -> None:
+    bias = scanned.bias
+    for i, row in enumerate(scanned.table.to_pylist()):
+        if row["status"] != "ok":
+            continue
+        share = dict(zip(row["node_path"], row["node_contribution"], strict=True))
+        assert share["+"] + share["-"] + bias[row["target"]] == pytest.approx(row["logit_target"], abs=1e-3)
+        assert share[""] == pytest.approx(share["+"] + share["-"], abs=1e-3)
+        contrast = scanned.contrast_map(i).mean() + bias[row["rival"]] - bias[row["target"]]
+        assert contrast == pytest.approx(row["logit_rival"] - row["logit_target"], abs=0.02)
+
+
+def test_rows_match_explain_on_the_same_images(scanned: fclens.Scan, classifier: fclens.Classifier) -> None:
+    ok = scanned.ok().to_pylist()
+    targets = [row["target"] for row in ok]
+    explanations = fclens.explain(classifier, [row["path"] for row in ok], target=targets, scores=True)
+    positions = [i for i, row in enumerate(scanned.table.to_pylist()) if row["status"] == "ok"]
+    for row, position, exp in zip(ok, positions, explanations, strict=True):
+        assert row["node_path"] == [node.path for node in exp.nodes]
+        assert row["node_size"] == [node.size for node in exp.nodes]
+        expected = torch.stack([node.maps["activation"] for node in exp.nodes]).numpy()
+        np.testing.assert_allclose(scanned.node_maps(position), expected, rtol=2e-3, atol=2e-3)
+        scored = {path: score for path, score in zip(row["node_path"], row["node_score"], strict=True)}
+        for node in exp.nodes:
+            if exp.tree.node(node.path).is_leaf or not node.path:
+                assert scored[node.path] == pytest.approx(node.score, abs=1e-4)
+            else:
+                assert scored[node.path] is None
+        assert row["prob_target"] == pytest.approx(exp.target.probability, abs=1e-5)
+
+
+def test_features_are_the_final_layers_input(scanned: fclens.Scan) -> None:
+    features = scanned.features()
+    assert features.shape == (8, 1280)
+    logits = features @ scanned.weight.T + scanned.bias
+    assert (logits.argmax(axis=1) == scanned.ok().column("pred").to_numpy()).all()
+
+
+def test_the_table_reads_without_fclens(scanned: fclens.Scan) -> None:
+    shards = str(scanned.directory / "*.parquet")
+    assert duckdb.sql(f"select count(*) from '{shards}' where status = 'ok'").fetchall()[0][0] == 8
+    frame = pl.read_parquet(shards)
+    assert frame.height == 10 and frame["node_map"].dtype == pl.List(pl.List(pl.Float16))
+    manifest = json.loads((scanned.directory / MANIFEST).read_text())
+    assert manifest["schema_version"] == 1 and len(manifest["class_names"]) == 1000
+    assert manifest["feature_grid"] == [7, 7] and manifest["model"]["head_sha256"]
+
+
+class Interrupting(torch.utils.data.Dataset):
+    """Preprocessed photos with labels; stops the scan like Ctrl-C at item ``stop_at``."""
+
+    def __init__(self, images: torch.Tensor, stop_at: int | None = None) -> None:
+        self.images, self.stop_at = images, stop_at
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if i == self.stop_at:
+            raise KeyboardInterrupt
+        return self.images[i % 2].cpu(), (282, 967)[i % 2]
+
+
+def test_an_interrupted_scan_resumes_without_losing_or_repeating_an_image(
+    classifier: fclens.Classifier, photos: torch.Tensor, tmp_path: Path
+) -> None:
+    out = tmp_path / "scan"
+    options = {"batch_size": 2, "workers": 0, "shard_rows": 4, "progress": False}
+    with pytest.raises(KeyboardInterrupt):
+        scan(classifier, Interrupting(photos, stop_at=9), out, **options)
+    first = {path.name: path.read_bytes() for path in out.glob("part-*.parquet")}
+    assert len(first) == 2 and not read_scan(out).manifest["complete"]
+    done = scan(classifier, Interrupting(photos), out, **options)
+    assert done.table.column("index").to_pylist() == list(range(12))
+    assert done.manifest["complete"] and done.manifest["counts"]["ok"] == 12
+    assert all((out / name).read_bytes() == data for name, data in first.items())  # finished shards kept
+    again = scan(classifier, Interrupting(photos), out, **options)  # nothing left to do
+    assert again.table.num_rows == 12
+
+
+def test_another_model_or_options_into_the_same_directory_is_refused(
+    classifier: fclens.Classifier, photos: torch.Tensor, tmp_path: Path
+) -> None:
+    out = tmp_path / "scan"
+    scan(classifier, Interrupting(photos), out, workers=0, progress=False)
+    with pytest.raises(ScanError, match=r"differs in: options.*--force"):
+        scan(classifier, Interrupting(photos), out, workers=0, min_size=10, progress=False)
+    redone = scan(classifier, Interrupting(photos), out, workers=0, min_size=10, force=True, progress=False)
+    assert redone.manifest["options"]["min_size"] == 10 and redone.table.num_rows == 12
+
+
+def test_a_list_gives_paths_relative_to_itself_and_labels_by_name_or_index(
+    classifier: fclens.Classifier, folder: Path, tmp_path: Path
+) -> None:
+    listing = folder / "list.csv"
+    listing.write_text("path,label\nTiger_Cat/chelsea-0.jpg,tiger cat\nespresso/coffee-0.jpg,967\nmissing.jpg,\n")
+    result = scan(classifier, listing, tmp_path / "scan", workers=0, progress=False)
+    rows = result.table.to_pylist()
+    assert [row["label"] for row in rows] == [282, 967, None]
+    assert rows[2]["status"] == "skipped" and "no such file" in rows[2]["reason"]
+    table = pq.read_table(next((tmp_path / "scan").glob("part-*.parquet")))
+    assert table.num_rows == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,label\na.jpg,1\n", r"no 'path' column \(columns: file, label\)"),
+        ("path,label\na.jpg,tiger kat\n", r"label 'tiger kat' matches no class.*'tiger cat'.*--labels none"),
+        ("path,label\na.jpg,1000\n", r"label 1000 is out of range"),
+    ],
+)
+def test_a_bad_list_is_one_clear_error(classifier: fclens.Classifier, tmp_path: Path, text: str, message: str) -> None:
+    listing = tmp_path / "list.csv"
+    listing.write_text(text)
+    with pytest.raises(FclensError, match=message):
+        scan(classifier, listing, tmp_path / "scan", progress=False)
+
+
+def test_a_subfolder_that_names_no_class_is_refused_unless_labels_none(
+    classifier: fclens.Classifier, tmp_path: Path
+) -> None:
+    make_photo_folder(tmp_path / "photos", copies=1)
+    (tmp_path / "photos" / "Tiger_Cat").rename(tmp_path / "photos" / "tiger_kats")
+    with pytest.raises(FclensError, match=r"subfolder 'tiger_kats' matches no class.*'tiger cat'"):
+        scan(classifier, tmp_path / "photos", tmp_path / "scan", progress=False)
+    result = scan(classifier, tmp_path / "photos", tmp_path / "scan", labels="none", workers=0, progress=False)
+    assert result.table.column("label").null_count == result.table.num_rows
+
+
+def test_a_non_affine_head_is_scanned_with_gradient_maps(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    module = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=6, depth=2)
+    model = fclens.load_model(module, class_names=[f"c{i}" for i in range(6)])
+    images = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    data = [(image, i % 6) for i, image in enumerate(images)]
+    result = scan(model, data, tmp_path / "scan", workers=0, min_size=8, progress=False)
+    assert result.manifest["model"]["pooling"] == "token" and result.grid == (14, 14)
+    row = result.ok().to_pylist()[0]
+    share = dict(zip(row["node_path"], row["node_contribution"], strict=True))
+    assert share["+"] + share["-"] + result.bias[row["target"]] == pytest.approx(row["logit_target"], abs=1e-3)
+    assert np.abs(result.node_maps(0)).sum() > 0
+
+
+def test_cli_scan_reports_skipped_images_and_exit_3(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["scan", str(folder), "--out", str(tmp_path / "scan"), "--batch-size", "4", "--workers", "0"]) == 3
+    printed = capsys.readouterr().out
+    assert "broken.jpg: skipped: truncated" in printed and "scanned 8 of 10 images (2 skipped)" in printed
+    assert main(["scan", str(folder), "--out", str(tmp_path / "scan"), "--min-size", "10"]) == 2
+    assert "differs in: options" in capsys.readouterr().err
+
+
+def test_cli_scan_bad_input_is_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "list.parquet").write_bytes(b"not parquet")
+    assert main(["scan", str(tmp_path / "list.parquet"), "--out", str(tmp_path / "scan")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("fclens: error:") and "cannot read the list" in error and error.count("\n") == 1
+    (tmp_path / "file").write_text("")
+    (tmp_path / "ok.csv").write_text("path\na.jpg\n")
+    assert main(["scan", str(tmp_path / "ok.csv"), "--out", str(tmp_path / "file" / "scan")]) == 2
+    assert "cannot write to" in capsys.readouterr().err
