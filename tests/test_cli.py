@@ -152,8 +152,9 @@ def test_explain_folder_skips_bad_files_and_reruns_skip_finished(
 ) -> None:
     out = tmp_path / "out"
     code, text, _ = run(
-        capsys, "explain", str(photos), "--out", str(out), "--html", "--map", "activation,contribution"
-    )
+        capsys,
+        "explain", str(photos), "--out", str(out), "--html", "--map", "activation,contribution", "--overlays",
+    )  # fmt: skip
     assert code == 3
     with open(out / "summary.csv", newline="") as file:
         rows = {Path(row["source"]).name: row for row in csv.DictReader(file)}
@@ -162,8 +163,8 @@ def test_explain_folder_skips_bad_files_and_reruns_skip_finished(
     cat = rows["<img src=x onerror=alert(1)>.jpg"]
     assert cat["status"] == "ok" and cat["prediction"] in {"tabby", "tiger cat", "Egyptian cat"}
     folder = Path(cat["output"])
-    assert (folder / "explanation.json").is_file() and (folder / "chain.png").is_file()
-    assert (folder / "node-root-contribution.png").is_file()
+    assert (folder / "explanation.json").is_file() and (folder / "chain.jpg").is_file()
+    assert (folder / "maps.npz").is_file() and (folder / "node-root-contribution.png").is_file()
     page = (out / "report.html").read_text()
     assert "<img src=x onerror" not in page and "&lt;img src=x onerror=alert(1)&gt;.jpg" in page
 
@@ -194,6 +195,22 @@ def test_explain_json_for_one_image(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 0 and data["prediction"]["name"] == "espresso" and data["target"]["index"] == 967
     assert data["discriminative"].startswith("+") and data["confusing"].startswith("-")
     assert all({"path", "size", "score"} <= set(node) for node in data["nodes"])
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert data == json.loads((folder / "explanation.json").read_text())  # what the file holds, no maps
+    assert data["maps"] == {"file": "maps.npz", "shape": [len(data["nodes"]), 7, 7]}
+    assert sorted(p.name for p in folder.iterdir()) == ["chain.jpg", "explanation.json", "maps.npz"]
+
+
+def test_samples_are_named_not_located(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--sample chelsea reads "sample:chelsea" in the summary, the JSON and the page, not a site-packages path."""
+    code, text, _ = run(capsys, "explain", "--sample", "chelsea", "--out", str(tmp_path), "--html")
+    assert code == 0 and text.startswith("sample:chelsea: ")
+    with open(tmp_path / "summary.csv", newline="") as file:
+        (row,) = csv.DictReader(file)
+    assert row["source"] == "sample:chelsea"
+    assert json.loads(Path(row["output"], "explanation.json").read_text())["source"] == "sample:chelsea"
+    page = (tmp_path / "report.html").read_text()
+    assert "sample:chelsea" in page and "site-packages" not in page and "samples/chelsea" not in page
 
 
 @pytest.mark.parametrize(

@@ -96,12 +96,6 @@ def test_json_is_complete_and_strict(pair: list[Explanation]) -> None:
     assert data["discriminative"] == pair[0].discriminative.path
 
 
-def test_save_writes_the_report_files(pair: list[Explanation], tmp_path: Path) -> None:
-    written = pair[1].save(tmp_path / "coffee")
-    assert (tmp_path / "coffee" / "explanation.json") in written
-    assert json.loads((tmp_path / "coffee" / "explanation.json").read_text())["target"]["index"] == 967
-
-
 def test_targets_by_name_index_and_list(classifier: Classifier, chelsea: Path, coffee: Path) -> None:
     by_name = explain(classifier, chelsea, target="Egyptian cat", scores=False)
     by_index = explain(classifier, chelsea, target=285, scores=False)

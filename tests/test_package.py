@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import fclens
 
@@ -37,3 +39,11 @@ def test_import_is_lazy_and_the_function_outlives_its_submodule():
 
 def test_unknown_names_are_attribute_errors():
     assert not hasattr(fclens, "no_such_thing") and not hasattr(fclens, "_private")
+
+
+def test_results_never_reach_back_into_the_report():
+    """explain → report, one way: no import of fclens.report in fclens.explain, not even inside a function."""
+    tree = ast.parse(Path(importlib.import_module("fclens.explain").__file__).read_text("utf-8"))
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert imported and not [name for name in imported if name.startswith("fclens.report")]

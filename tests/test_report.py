@@ -17,10 +17,13 @@ from fclens.ald import ALDFit, fit_ald
 from fclens.explain import Explanation, explain
 from fclens.models import Classifier
 from fclens.report import (
+    CHAIN_FILE,
     DONE_MARKER,
+    MAPS_FILE,
     chain_figure,
     default_classes,
     explanations_page,
+    figures,
     fit_plot,
     node_filename,
     overlay,
@@ -166,40 +169,78 @@ def test_node_file_names_refuse_anything_but_a_path(path: str):
         node_filename(path)
 
 
-def test_save_explanation_writes_everything_and_the_json_last(
-    explanation: Explanation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    order: list[tuple[str, bool]] = []
-    folder = tmp_path / "out" / "chelsea"
+@pytest.fixture
+def recorded_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, bool]]:
+    """Every file save_explanation writes, in order, and whether the done-marker existed before it."""
+    order: list[tuple[Path, bool]] = []
 
-    def recording(write, path_at: int):  # records each write and whether the done-marker existed before it
-        def wrapped(*args):
-            order.append((Path(args[path_at]).name, (folder / DONE_MARKER).exists()))
-            return write(*args)
+    def recording(write):
+        def wrapped(path, data):
+            path = Path(path)
+            order.append((path, (path.parent / DONE_MARKER).exists()))
+            return write(path, data)
 
         return wrapped
 
-    monkeypatch.setattr(report_files, "atomic_write_bytes", recording(report_files.atomic_write_bytes, 0))
-    monkeypatch.setattr(report_files, "atomic_write_text", recording(report_files.atomic_write_text, 0))
-    monkeypatch.setattr(report_files, "save_figure", recording(report_files.save_figure, 1))
+    monkeypatch.setattr(report_files, "atomic_write_bytes", recording(report_files.atomic_write_bytes))
+    monkeypatch.setattr(report_files, "atomic_write_text", recording(report_files.atomic_write_text))
+    return order
 
-    save_explanation(explanation, folder)
-    order.clear()
-    written = save_explanation(explanation, folder)  # again, over a finished folder
+
+@pytest.mark.parametrize("overlays", [False, True])
+def test_save_explanation_writes_everything_and_the_json_last(
+    explanation: Explanation, tmp_path: Path, recorded_writes: list[tuple[Path, bool]], overlays: bool
+):
+    folder = tmp_path / "out" / "chelsea"
+    save_explanation(explanation, folder, overlays=overlays)
+    recorded_writes.clear()
+    written = save_explanation(explanation, folder, overlays=overlays)  # again, over a finished folder
 
     names = [p.name for p in written]
-    expected = {node_filename(n.path) for n in explanation.nodes} | {
+    pngs = {node_filename(n.path) for n in explanation.nodes} | {
         node_filename(n.path, "contribution") for n in explanation.nodes
     }
-    assert set(names) == expected | {"chain.png", DONE_MARKER}
-    assert len(names) == len(set(names)) == 2 * len(explanation.nodes) + 2
-    assert names[-1] == DONE_MARKER and [name for name, _ in order] == names
-    assert not any(existed for _, existed in order)  # the marker appears only with the last write
+    assert set(names) == (pngs if overlays else set()) | {CHAIN_FILE, MAPS_FILE, DONE_MARKER}
+    assert len(names) == len(set(names)) == (2 * len(explanation.nodes) if overlays else 0) + 3
+    assert names[-1] == DONE_MARKER and [path.name for path, _ in recorded_writes] == names
+    assert not any(existed for _, existed in recorded_writes)  # the marker appears only with the last write
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)  # no temporary files left
-    for path in written[:-1]:
-        with Image.open(path) as picture:
-            assert picture.format == "PNG" and picture.width >= explanation.image.width
-    assert json.loads((folder / DONE_MARKER).read_text("utf-8")) == json.loads(explanation.to_json())
+    for path in written:
+        if path.suffix in (".png", ".jpg"):
+            with Image.open(path) as picture:
+                assert picture.format == ("PNG" if path.suffix == ".png" else "JPEG")
+                assert picture.width >= explanation.image.width
+
+
+def test_saved_json_and_maps_hold_the_explanation(explanation: Explanation, tmp_path: Path):
+    save_explanation(explanation, tmp_path)
+    record = json.loads((tmp_path / DONE_MARKER).read_text("utf-8"))
+    full = json.loads(explanation.to_json())
+    assert [node.pop("maps") for node in full["nodes"]]
+    shape = [len(explanation.nodes), *explanation.nodes[0].map.shape]
+    assert record == {**full, "maps": {"file": MAPS_FILE, "shape": shape}}
+    with np.load(tmp_path / MAPS_FILE) as maps:
+        assert sorted(maps.files) == sorted(KINDS)
+        for kind in KINDS:
+            assert maps[kind].dtype == np.float16 and list(maps[kind].shape) == shape
+            expected = torch.stack([node.maps[kind] for node in explanation.nodes]).numpy()
+            np.testing.assert_allclose(maps[kind], expected, rtol=1e-3, atol=1e-6 * np.abs(expected).max())
+
+
+def test_maps_beyond_float16_stay_float32(explanation: Explanation, tmp_path: Path):
+    nodes = [
+        dataclasses.replace(n, maps={"activation": n.maps["activation"] * 1e6}) for n in explanation.nodes
+    ]
+    huge = dataclasses.replace(explanation, nodes=nodes, map_kinds=["activation"], primary="activation")
+    save_explanation(huge, tmp_path)
+    with np.load(tmp_path / MAPS_FILE) as maps:
+        assert maps["activation"].dtype == np.float32 and np.isfinite(maps["activation"]).all()
+
+
+def test_a_saved_folder_is_small(explanation: Explanation, tmp_path: Path):
+    """At most 300 KB per image by default: the chain figure as JPEG, the maps as float16."""
+    save_explanation(explanation, tmp_path)
+    assert sum(path.stat().st_size for path in tmp_path.iterdir()) < 300_000
 
 
 def test_save_figure_is_a_png(fit: ALDFit, tmp_path: Path):
@@ -244,23 +285,46 @@ def test_weight_figures_are_labelled(classifier: Classifier, fit: ALDFit):
     assert legend == {"positive weights", "negative weights"}
 
 
-def test_chain_figure_rows(explanation: Explanation):
-    fig = chain_figure(explanation)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    plus = ["root", *(n.path for n in explanation.tree.chain("+"))]
-    minus = [n.path for n in explanation.tree.chain("-")]
-    panels = [t.split("\n")[0] for t in titles if "neurons" in t]
-    assert panels == plus + minus
-    assert all(re.search(r"\d+ neurons, score \d\.\d{3}", t) for t in titles if "neurons" in t)
-    assert any(t.startswith("input: ") for t in titles)
-    assert explanation.target.name in fig.get_suptitle()
+def chain_panels(explanation: Explanation, figure: Image.Image) -> dict[tuple[int, int], np.ndarray]:
+    """The chain figure's cells (row, column) → pixels, where the figure's grid puts a panel."""
+    grid = figures._ChainGrid.of(explanation)
+    assert figure.size == grid.size
+    side = explanation.image.size
+    cells = {}
+    for row in range(3):
+        for column in range(grid.columns):
+            left, top = grid.box(row, column, side)
+            cells[row, column] = np.asarray(figure)[top : top + side[1], left : left + side[0]]
+    return cells
+
+
+def test_chain_figure_shows_each_chain_in_its_row(explanation: Explanation):
+    figure = chain_figure(explanation)
+    cells = chain_panels(explanation, figure)
+    top = [explanation.nodes[0], *(explanation.node(n.path) for n in explanation.tree.chain("+"))]
+    bottom = [explanation.node(n.path) for n in explanation.tree.chain("-")]
+    for row, chain in ((0, top), (2, bottom)):
+        for column, node in enumerate(chain):
+            expected = np.asarray(overlay(explanation.image, node.shown()), dtype=np.int16)
+            assert np.abs(cells[row, column] - expected).max() <= 1, (row, node.path)
+    # Titles in the chain's colour above the panels: blue over the + chain, vermillion over the − chain.
+    pixels = np.asarray(figure, dtype=np.int16)
+    panel_top = figures._ChainGrid.of(explanation).box(0, 0, explanation.image.size)[1]
+    blue = np.abs(pixels - np.array([0, 114, 178])).sum(axis=2) < 60
+    vermillion = np.abs(pixels - np.array([213, 94, 0])).sum(axis=2) < 60
+    assert blue[:panel_top].sum() > 200 and vermillion[:panel_top].sum() == 0
+    assert vermillion[panel_top + 2 * explanation.image.height :].sum() > 200
+    assert figure.width > len(top) * explanation.image.width  # plus the colour bar
 
 
 def test_chain_figure_of_an_unsplit_root(classifier: Classifier, chelsea: Path):
     (unsplit,) = explain(classifier, chelsea, min_size=5000)
     assert unsplit.discriminative is None and unsplit.confusing is None
-    titles = [ax.get_title() for ax in chain_figure(unsplit).axes if "neurons" in ax.get_title()]
-    assert [t.split("\n")[0] for t in titles] == ["root"]
+    figure = chain_figure(unsplit)
+    cells = chain_panels(unsplit, figure)
+    root = np.asarray(overlay(unsplit.image, unsplit.nodes[0].shown()), dtype=np.int16)
+    assert np.abs(cells[0, 0] - root).max() <= 1 and (cells[2, 0] == 255).all()
+    assert figure.width > 2 * unsplit.image.width  # wide enough for the heading, not one panel wide
     assert "root" in explanations_page([unsplit])
 
 
@@ -332,7 +396,7 @@ def test_explanations_page_sections(batch_page: str, explanation: Explanation, f
 
 
 def test_single_explanation_page_has_no_index(explanation: Explanation):
-    page = explanation.to_html()
+    page = explanations_page([explanation])
     assert 'id="index"' not in page and 'id="skipped"' not in page
     assert page.count('class="explanation"') == 1 and explanation.target.name in page
 
@@ -361,6 +425,6 @@ def test_figures_take_dollar_signs_in_names_as_text(
 ):
     """A file or class name with "$" must not reach matplotlib's math parser (it would abort a batch)."""
     hostile = dataclasses.replace(explanation, source=r"a$\frac$b.jpg", model_name=r"net$_x")
-    save_figure(chain_figure(hostile), tmp_path / "chain.png")
+    save_explanation(hostile, tmp_path)
     save_figure(fit_plot(classifier.head.weight[0], r"class$\frac$"), tmp_path / "fit.png")
-    assert (tmp_path / "chain.png").stat().st_size > 0 and (tmp_path / "fit.png").stat().st_size > 0
+    assert (tmp_path / CHAIN_FILE).stat().st_size > 0 and (tmp_path / "fit.png").stat().st_size > 0

@@ -7,7 +7,8 @@ Implements Siddhartha, "An interpretation of the final fully connected layer" (a
     fit = fclens.fit_ald(model.head.weight)           # does each class follow an ALD?
     tree = fclens.split_tree(model.head.weight[285])  # the recursive split of one class
     (exp,) = fclens.explain(model, fclens.sample_image("chelsea"))
-    exp.discriminative.map, exp.confusing.score, exp.save("out/")
+    exp.discriminative.map, exp.confusing.score
+    fclens.report.save_explanation(exp, "out/")       # chain figure, maps.npz, explanation.json
 
 Names are imported on first use (PEP 562), so that ``import fclens`` and ``fclens --help`` do not pay
 for torch, timm and matplotlib before something needs them.

@@ -147,6 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--html", action="store_true", help="write report.html, one self-contained page")
     explain.add_argument(
+        "--overlays",
+        action="store_true",
+        help="also write an overlay PNG per node and map kind (node-PATH[-KIND].png)",
+    )
+    explain.add_argument(
         "--seed", type=int, default=0, help="seed of the noisy smooth-gradcam++ maps (default 0)"
     )
     explain.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
@@ -461,11 +466,13 @@ def _run_explain(args: argparse.Namespace) -> int:
 
     from fclens.explain import RUNNER_UP, explain
     from fclens.images import ImageError, iter_image_paths, load_image, sample_image
+    from fclens.report import save_explanation
 
     if args.batch_size < 1:
         raise FclensError("--batch-size must be at least 1")
     kinds = tuple(kind.strip() for kind in args.maps.split(",") if kind.strip())
-    paths = iter_image_paths(args.paths) + [sample_image(name) for name in args.sample]
+    samples = {sample_image(name): f"sample:{name}" for name in args.sample}  # not a path in site-packages
+    paths = iter_image_paths(args.paths) + list(samples)
     if not paths:
         raise FclensError("no images given or found; give image files or folders, or --sample chelsea")
     out = args.out.resolve()
@@ -475,8 +482,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     if args.contrast not in (None, RUNNER_UP):
         model.class_index(args.contrast)
     rows: list[dict[str, Any]] = [{} for _ in paths]
-    done = []  # kept only for the page or the single-image JSON: a long run must not hold every image
-    keep = args.html or (args.json and len(paths) == 1)
+    done = []  # kept only for the page: a long run must not hold every image
     todo: list[tuple[int, Path, Any]] = []
     progress = tqdm(total=len(paths), desc="images", unit="image", disable=None)
 
@@ -497,11 +503,11 @@ def _run_explain(args: argparse.Namespace) -> int:
             contrast=args.contrast,
         )
         for (position, path, _), explanation in zip(todo, explanations, strict=True):
-            explanation.source = str(path)
+            explanation.source = samples.get(path, str(path))
             folder = _output_folder(args.out, path)
-            explanation.save(folder)
+            save_explanation(explanation, folder, overlays=args.overlays)
             rows[position] = _explain_row(explanation.to_dict(), folder)
-            if keep:
+            if args.html:
                 done.append(explanation)
         progress.update(len(todo))
         todo.clear()
@@ -519,7 +525,11 @@ def _run_explain(args: argparse.Namespace) -> int:
         try:
             todo.append((position, path, load_image(path)))
         except ImageError as error:
-            rows[position] = {"source": str(path), "status": "skipped", "reason": error.reason}
+            rows[position] = {
+                "source": samples.get(path, str(path)),
+                "status": "skipped",
+                "reason": error.reason,
+            }
             progress.update(1)
             continue
         if len(todo) == args.batch_size:
@@ -538,11 +548,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         ]
         atomic_write_text(args.out / "report.html", explanations_page(done, skipped + earlier))
     if args.json and len(paths) == 1 and rows[0]["status"] != "skipped":
-        _print_json(
-            done[0].to_dict()
-            if done
-            else json.loads(Path(rows[0]["output"], "explanation.json").read_text("utf-8"))
-        )
+        _print_json(json.loads(Path(rows[0]["output"], "explanation.json").read_text("utf-8")))
     elif args.json:
         _print_json(rows)
     else:

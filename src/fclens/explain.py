@@ -11,7 +11,9 @@ Example::
     model = fclens.load_model()
     (exp,) = fclens.explain(model, "cat.jpg")
     exp.target.name, exp.discriminative.score, exp.confusing.map   # (h, w) tensor
-    exp.save("out/")
+    fclens.report.save_explanation(exp, "out/")                   # files and pages: fclens.report
+
+Results flow one way: :mod:`fclens.report` reads explanations, this module never imports it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -239,18 +240,6 @@ class Explanation:
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-    def save(self, directory: str | os.PathLike[str]) -> list[Path]:
-        """Overlays per node and kind, the chain figure and ``explanation.json``; returns the paths written."""
-        from fclens.report import save_explanation
-
-        return save_explanation(self, directory)
-
-    def to_html(self) -> str:
-        """A self-contained HTML page of this explanation (:func:`fclens.report.explanations_page`)."""
-        from fclens.report import explanations_page
-
-        return explanations_page([self])
 
 
 def explain(

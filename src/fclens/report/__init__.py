@@ -15,11 +15,13 @@ from fclens.report.figures import (
     save_figure,
     slope_intercept,
 )
-from fclens.report.files import DONE_MARKER, node_filename, save_explanation
+from fclens.report.files import CHAIN_FILE, DONE_MARKER, MAPS_FILE, node_filename, save_explanation
 from fclens.report.html import default_classes, explanations_page, weights_page
 
 __all__ = [
+    "CHAIN_FILE",
     "DONE_MARKER",
+    "MAPS_FILE",
     "chain_figure",
     "default_classes",
     "explanations_page",

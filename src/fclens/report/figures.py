@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import matplotlib
 import numpy as np
 import torch
-from matplotlib import cm, colors, font_manager, patheffects
+from matplotlib import font_manager, patheffects
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
@@ -58,6 +59,11 @@ half, so the photo's edges and texture stay readable everywhere."""
 DESATURATION = 0.35
 """Share of grey mixed into the photo, so that the heatmap's colours stand out against it."""
 DPI = 110
+PANEL = 224
+"""Longest side in pixels of a panel of the chain figure: an ImageNet input at its own resolution."""
+_MARGIN, _GAP, _TITLE_LINE, _HEADING_LINE = 8, 10, 17, 19
+_BAR = (18, 44, 24)
+"""Colour bar of the chain figure: bar width, tick-label width, rotated-label width (pixels)."""
 _HALO = [patheffects.withStroke(linewidth=2.5, foreground="white")]
 """A white outline that keeps small labels readable on top of dense scatter points."""
 
@@ -151,49 +157,132 @@ def _wrap(caption: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 # An explanation's chains
 # ---------------------------------------------------------------------------------------------------------
-def chain_figure(explanation: Explanation, kind: str | None = None) -> Figure:
+def chain_figure(explanation: Explanation, kind: str | None = None) -> Image.Image:
     """The paper's picture of one explanation: discriminative chain, input, confusing chain.
 
     Top row: root → + → ++ → …; middle: the input as the model sees it; bottom: − → −− → ….
     Every panel is the node's overlay for map ``kind`` (default: the explanation's primary kind),
-    titled with its path, size and score. Intermediate nodes of a full tree are not drawn.
+    titled with its path, size and score; a colour bar gives the scale. Intermediate nodes of a full
+    tree are not drawn. Composed with PIL at the photos' own resolution (a matplotlib figure with a
+    dozen photos costs more than the explanation itself); returns an RGB image.
     """
     kind = kind or explanation.primary
-    top = [explanation.nodes[0]] + [explanation.node(n.path) for n in explanation.tree.chain("+")]
-    bottom = [explanation.node(n.path) for n in explanation.tree.chain("-")]
-    columns = max(len(top), len(bottom), 1)
-    fig = Figure(figsize=(2.3 * columns + 0.8, 8.4), dpi=DPI, layout="constrained")
-    grid = fig.add_gridspec(3, columns)
-    image = explanation.image
+    top, bottom = _chains(explanation)
+    heading = _heading(explanation)
+    grid = _ChainGrid.of(explanation)
+    canvas = Image.new("RGB", grid.size, "white")
+    draw = ImageDraw.Draw(canvas)
+    photo = _fit(explanation.image, PANEL)
     for row, chain in ((0, top), (2, bottom)):
-        for column in range(columns):
-            ax = fig.add_subplot(grid[row, column])
-            ax.set_axis_off()
-            if column < len(chain):
-                node = chain[column]
-                ax.imshow(overlay(image, node.shown(kind)))
-                colour = NEG_COLOUR if node.path.startswith("-") else POS_COLOUR
-                ax.set_title(
-                    f"{node.label}\n{node.size} neurons, score {fmt(node.score)}", fontsize=9, color=colour
-                )
-    middle = fig.add_subplot(grid[1, :])
-    middle.imshow(image)
-    middle.set_axis_off()
-    middle.set_anchor("C")
-    middle.set_title(
-        f"input: {Path(explanation.source).name or explanation.source}", fontsize=9, parse_math=False
-    )
-    mappable = cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=HEATMAP_CMAP)
-    bar = fig.colorbar(mappable, ax=fig.axes, shrink=0.5, pad=0.02, panchor=False)
-    bar.set_label(f"{kind} (min–max per node)")
+        for column, node in enumerate(chain):
+            colour = NEG_COLOUR if node.path.startswith("-") else POS_COLOUR
+            lines = [node.label, f"{node.size} neurons, score {fmt(node.score)}"]
+            grid.place(canvas, draw, row, column, overlay(photo, node.shown(kind)), lines, colour)
+    name = Path(explanation.source).name or explanation.source
+    grid.place(canvas, draw, 1, (grid.columns - 1) / 2, photo, [f"input: {name}"], "black")
+    for i, line in enumerate(heading):
+        draw.text((grid.width_of_panels / 2, _MARGIN + i * _HEADING_LINE), line, "black", _font(15), "ma")
+    _colour_bar(canvas, draw, grid, f"{kind} (min–max per node)")
+    return canvas
+
+
+@dataclass(frozen=True)
+class _ChainGrid:
+    """Where the chain figure's panels go: three rows of ``columns`` cells, each titled above.
+
+    The cells are centred under a heading ``heading_width`` pixels wide when it is the wider.
+    """
+
+    columns: int
+    heading_width: int
+
+    @classmethod
+    def of(cls, explanation: Explanation) -> _ChainGrid:
+        top, bottom = _chains(explanation)
+        widest = max(_font(15).getlength(line) for line in _heading(explanation))
+        return cls(max(len(top), len(bottom)), round(widest))
+
+    @property
+    def cells_width(self) -> int:
+        return self.columns * PANEL + (self.columns - 1) * _GAP
+
+    @property
+    def width_of_panels(self) -> int:
+        return 2 * _MARGIN + max(self.cells_width, self.heading_width)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width_of_panels + _GAP + sum(_BAR), self.row_top(3)
+
+    def row_top(self, row: int) -> int:
+        return _MARGIN + 2 * _HEADING_LINE + _GAP + row * (2 * _TITLE_LINE + 4 + PANEL + _GAP)
+
+    def box(self, row: int, column: float, size: tuple[int, int]) -> tuple[int, int]:
+        """Top-left corner of a picture of ``size`` centred in cell (row, column)."""
+        start = (self.width_of_panels - self.cells_width) // 2
+        left = start + round(column * (PANEL + _GAP)) + (PANEL - size[0]) // 2
+        return left, self.row_top(row) + 2 * _TITLE_LINE + 4 + (PANEL - size[1]) // 2
+
+    def place(
+        self,
+        canvas: Image.Image,
+        draw: ImageDraw.ImageDraw,
+        row: int,
+        column: float,
+        picture: Image.Image,
+        title: list[str],
+        colour: str,
+    ) -> None:
+        left, top = self.box(row, column, picture.size)
+        canvas.paste(picture, (left, top))
+        for i, line in enumerate(reversed(title)):  # the last line sits just above the picture
+            draw.text(
+                (left + picture.width / 2, top - 4 - (i + 1) * _TITLE_LINE), line, colour, _font(13), "ma"
+            )
+
+
+def _chains(explanation: Explanation) -> tuple[list[NodeExplanation], list[NodeExplanation]]:
+    """The chain figure's rows: root and the + chain; the − chain (empty when the root is a leaf)."""
+    top = [explanation.nodes[0]] + [explanation.node(n.path) for n in explanation.tree.chain("+")]
+    return top, [explanation.node(n.path) for n in explanation.tree.chain("-")]
+
+
+def _heading(explanation: Explanation) -> list[str]:
     target = explanation.target
-    fig.suptitle(
-        f"{explanation.model_name}: class {target.name} (p = {target.probability:.3f})\n"
-        f"top: most discriminative chain (+), bottom: most confusing chain (−)",
-        fontsize=10,
-        parse_math=False,  # names from outside may hold "$": text, never mathtext
-    )
-    return fig
+    return [
+        f"{explanation.model_name}: class {target.name} (p = {target.probability:.3f})",
+        "top: most discriminative chain (+), bottom: most confusing chain (−)",
+    ]
+
+
+def _fit(image: Image.Image, side: int) -> Image.Image:
+    """``image`` as RGB scaled so that its longer side is ``side`` pixels (unchanged if it already is)."""
+    image = image.convert("RGB")
+    scale = side / max(image.size)
+    if scale == 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def _colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, grid: _ChainGrid, label: str) -> None:
+    """The heatmap colour map from 0 (bottom) to 1 (top) beside the panels, with ticks and ``label``."""
+    bar_width, ticks_width, _ = _BAR
+    height = round(1.6 * PANEL)
+    left = grid.width_of_panels + _GAP
+    top = (grid.row_top(1) + grid.row_top(2)) // 2 - height // 2
+    levels = _lookup_table(HEATMAP_CMAP)[np.linspace(255, 0, height).round().astype(np.intp)]
+    column = np.repeat(levels[:, None, :], bar_width, axis=1)
+    canvas.paste(Image.fromarray(column.astype(np.uint8), "RGB"), (left, top))
+    draw.rectangle((left, top, left + bar_width - 1, top + height - 1), outline="black")
+    font = _font(12)
+    for tick in np.linspace(0, 1, 6):
+        y = top + round((1 - tick) * (height - 1))
+        draw.line((left + bar_width, y, left + bar_width + 3, y), "black")
+        draw.text((left + bar_width + 6, y), f"{tick:.1f}", "black", font, "lm")
+    text = Image.new("RGB", (height, _BAR[2]), "white")
+    ImageDraw.Draw(text).text((height / 2, _BAR[2] / 2), label, "black", _font(13), "mm")
+    canvas.paste(text.rotate(90, expand=True), (left + bar_width + ticks_width, top))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -312,10 +401,16 @@ def figure_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def image_bytes(image: Image.Image, format: str = "PNG", quality: int = 88) -> bytes:
-    """``image`` encoded as PNG (lossless, for files) or JPEG (``quality``; photos in HTML pages)."""
+def image_bytes(
+    image: Image.Image, format: str = "PNG", quality: int = 88, subsampling: str = "4:2:0"
+) -> bytes:
+    """``image`` encoded as PNG (lossless) or JPEG (``quality``, chroma ``subsampling``).
+
+    JPEG suits photos and overlays (a tenth of a PNG's size); "4:4:4" keeps coloured text sharp.
+    """
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format=format, **({"quality": quality} if format == "JPEG" else {}))
+    options = {"quality": quality, "subsampling": subsampling} if format == "JPEG" else {}
+    image.convert("RGB").save(buffer, format=format, **options)
     return buffer.getvalue()
 
 

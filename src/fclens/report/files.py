@@ -1,28 +1,41 @@
-"""Writing one explanation to a folder: an overlay PNG per node and map kind, the chain figure, JSON.
+"""Writing one explanation to a folder: the chain figure, the maps as numbers, and the JSON record.
 
-Every file is written atomically and ``explanation.json`` comes last (an old one is removed first): its
-presence means the image is finished, so a batch that is interrupted and rerun can skip exactly the
-images that have it.
+A folder costs a few hundred kilobytes, not megabytes: the chain figure is a JPEG, the maps are float16
+arrays in ``maps.npz`` (not lists of floats in the JSON), and the per-node overlay PNGs are written only
+when asked for. Every file is written atomically and ``explanation.json`` comes last (an old one is
+removed first): its presence means the image is finished, so a batch that is interrupted and rerun can
+skip exactly the images that have it.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from fclens.io import atomic_write_bytes, atomic_write_text
-from fclens.report.figures import chain_figure, image_bytes, node_caption, overlay, save_figure
+from fclens.report.figures import chain_figure, image_bytes, node_caption, overlay
 
 if TYPE_CHECKING:
     from fclens.explain import Explanation
 
-__all__ = ["DONE_MARKER", "node_filename", "node_slug", "save_explanation"]
+__all__ = ["CHAIN_FILE", "DONE_MARKER", "MAPS_FILE", "node_filename", "node_slug", "save_explanation"]
 
 DONE_MARKER = "explanation.json"
 """Written last by :func:`save_explanation`; a folder holding it is a finished explanation."""
+MAPS_FILE = "maps.npz"
+"""Every node's maps: one (nodes, h, w) array per map kind, nodes in the order of the JSON's ``nodes``."""
+CHAIN_FILE = "chain.jpg"
+"""The chain figure (:func:`~fclens.report.figures.chain_figure`) of the primary map kind."""
+CHAIN_QUALITY = 85
+"""JPEG quality of the chain figure (with 4:4:4 chroma): ~250 KB for twelve 224-pixel panels."""
 
 _PATH = re.compile(r"[+-]*")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def node_slug(path: str) -> str:
@@ -42,21 +55,49 @@ def node_filename(path: str, kind: str | None = None) -> str:
     return f"node-{node_slug(path)}{suffix}.png"
 
 
-def save_explanation(explanation: Explanation, directory: str | Path) -> list[Path]:
+def save_explanation(explanation: Explanation, directory: str | Path, overlays: bool = False) -> list[Path]:
     """Write ``explanation`` into ``directory`` (created if needed); return the paths in writing order.
 
-    Files: ``node-<slug>.png`` per node (primary map kind; ``node-<slug>-<kind>.png`` for each other
-    kind computed), ``chain.png`` (:func:`~fclens.report.figures.chain_figure`), then ``explanation.json``.
+    Files: ``chain.jpg``, ``maps.npz`` (:data:`MAPS_FILE`), with ``overlays`` a ``node-<slug>.png`` per
+    node (primary map kind; ``node-<slug>-<kind>.png`` for each other kind computed), then
+    ``explanation.json``: :meth:`~fclens.explain.Explanation.to_dict` with the nodes' maps replaced by
+    ``"maps": {"file": "maps.npz", "shape": [nodes, h, w]}``.
     """
     directory = Path(directory)
     # Rewriting a finished folder: it stops counting as finished until the new marker lands.
     (directory / DONE_MARKER).unlink(missing_ok=True)
     written: list[Path] = []
-    for node in explanation.nodes:
-        for kind in explanation.map_kinds:
-            name = node_filename(node.path, None if kind == explanation.primary else kind)
-            picture = overlay(explanation.image, node.shown(kind), node_caption(node, kind))
-            written.append(atomic_write_bytes(directory / name, image_bytes(picture)))
-    written.append(save_figure(chain_figure(explanation), directory / "chain.png"))
-    written.append(atomic_write_text(directory / DONE_MARKER, explanation.to_json()))
+    if overlays:
+        for node in explanation.nodes:
+            for kind in explanation.map_kinds:
+                name = node_filename(node.path, None if kind == explanation.primary else kind)
+                picture = overlay(explanation.image, node.shown(kind), node_caption(node, kind))
+                written.append(atomic_write_bytes(directory / name, image_bytes(picture)))
+    chain = image_bytes(chain_figure(explanation), "JPEG", CHAIN_QUALITY, "4:4:4")
+    written.append(atomic_write_bytes(directory / CHAIN_FILE, chain))
+    arrays = _compact_maps(explanation)
+    written.append(atomic_write_bytes(directory / MAPS_FILE, _npz(arrays)))
+    record = explanation.to_dict()
+    for node in record["nodes"]:
+        del node["maps"]
+    record["maps"] = {"file": MAPS_FILE, "shape": list(next(iter(arrays.values())).shape)}
+    written.append(atomic_write_text(directory / DONE_MARKER, json.dumps(record, allow_nan=False)))
     return written
+
+
+def _compact_maps(explanation: Explanation) -> dict[str, np.ndarray]:
+    """Map kind → (nodes, h, w) array, float16 (three significant digits; float32 for a kind whose
+    values exceed float16's range)."""
+    arrays = {}
+    for kind in explanation.map_kinds:
+        values = np.stack([node.maps[kind].numpy() for node in explanation.nodes]).astype(np.float32)
+        finite = values[np.isfinite(values)]
+        fits = finite.size == 0 or float(np.abs(finite).max()) <= _FLOAT16_MAX
+        arrays[kind] = values.astype(np.float16) if fits else values
+    return arrays
+
+
+def _npz(arrays: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
