@@ -5,7 +5,7 @@ write the same rows. Per batch there is one captured forward pass; every node ma
 from it in one batched product (:func:`fclens.maps.node_maps`), the contrast map too
 (:func:`fclens.maps.contrast_maps`), and the node contributions are one product with the final layer's
 input. Nothing loops over nodes in Python per image: the ragged per-image node lists become Arrow list
-columns through offsets. The columns are documented in docs/scan-format.md and README.md.
+columns through offsets. The columns are documented in README.md ("Scan a data set").
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class ScanOptions:
 
 
 def scan_schema(options: ScanOptions) -> pa.Schema:
-    """The Arrow schema of a scan's rows (docs/scan-format.md)."""
+    """The Arrow schema of a scan's rows (README.md, "Scan a data set")."""
     half = pa.list_(pa.float16())
     fields = [
         ("index", pa.int64()),

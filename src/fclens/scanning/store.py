@@ -2,7 +2,7 @@
 
 The directory is the interface between the scan and everything that reads it (the atlas, pruning, a
 user's DuckDB or Polars query), so it is plain: ``manifest.json``, ``head.safetensors`` and
-``part-NNNNN.parquet`` (docs/scan-format.md). A shard appears whole or not at all (written beside its
+``part-NNNNN.parquet`` (README.md, "Scan a data set"). A shard appears whole or not at all (written beside its
 name, then renamed), and the set of finished images is read back from the shards themselves, so a scan
 killed at any moment resumes without losing an image or writing one twice.
 """
