@@ -1,0 +1,46 @@
+"""Evidence on a data set whose answers are known by construction (tests/known_answers.py).
+
+Class A's images hold a small square of A's partner B: the contrast of A with its runner-up must find
+that square at least as well as Grad-CAM of the runner-up, and the discriminative map the large square.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import known_answers as ka
+
+
+def test_the_data_set_is_seeded_and_its_boxes_are_apart() -> None:
+    first, again, other = ka.make(5, seed=3), ka.make(5, seed=3), ka.make(5, seed=4)
+    assert torch.equal(first.images, again.images) and not torch.equal(first.images, other.images)
+    assert first.images.shape == (30, 3, ka.SIZE, ka.SIZE) and sorted(first.labels.tolist()) == sorted(
+        list(range(6)) * 5
+    )
+    for i in first.with_partner:
+        assert ka._apart(first.main[i], first.small[i], 2)
+    assert 0 < len(first.with_partner) < len(first)
+    assert {ka.partner(c) for c in range(6)} == set(range(6)) and all(
+        ka.partner(ka.partner(c)) == c for c in range(6)
+    )
+
+
+@pytest.mark.slow
+def test_contrast_points_at_the_partner_object_at_least_as_well_as_gradcam() -> None:
+    found = ka.evidence()
+    assert found.images > 100 and found.rival_is_partner >= 0.95
+    pointing, energy = found.contrast
+    assert pointing >= found.gradcam_rival[0] and energy >= found.gradcam_rival[1]
+    assert pointing >= 0.9
+    assert found.discriminative[0] >= 0.95  # the discriminative map finds the main object
+
+
+def test_in_box_scores_the_maximum_and_the_mass() -> None:
+    heat = np.zeros((ka.SIZE, ka.SIZE))
+    heat[10, 10] = 3.0
+    heat[30, 30] = 1.0
+    assert ka.in_box(heat, np.array([8, 8, 12, 12])) == (True, 0.75)
+    assert ka.in_box(heat, np.array([28, 28, 32, 32])) == (False, 0.25)
+    assert ka.in_box(heat, np.array([12, 12, 14, 14]), tolerance=3)[0]
