@@ -230,3 +230,14 @@ def test_cli_scan_bad_input_is_exit_2_with_one_line(tmp_path: Path, capsys: pyte
     (tmp_path / "ok.csv").write_text("path\na.jpg\n")
     assert main(["scan", str(tmp_path / "ok.csv"), "--out", str(tmp_path / "file" / "scan")]) == 2
     assert "cannot write to" in capsys.readouterr().err
+
+
+def test_a_datasets_labels_are_matched_or_ignored(
+    classifier: fclens.Classifier, photos: torch.Tensor, tmp_path: Path
+) -> None:
+    labelled = scan(classifier, Interrupting(photos), tmp_path / "labelled", workers=0, progress=False)
+    assert labelled.table.column("label").to_pylist() == [282, 967] * 6
+    assert labelled.table.column("path").to_pylist()[:2] == ["<dataset 0>", "<dataset 1>"]
+    unlabelled = scan(classifier, Interrupting(photos), tmp_path / "none", labels="none", workers=0, progress=False)
+    assert unlabelled.table.column("label").null_count == 12
+    assert unlabelled.table.column("target").to_pylist() == unlabelled.table.column("pred").to_pylist()

@@ -90,7 +90,8 @@ def scan(
             run_ray(scanner, pending, writer, dataset=dataset, address=ray_address, actors=actors,
                     workers=workers, on_batch=bar.update)
         else:
-            decoding = Decoding(pending, classifier.preprocessing, dataset, classifier.class_names)
+            names = classifier.class_names if labels == "auto" else None
+            decoding = Decoding(pending, classifier.preprocessing, dataset, names)
             run_local(scanner, decoding, writer, default_workers() if workers is None else workers, bar.update)
     finally:
         bar.close()
@@ -108,7 +109,7 @@ def _items(source: Any, classifier: Classifier, labels: str) -> tuple[list[Item]
         if count == 0:
             raise FclensError("the dataset is empty")
         items = [Item(i, f"<dataset {i}>") for i in range(count)]
-        return items, (None if labels == "none" else source), f"dataset:{type(source).__name__}:{count}"
+        return items, source, f"dataset:{type(source).__name__}:{count}"
     if type(source).__module__.startswith("ray."):
         return [], source, f"ray-dataset:{type(source).__name__}"
     raise FclensError(

@@ -37,7 +37,7 @@ class Decoding(Dataset):
     """Items → (item with its label, model input or None, reason or None), for a DataLoader's workers.
 
     With ``dataset`` (a torch Dataset yielding (image, label) or image), item i is its element i and the
-    label is matched to ``class_names`` here; otherwise items are files.
+    label is matched to ``class_names`` here (None: labels are ignored); otherwise items are files.
     """
 
     def __init__(
@@ -45,12 +45,12 @@ class Decoding(Dataset):
         items: Sequence[Item],
         preprocessing: Preprocessing,
         dataset: Any = None,
-        class_names: Sequence[str] = (),
+        class_names: Sequence[str] | None = None,
     ) -> None:
         self.items = list(items)
         self.preprocessing = preprocessing
         self.dataset = dataset
-        self.class_names = list(class_names)
+        self.class_names = None if class_names is None else list(class_names)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -62,7 +62,7 @@ class Decoding(Dataset):
                 return item, decode(item, self.preprocessing), None
             element = self.dataset[item.index]
             image, label = element if isinstance(element, (tuple, list)) and len(element) == 2 else (element, None)
-            if label is not None and not (isinstance(label, float) and label != label):
+            if self.class_names is not None and label is not None and not (isinstance(label, float) and label != label):
                 item = replace(item, label=match_label(label, self.class_names))
             return item, decode_dataset_item(image, self.preprocessing), None
         except ImageError as error:
