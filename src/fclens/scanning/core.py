@@ -195,13 +195,13 @@ class BatchScanner:
         """(N, n, D) node membership per image, built once per class and then reused batch after batch."""
         for k, tree in trees.items():
             if k not in self._membership:
-                rows = torch.zeros(len(tree.nodes), self.head.num_features)
+                rows = torch.zeros(len(tree.nodes), self.head.num_features, dtype=torch.bool)
                 for m, node in enumerate(tree.nodes):
-                    rows[m, torch.as_tensor(np.asarray(node.indices), dtype=torch.long)] = 1.0
-                self._membership[k] = rows.to(self.classifier.device)
+                    rows[m, torch.as_tensor(np.asarray(node.indices), dtype=torch.long)] = True
+                self._membership[k] = rows.to(self.classifier.device)  # bool: 1 byte per entry, 1000s of classes
         width = max(len(tree.nodes) for tree in trees.values())
         stacked = {
-            k: torch.nn.functional.pad(self._membership[k], (0, 0, 0, width - len(tree.nodes)))
+            k: torch.nn.functional.pad(self._membership[k], (0, 0, 0, width - len(tree.nodes))).float()
             for k, tree in trees.items()
         }
         return torch.stack([stacked[k] for k in targets])
