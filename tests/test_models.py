@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from fclens import models
 from fclens.errors import FclensError
 from fclens.images import sample_image, to_batch
 from fclens.models import Classifier, ModelError, imagenet_class_names, load_model, read_weights
@@ -159,6 +162,57 @@ def test_offline_hub_miss_suggests_a_weight_file() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     ).stdout
     assert "could not get pretrained weights for timm:resnet18" in out and "--weights PATH" in out
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """The Hugging Face hub at an address that refuses connections, and an empty cache.
+
+    Sleeps are recorded instead of slept: a client that retries would wait between tries.
+    """
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    yield tmp_path
+    assert slept == [], "retried a hub that cannot be reached"
+
+
+def test_an_unreachable_hub_fails_at_once_with_the_same_message(unreachable_hub: Path) -> None:
+    for name in ("resnet18", "resnet34"):  # the second model reuses the first one's probe
+        with pytest.raises(ModelError, match=f"pretrained weights for timm:{name} .*--weights PATH"):
+            load_model(f"timm:{name}")
+    assert not any(unreachable_hub.iterdir())  # and wrote nothing into the cache
+
+
+def test_an_unreachable_hub_still_serves_its_cache(unreachable_hub: Path) -> None:
+    state = timm.create_model("resnet18").state_dict()
+    repo = unreachable_hub / "models--timm--resnet18.a1_in1k"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(state, str(snapshot / "model.safetensors"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    model = load_model("timm:resnet18")
+    torch.testing.assert_close(model.module.state_dict()["fc.weight"], state["fc.weight"])
+
+
+def test_an_unreachable_torchvision_host_fails_before_downloading(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import torchvision
+
+    torch_hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))  # an empty cache
+    monkeypatch.setattr(models, "_reachable", lambda url: False)
+    monkeypatch.setattr(torchvision.models, "get_model", lambda *a, **k: pytest.fail("tried to download"))
+    try:
+        with pytest.raises(ModelError, match=r"torchvision:resnet18 .*--weights PATH"):
+            load_model("torchvision:resnet18")
+    finally:
+        torch.hub.set_dir(torch_hub)
 
 
 def test_class_count_comes_from_the_layer_that_makes_the_logits() -> None:

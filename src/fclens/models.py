@@ -15,9 +15,15 @@ Weight files are read with ``weights_only=True`` or as safetensors: pickled code
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import importlib
 import importlib.resources
+import socket
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -221,7 +227,8 @@ def _timm(name: str, weights: str | Path | None) -> nn.Module:
         )
     if weights is None:
         try:
-            return timm.create_model(name, pretrained=True)
+            with _hub_offline_if_unreachable():
+                return timm.create_model(name, pretrained=True)
         except Exception as error:  # network, hub cache, missing pretrained tag: all mean "no weights here"
             raise _hub_error(f"timm:{name}", error) from error
     state = read_weights(weights)
@@ -231,6 +238,43 @@ def _timm(name: str, weights: str | Path | None) -> nn.Module:
         module = timm.create_model(name, pretrained=False, num_classes=state[classifier].shape[0])
     _load_into(module, state, f"timm:{name}")
     return module
+
+
+@contextlib.contextmanager
+def _hub_offline_if_unreachable() -> Iterator[None]:
+    """The Hugging Face hub client in its offline mode (local cache only) while the hub cannot be reached.
+
+    Unreachable, the client retries each file for ~25 s before it gives up (a minute per timm model);
+    offline, a cached model loads at once and a missing one fails at once, with the same error.
+    """
+    from huggingface_hub import constants
+
+    if _reachable(constants.ENDPOINT):
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+@functools.cache
+def _reachable(url: str) -> bool:
+    """Whether the host of ``url`` takes a connection within 3 s (assumed so behind a proxy).
+
+    Asked once per host and process: a survey of many models on an offline machine learns it once.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or urllib.request.getproxies().get(parts.scheme):
+        return True
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=3).close()
+    except OSError:
+        return False
+    return True
 
 
 def _param_name(module: nn.Module, layer: nn.Module) -> str | None:
@@ -252,7 +296,11 @@ def _torchvision(name: str, weights: str | Path | None) -> tuple[nn.Module, Prep
         )
     default_weights = torchvision.models.get_model_weights(name).DEFAULT
     if weights is None:
+        url = default_weights.url
+        cached = Path(torch.hub.get_dir(), "checkpoints", Path(urllib.parse.urlsplit(url).path).name)
         try:
+            if not cached.is_file() and not _reachable(url):
+                raise ConnectionError(f"{urllib.parse.urlsplit(url).hostname} cannot be reached")
             module = torchvision.models.get_model(name, weights=default_weights)
         except Exception as error:  # network or cache: no weights here
             raise _hub_error(f"torchvision:{name}", error) from error
