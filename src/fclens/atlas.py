@@ -1,0 +1,459 @@
+"""The atlas of a scan: what a data set says about each class — its rivals, its nodes, the images that show it.
+
+:func:`atlas` reads a scan directory (:func:`fclens.scan`) and answers, per class present: how many
+images and how accurate; which classes it is confused with, ranked by *soft* confusion (a 99 % accurate
+model still has rivals, and they are what matters) with the count of outright errors beside it; which
+nodes of its tree carry it on this data set and which pull it down (the mean contribution of each); the
+images where its most confusing node pulls hardest; and, for its top rival, the images with the most
+evidence for that rival. Over the data set: the confusion pairs ranked, and the least accurate classes.
+
+A class's images are those it labels, or, without a label, those it is predicted for: the scan's
+``target`` column. Soft confusion of class a with rival b is the mean over a's images of the probability
+the model gives b. The scan keeps the five most probable classes of each image (``top5``/``top5_prob``),
+so b's probability counts as 0 on an image where b is not among them: a lower bound, exact for every
+rival that matters (a rival outside an image's top 5 has less than a fifth of the mass left).
+
+The aggregation is columnar, in pyarrow compute, one shard at a time: each shard is read with only the
+columns needed (never the maps), reduced to per-class partial sums and top-k candidates, and merged
+into accumulators whose size depends on the classes, not on the images. pyarrow is what the scan is
+written with, so the atlas needs no other engine; ``benchmarks/bench_atlas.py`` measures it beside
+DuckDB on the same table. Maps are read back only for the few images an HTML page draws.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fclens.errors import FclensError
+
+__all__ = ["Atlas", "AtlasImage", "ClassAtlas", "NodeMean", "Pair", "Rival", "atlas", "read_maps"]
+
+MAX_RIVALS = 10
+"""Rivals kept per class, most confusing first."""
+MAX_PAIRS = 100
+"""Confusion pairs kept over the data set, most confusing first."""
+LOWEST = 10
+"""Classes listed as the least accurate."""
+
+_AGGREGATED = [
+    "index", "path", "status", "label", "pred", "top5", "top5_prob", "target", "rival",
+    "logit_target", "logit_rival", "node_path", "node_size", "node_contribution",
+]  # fmt: skip
+
+
+@dataclass
+class Rival:
+    """A class that ``soft_confusion`` of the probability goes to, on average; ``errors``: images of the
+    class predicted as this rival (None without labels)."""
+
+    index: int
+    name: str
+    soft_confusion: float
+    errors: int | None
+
+
+@dataclass
+class NodeMean:
+    """A node of the class's tree and its mean contribution Σ_{j∈node} w_kj z_j over the class's images."""
+
+    path: str
+    size: int
+    mean_contribution: float
+
+
+@dataclass
+class AtlasImage:
+    """One image of the scan (``index`` is its position in the source) and how strongly it shows a thing.
+
+    ``rival`` is set for rival images: the class it argues for.
+    """
+
+    index: int
+    path: str
+    strength: float
+    rival: int | None = None
+
+
+@dataclass
+class ClassAtlas:
+    """What the data set says about one class.
+
+    ``confusing`` is the path of the tree's most confusing node; ``confusing_images`` are those where it
+    pulls the class down the hardest (strength = −its contribution to the logit), ``rival_images`` those
+    of the class whose rival is the top rival, by the evidence for it (strength = logit_rival − logit_target,
+    the contrast map's mean plus the bias difference). ``accuracy`` is None for a class without labels.
+    """
+
+    index: int
+    name: str
+    n: int
+    accuracy: float | None
+    rivals: list[Rival]
+    nodes: list[NodeMean]
+    confusing: str | None
+    confusing_images: list[AtlasImage] = field(default_factory=list)
+    rival_images: list[AtlasImage] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.index,
+            "name": self.name,
+            "n": self.n,
+            "accuracy": self.accuracy,
+            "rivals": [
+                {"class": r.index, "name": r.name, "soft_confusion": r.soft_confusion, "errors": r.errors}
+                for r in self.rivals
+            ],
+            "nodes": [vars(node) for node in self.nodes],
+            "confusing_node": self.confusing,
+            "confusing_images": [
+                {"index": i.index, "path": i.path, "strength": i.strength} for i in self.confusing_images
+            ],
+            "rival_images": [
+                {"index": i.index, "path": i.path, "rival": i.rival, "strength": i.strength}
+                for i in self.rival_images
+            ],
+        }
+
+
+@dataclass
+class Pair:
+    """Class ``a``'s images give ``soft_confusion`` of their probability to class ``b`` on average."""
+
+    a: int
+    b: int
+    soft_confusion: float
+    errors: int | None
+
+
+@dataclass
+class Atlas:
+    """The atlas of the scan in ``directory``: one :class:`ClassAtlas` per class present, by class index.
+
+    ``pairs`` are the confusion pairs over the data set, each direction on its own, most confusing first.
+    """
+
+    directory: Path
+    manifest: dict[str, Any]
+    classes: list[ClassAtlas]
+    pairs: list[Pair]
+    top_k: int
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def labelled(self) -> bool:
+        return any(c.accuracy is not None for c in self.classes)
+
+    def lowest_accuracy(self, count: int = LOWEST) -> list[ClassAtlas]:
+        """The ``count`` least accurate classes with labels (fewest images first among equals)."""
+        known = [c for c in self.classes if c.accuracy is not None]
+        return sorted(known, key=lambda c: (c.accuracy, c.n))[:count]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``fclens atlas --json`` prints; floats are plain, absent accuracies null."""
+        names = self.class_names
+        return {
+            "scan": str(self.directory),
+            "model": self.manifest.get("model", {}).get("name"),
+            "top_k": self.top_k,
+            "classes": [c.to_dict() for c in self.classes],
+            "pairs": [
+                {
+                    "a": p.a,
+                    "b": p.b,
+                    "a_name": names[p.a],
+                    "b_name": names[p.b],
+                    "soft_confusion": p.soft_confusion,
+                    "errors": p.errors,
+                }
+                for p in self.pairs
+            ],
+            "lowest_accuracy": [
+                {"class": c.index, "name": c.name, "n": c.n, "accuracy": c.accuracy}
+                for c in self.lowest_accuracy()
+            ],
+        }
+
+
+def atlas(scan: Any, top_k: int = 8) -> Atlas:
+    """The atlas of a scan (a :class:`fclens.scanning.Scan` or its directory), ``top_k`` images per list."""
+    if top_k < 1:
+        raise FclensError(f"top_k must be at least 1, got {top_k}")
+    directory = Path(scan.directory if hasattr(scan, "directory") else scan)
+    from fclens.scanning import read_scan
+
+    manifest = read_scan(directory).manifest
+    names = list(manifest["class_names"])
+    shards = _shard_paths(directory)
+    totals = _Totals()
+    for table in _ok_rows(shards, _AGGREGATED):
+        totals.add(table)
+    summary = totals.finish(names)
+    confusing = {k: summary.confusing(k) for k in summary.classes}
+    top_rival = {k: found[0].index for k, found in summary.rivals.items() if found}
+    picks = _Picks(top_k)
+    for table in _ok_rows(shards, _AGGREGATED):
+        picks.add(table, confusing, top_rival)
+    kept = {which: picks.grouped(which) for which in ("confusing", "rival")}
+    classes = [
+        ClassAtlas(
+            index=k,
+            name=names[k],
+            n=row["n"],
+            accuracy=summary.accuracy(k),
+            rivals=summary.rivals.get(k, [])[:MAX_RIVALS],
+            nodes=summary.nodes.get(k, []),
+            confusing=confusing[k],
+            confusing_images=kept["confusing"].get(k, []),
+            rival_images=kept["rival"].get(k, []),
+        )
+        for k, row in sorted(summary.classes.items())
+    ]
+    every = [
+        Pair(k, r.index, r.soft_confusion, r.errors) for k, found in summary.rivals.items() for r in found
+    ]
+    pairs = sorted(every, key=lambda p: (-p.soft_confusion, p.a, p.b))[:MAX_PAIRS]
+    return Atlas(directory, manifest, classes, pairs, top_k)
+
+
+def read_maps(directory: str | os.PathLike[str], indices: set[int]) -> dict[int, dict[str, Any]]:
+    """``node_path``, ``node_map`` (n, h·w) and ``contrast_map`` (h·w) float32 of the rows with these indices.
+
+    One pass over the shards, keeping only those rows: what the pages draw, never the whole table.
+    """
+    wanted = pa.array(sorted(indices), pa.int64())
+    found: dict[int, dict[str, Any]] = {}
+    columns = ["index", "status", "node_path", "node_map", "contrast_map"]
+    for table in _ok_rows(_shard_paths(Path(directory)), columns):
+        table = table.filter(pc.is_in(table.column("index"), wanted))
+        if not table.num_rows:
+            continue
+        counts = pc.list_value_length(table.column("node_path")).to_numpy()
+        maps = _floats(pc.list_flatten(pc.list_flatten(table.column("node_map"))))
+        maps = np.split(maps.reshape(counts.sum(), -1), np.cumsum(counts)[:-1])
+        contrast = _floats(pc.list_flatten(table.column("contrast_map"))).reshape(table.num_rows, -1)
+        for i, (index, paths) in enumerate(
+            zip(table.column("index").to_pylist(), table.column("node_path").to_pylist(), strict=True)
+        ):
+            found[index] = {"node_path": paths, "node_map": maps[i], "contrast_map": contrast[i]}
+    return found
+
+
+def _floats(values: Any) -> np.ndarray:
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
+
+
+# --- the passes ----------------------------------------------------------------------------------------
+
+
+def _shard_paths(directory: Path) -> list[Path]:
+    from fclens.scanning.store import _shards
+
+    shards = _shards(directory)
+    if not shards:
+        raise FclensError(f"{directory} holds no rows yet; run or finish `fclens scan ... --out {directory}`")
+    return shards
+
+
+def _ok_rows(shards: list[Path], columns: list[str]) -> Iterator[pa.Table]:
+    """Each shard's ``ok`` rows with only ``columns``: the unit of memory of every pass."""
+    for shard in shards:
+        table = pq.read_table(shard, columns=columns).combine_chunks()
+        yield table.filter(pc.equal(table.column("status"), "ok"))
+
+
+def _flat(table: pa.Table, lists: list[str], keep: list[str]) -> pa.Table:
+    """The list columns ``lists`` flattened together (one row per element), with the row's ``keep`` columns."""
+    parents = pc.list_parent_indices(table.column(lists[0]))
+    columns = {name: pc.list_flatten(table.column(name)) for name in lists}
+    columns.update({name: pc.take(table.column(name), parents) for name in keep})
+    return pa.table(columns)
+
+
+def _merge(accumulated: pa.Table | None, partial: pa.Table, keys: list[str], sums: list[str]) -> pa.Table:
+    """Running sums per key: the accumulator stays one row per key, whatever the number of shards."""
+    if accumulated is not None:
+        partial = pa.concat_tables(
+            [accumulated, partial.select(accumulated.column_names).cast(accumulated.schema)]
+        )
+    merged = partial.group_by(keys).aggregate([(name, "sum") for name in sums])
+    return pa.table({**{key: merged[key] for key in keys}, **{name: merged[f"{name}_sum"] for name in sums}})
+
+
+class _Totals:
+    """Running per-class counts, per-(class, rival) probability sums and errors, per-(class, node) sums."""
+
+    def __init__(self) -> None:
+        self.classes: pa.Table | None = None
+        self.soft: pa.Table | None = None
+        self.errors: pa.Table | None = None
+        self.nodes: pa.Table | None = None
+
+    def add(self, table: pa.Table) -> None:
+        label, pred, target = table.column("label"), table.column("pred"), table.column("target")
+        ones = pa.array(np.ones(table.num_rows, np.int64))
+        per_class = pa.table(
+            {
+                "k": target,
+                "n": ones,
+                "labelled": pc.cast(pc.is_valid(label), pa.int64()),
+                "correct": pc.cast(pc.fill_null(pc.equal(pred, label), False), pa.int64()),
+            }
+        )
+        self.classes = _merge(self.classes, per_class, ["k"], ["n", "labelled", "correct"])
+
+        top = _flat(table, ["top5", "top5_prob"], ["target"])
+        top = top.filter(pc.not_equal(top.column("top5"), top.column("target")))
+        probability = pc.cast(top.column("top5_prob"), pa.float64())
+        self.soft = _merge(
+            self.soft,
+            pa.table({"k": top.column("target"), "b": top.column("top5"), "p": probability}),
+            ["k", "b"],
+            ["p"],
+        )
+
+        wrong = pc.fill_null(pc.not_equal(pred, label), False)
+        errors = pa.table({"k": target, "b": pred, "e": ones}).filter(wrong)
+        self.errors = _merge(self.errors, errors, ["k", "b"], ["e"])
+
+        nodes = _flat(table, ["node_path", "node_size", "node_contribution"], ["target"])
+        contribution = pc.cast(nodes.column("node_contribution"), pa.float64())
+        nodes = pa.table(
+            {
+                "k": nodes.column("target"),
+                "path": nodes.column("node_path"),
+                "size": pc.cast(nodes.column("node_size"), pa.int64()),
+                "c": contribution,
+                "m": pa.array(np.ones(len(contribution), np.int64)),
+            }
+        )
+        self.nodes = _merge(self.nodes, nodes, ["k", "path", "size"], ["c", "m"])
+
+    def finish(self, names: list[str]) -> _Summary:
+        classes = {row["k"]: row for row in self.classes.to_pylist()}
+        errors = {(row["k"], row["b"]): row["e"] for row in self.errors.to_pylist()}
+        rivals: dict[int, list[Rival]] = {}
+        for row in self.soft.to_pylist():
+            k, b = row["k"], row["b"]
+            labelled = classes[k]["labelled"] > 0
+            rival = Rival(
+                b, names[b], row["p"] / classes[k]["n"], errors.get((k, b), 0) if labelled else None
+            )
+            rivals.setdefault(k, []).append(rival)
+        for found in rivals.values():
+            found.sort(key=lambda r: (-r.soft_confusion, -(r.errors or 0), r.index))
+        nodes: dict[int, list[NodeMean]] = {}
+        for row in self.nodes.to_pylist():
+            nodes.setdefault(row["k"], []).append(NodeMean(row["path"], row["size"], row["c"] / row["m"]))
+        for means in nodes.values():
+            means.sort(key=lambda node: node.path)  # "+" sorts before "-": string order is pre-order
+        return _Summary(classes, rivals, nodes)
+
+
+@dataclass
+class _Summary:
+    """The totals as plain values: per class its count row, its rivals (all, ranked) and its node means."""
+
+    classes: dict[int, dict[str, int]]
+    rivals: dict[int, list[Rival]]
+    nodes: dict[int, list[NodeMean]]
+
+    def accuracy(self, k: int) -> float | None:
+        row = self.classes[k]
+        return None if row["labelled"] == 0 else row["correct"] / row["labelled"]
+
+    def confusing(self, k: int) -> str | None:
+        """The end of the all-− chain: the longest path of "-" only (None for a tree never split)."""
+        chain = [node.path for node in self.nodes.get(k, []) if node.path and set(node.path) == {"-"}]
+        return max(chain, key=len) if chain else None
+
+
+class _Picks:
+    """The ``top_k`` strongest images per class for each list, kept as small tables across shards."""
+
+    def __init__(self, top_k: int) -> None:
+        self.top_k = top_k
+        self.kept: dict[str, pa.Table | None] = {"confusing": None, "rival": None}
+
+    def add(self, table: pa.Table, confusing: dict[int, str | None], top_rival: dict[int, int]) -> None:
+        ends = [(k, path) for k, path in confusing.items() if path is not None]
+        if ends:
+            wanted = pa.table(
+                {
+                    "target": pa.array([k for k, _ in ends], pa.int32()),
+                    "node_path": [path for _, path in ends],
+                }
+            )
+            nodes = _flat(table, ["node_path", "node_contribution"], ["target", "index", "path"])
+            nodes = nodes.join(wanted, ["target", "node_path"], join_type="inner")
+            strength = pc.negate(pc.cast(nodes.column("node_contribution"), pa.float64()))
+            self._keep(
+                "confusing",
+                nodes.column("target"),
+                nodes.column("index"),
+                nodes.column("path"),
+                strength,
+                None,
+            )
+        if top_rival:
+            pairs = pa.table(
+                {
+                    "target": pa.array(list(top_rival), pa.int32()),
+                    "rival": pa.array(list(top_rival.values()), pa.int32()),
+                }
+            )
+            rows = table.select(["target", "rival", "index", "path", "logit_target", "logit_rival"])
+            rows = rows.join(pairs, ["target", "rival"], join_type="inner")
+            strength = pc.subtract(
+                pc.cast(rows.column("logit_rival"), pa.float64()),
+                pc.cast(rows.column("logit_target"), pa.float64()),
+            )
+            self._keep(
+                "rival",
+                rows.column("target"),
+                rows.column("index"),
+                rows.column("path"),
+                strength,
+                rows.column("rival"),
+            )
+
+    def _keep(self, which: str, k: Any, index: Any, path: Any, strength: Any, rival: Any) -> None:
+        rows = pa.table(
+            {
+                "k": pc.cast(k, pa.int64()),
+                "index": index,
+                "path": path,
+                "strength": strength,
+                "rival": pc.cast(rival, pa.int64())
+                if rival is not None
+                else pa.nulls(len(index), pa.int64()),
+            }
+        )
+        if self.kept[which] is not None:
+            rows = pa.concat_tables([self.kept[which], rows])
+        rows = rows.sort_by([("k", "ascending"), ("strength", "descending"), ("index", "ascending")])
+        classes = rows.column("k").to_numpy()
+        starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
+        rank = np.arange(len(classes)) - np.repeat(starts, np.diff(np.r_[starts, len(classes)]))
+        self.kept[which] = rows.filter(pa.array(rank < self.top_k))
+
+    def grouped(self, which: str) -> dict[int, list[AtlasImage]]:
+        """The kept images of one list by class, strongest first."""
+        grouped: dict[int, list[AtlasImage]] = {}
+        for row in [] if self.kept[which] is None else self.kept[which].to_pylist():
+            grouped.setdefault(row["k"], []).append(
+                AtlasImage(row["index"], row["path"], row["strength"], row["rival"])
+            )
+        return grouped
