@@ -84,14 +84,14 @@ def scan(
     pending = writer.pending(items)
     bar = _progress(len(items), len(items) - len(pending), progress)
     try:
+        names = classifier.class_names if labels == "auto" else None
+        decoding = Decoding(pending, classifier.preprocessing, dataset, names)
         if engine == "ray":
             from fclens.scanning.ray_engine import run_ray
 
-            run_ray(scanner, pending, writer, dataset=dataset, address=ray_address, actors=actors,
-                    workers=workers, on_batch=bar.update)
+            run_ray(scanner, decoding, writer, address=ray_address, actors=actors, workers=workers,
+                    on_batch=bar.update)
         else:
-            names = classifier.class_names if labels == "auto" else None
-            decoding = Decoding(pending, classifier.preprocessing, dataset, names)
             run_local(scanner, decoding, writer, default_workers() if workers is None else workers, bar.update)
     finally:
         bar.close()
@@ -111,7 +111,10 @@ def _items(source: Any, classifier: Classifier, labels: str) -> tuple[list[Item]
         items = [Item(i, f"<dataset {i}>") for i in range(count)]
         return items, source, f"dataset:{type(source).__name__}:{count}"
     if type(source).__module__.startswith("ray."):
-        return [], source, f"ray-dataset:{type(source).__name__}"
+        from fclens.scanning.ray_engine import dataset_items
+
+        items = dataset_items(source, classifier.class_names, labels)
+        return items, None, f"ray-dataset:{len(items)}"
     raise FclensError(
         f"cannot scan a {type(source).__name__}; give a folder, a .csv/.parquet list or a torch Dataset"
     )

@@ -1,0 +1,245 @@
+"""The Ray engine: the scan as Ray Data batch inference, on a local Ray or on a cluster.
+
+Pending items → ``from_arrow`` → ``map_batches(_decode)`` as CPU tasks (the local engine's
+:class:`~fclens.scanning.local.Decoding`: a preprocessed image per row, or the reason it could not be
+read) → ``map_batches(_ModelActor)`` on a pool of model actors (one per GPU, or CPU actors), each of
+which builds one :class:`~fclens.scanning.core.BatchScanner`, the core that the local engine calls too →
+the driver hands every block of rows to :class:`~fclens.scanning.store.ScanWriter`, which writes shards
+atomically and resumes. So the rows are the local engine's rows, wherever they were computed.
+
+Between the two stages an image travels as the raw bytes of its float32 tensor with its shape, in plain
+Arrow columns (null for a file that could not be decoded), so nothing depends on Ray's tensor types.
+Ray Data restarts a model actor that dies and retries its batch; the writer keeps each image once.
+
+Ray is optional (``pip install 'fclens[ray]'``) and imported only inside these functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from fclens.errors import FclensError
+from fclens.scanning.core import BatchScanner, ScanOptions, skipped_rows
+from fclens.scanning.local import Decoding, collate
+from fclens.scanning.sources import LABEL_MODES, Item, match_label
+from fclens.scanning.store import ScanWriter
+
+__all__ = ["dataset_items", "run_ray"]
+
+_NEEDS_RAY = "the ray engine needs Ray: pip install 'fclens[ray]'"
+
+_DECODED = pa.schema(
+    [
+        ("index", pa.int64()),
+        ("path", pa.string()),
+        ("label", pa.int32()),
+        ("reason", pa.string()),
+        ("image", pa.large_binary()),
+        ("shape", pa.list_(pa.int32())),
+    ]
+)
+"""What a decode task hands a model actor: the item, and its image's float32 bytes and shape or why not."""
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise FclensError(_NEEDS_RAY) from None
+    return ray
+
+
+def run_ray(
+    scanner: BatchScanner,
+    decoding: Decoding,
+    writer: ScanWriter,
+    *,
+    address: str | None = None,
+    actors: int | None = None,
+    workers: int | None = None,
+    on_batch: Callable[[int], None] = lambda count: None,
+) -> None:
+    """Scan ``decoding``'s items with Ray Data and hand the rows to ``writer`` as they arrive.
+
+    ``address``: None starts a local Ray for this scan (shut down after); "auto" or "ray://…" joins a
+    running cluster, which is left running. A Ray already initialised in this process is used as it is.
+    ``actors``: model actors (default: one per GPU of the cluster, else one CPU actor). ``workers``:
+    decode tasks at a time (default: as many as the free CPUs allow). A torch Dataset that the items
+    index travels to the decode tasks with ``decoding``.
+    """
+    ray = _ray()
+    if actors is not None and actors < 1:
+        raise FclensError(f"actors must be 1 or more, got {actors}")
+    if not decoding.items:
+        return
+    with _connected(ray, address):
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        classifier, options = scanner.classifier, scanner.options
+        rows = (
+            ray.data.from_arrow(_item_table(decoding.items))
+            .map_batches(
+                _decode,
+                batch_size=options.batch_size,
+                batch_format="pyarrow",
+                fn_kwargs={
+                    "decoding": Decoding([], decoding.preprocessing, decoding.dataset, decoding.class_names)
+                },
+                compute=ray.data.TaskPoolStrategy(size=workers) if workers else None,
+            )
+            .map_batches(
+                _ModelActor,
+                batch_size=options.batch_size,
+                batch_format="pyarrow",
+                fn_constructor_args=(classifier, options, gpus > 0),
+                compute=ray.data.ActorPoolStrategy(size=actors or max(gpus, 1)),
+                num_gpus=1 if gpus else None,
+                memory=_model_bytes(classifier.module),
+            )
+        )
+        for block in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for batch in block.to_batches():
+                writer.add(batch)
+            grid = (block.schema.metadata or {}).get(b"fclens_grid")
+            if grid is not None:
+                scanner.grid = tuple(int(side) for side in grid.decode().split(","))
+            on_batch(block.num_rows)
+
+
+@contextmanager
+def _connected(ray: Any, address: str | None) -> Iterator[None]:
+    """Ray for the length of a scan: the one already up, a cluster joined, or a local one started."""
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=address or "local", logging_level="WARNING", configure_logging=True)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the scan's own bar counts images
+    try:
+        yield
+    finally:
+        ray.shutdown()  # disconnects from a joined cluster; stops only a Ray started here
+
+
+def _item_table(items: Sequence[Item]) -> pa.Table:
+    return pa.table(
+        {
+            "index": pa.array([item.index for item in items], pa.int64()),
+            "path": pa.array([item.path for item in items], pa.string()),
+            "label": pa.array([item.label for item in items], pa.int32()),
+        }
+    )
+
+
+def _items_of(batch: pa.Table) -> list[Item]:
+    return [
+        Item(index, path, label)
+        for index, path, label in zip(
+            batch.column("index").to_pylist(),
+            batch.column("path").to_pylist(),
+            batch.column("label").to_pylist(),
+            strict=True,
+        )
+    ]
+
+
+def _decode(batch: pa.Table, decoding: Decoding) -> pa.Table:
+    """A decode task: each item's preprocessed image as bytes and shape, or why it was skipped."""
+    torch.set_num_threads(1)  # one task is one core
+    decoding = Decoding(_items_of(batch), decoding.preprocessing, decoding.dataset, decoding.class_names)
+    records = [decoding[position] for position in range(len(decoding))]
+    images = [
+        None if tensor is None else tensor.numpy().astype(np.float32, copy=False) for _, tensor, _ in records
+    ]
+    return pa.table(
+        {
+            "index": [item.index for item, _, _ in records],
+            "path": [item.path for item, _, _ in records],
+            "label": [item.label for item, _, _ in records],
+            "reason": [reason for _, _, reason in records],
+            "image": [None if image is None else image.tobytes() for image in images],
+            "shape": [None if image is None else list(image.shape) for image in images],
+        },
+        schema=_DECODED,
+    )
+
+
+class _ModelActor:
+    """A model actor: the classifier (on this actor's GPU when it has one) and one BatchScanner for it."""
+
+    def __init__(self, classifier: Any, options: ScanOptions, cuda: bool) -> None:
+        if cuda:
+            classifier.device = torch.device("cuda")
+            classifier.module.to(classifier.device)
+        self.scanner = BatchScanner(classifier, options)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        records = [
+            (item, None if image is None else torch.from_numpy(_array(image, shape)), reason)
+            for item, image, shape, reason in zip(
+                _items_of(batch),
+                batch.column("image").to_pylist(),
+                batch.column("shape").to_pylist(),
+                batch.column("reason").to_pylist(),
+                strict=True,
+            )
+        ]
+        decoded, inputs, skipped, reasons = collate(records)
+        parts = []
+        if inputs is not None:
+            parts.append(self.scanner(inputs, decoded))
+        if skipped:
+            parts.append(skipped_rows(skipped, reasons, self.scanner.schema))
+        table = pa.Table.from_batches(parts, schema=self.scanner.schema)
+        if self.scanner.grid is None:
+            return table
+        return table.replace_schema_metadata(
+            {**table.schema.metadata, b"fclens_grid": ",".join(map(str, self.scanner.grid)).encode()}
+        )
+
+
+def _model_bytes(module: torch.nn.Module) -> int:
+    """What an actor reserves besides its CPU or GPU: the memory of its copy of the model.
+
+    The reservation also keeps Ray Data from fusing the decode tasks into CPU actors (it fuses stages
+    with equal requests), so that decoding runs on the other CPUs, in parallel with the model.
+    """
+    return sum(tensor.numel() * tensor.element_size() for tensor in (*module.parameters(), *module.buffers()))
+
+
+def _array(data: bytes, shape: list[int]) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.float32).reshape(shape).copy()  # writable, as torch wants
+
+
+def dataset_items(dataset: Any, class_names: Sequence[str], labels: str = "auto") -> list[Item]:
+    """The items of a Ray Dataset with a ``path`` (and optionally a ``label``) column, in its row order."""
+    ray = _ray()
+    if labels not in LABEL_MODES:
+        raise FclensError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
+    columns = dataset.columns() or []
+    if "path" not in columns:
+        raise FclensError(
+            f"the Ray Dataset has no 'path' column (columns: {', '.join(columns) or 'none'}); give it one"
+        )
+    wanted = ["path", "label"] if labels == "auto" and "label" in columns else ["path"]
+    selected = dataset.select_columns(wanted)
+    options = selected.context.execution_options
+    ordered, options.preserve_order = options.preserve_order, True  # positions must not change between runs
+    try:
+        table = pa.concat_tables([ray.get(ref) for ref in selected.to_arrow_refs()])
+    finally:
+        options.preserve_order = ordered
+    paths = table.column("path").to_pylist()
+    given = table.column("label").to_pylist() if "label" in wanted else [None] * len(paths)
+    if not paths:
+        raise FclensError("the Ray Dataset has no rows")
+    return [
+        Item(position, str(path), None if label is None else match_label(label, class_names))
+        for position, (path, label) in enumerate(zip(paths, given, strict=True))
+    ]
