@@ -10,6 +10,7 @@ import pytest
 
 import synthetic_scan as synthetic
 from fclens.atlas import atlas, read_maps
+from fclens.cli import main
 from fclens.errors import FclensError
 
 CLASSES = 6
@@ -109,3 +110,20 @@ def test_bad_input(tmp_path: Path, written: tuple[Path, dict[str, np.ndarray]]) 
         atlas(tmp_path)
     with pytest.raises(FclensError, match="top_k"):
         atlas(written[0], top_k=0)
+
+
+def test_cli_writes_json_and_pages(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, written: tuple[Path, dict[str, np.ndarray]]
+) -> None:
+    code = main(["atlas", str(written[0]), "--out", str(tmp_path), "--json", "--top-k", "2"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data == json.loads((tmp_path / "atlas.json").read_text("utf-8"))
+    assert data["top_k"] == 2 and len(data["classes"]) == CLASSES
+    code = main(["atlas", str(written[0]), "--out", str(tmp_path), "--html"])
+    out = capsys.readouterr().out
+    assert code == 0 and "top rival" in out and (tmp_path / "index.html").is_file()
+    assert sorted(p.name for p in tmp_path.glob("class-*.html")) == [
+        f"class-{k}.html" for k in range(CLASSES)
+    ]
+    assert main(["atlas", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    assert "not a scan" in capsys.readouterr().err

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fclens.ald import ALDFit, MLEFit, PartFit, RegressionFit, fit_ald, regression_fit
+    from fclens.atlas import Atlas, atlas
     from fclens.errors import FclensError
-    from fclens.explain import Explanation, NodeExplanation, Prediction, explain
+    from fclens.explain import Contrast, Explanation, NodeExplanation, Prediction, explain
     from fclens.head import Head, find_head
     from fclens.images import ImageError, Preprocessing, load_image, sample_image
     from fclens.maps import MAP_KINDS, register_map
@@ -36,8 +37,9 @@ __version__ = "0.1.0"
 
 _SOURCES = {
     "fclens.ald": ("ALDFit", "MLEFit", "PartFit", "RegressionFit", "fit_ald", "regression_fit"),
+    "fclens.atlas": ("Atlas", "atlas"),
     "fclens.errors": ("FclensError",),
-    "fclens.explain": ("Explanation", "NodeExplanation", "Prediction", "explain"),
+    "fclens.explain": ("Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"),
     "fclens.head": ("Head", "find_head"),
     "fclens.images": ("ImageError", "Preprocessing", "load_image", "sample_image"),
     "fclens.maps": ("MAP_KINDS", "register_map"),
@@ -50,7 +52,9 @@ _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in nam
 __all__ = [
     "MAP_KINDS",
     "ALDFit",
+    "Atlas",
     "Classifier",
+    "Contrast",
     "Explanation",
     "FclensError",
     "Head",
@@ -66,6 +70,7 @@ __all__ = [
     "Scan",
     "ScanError",
     "SplitTree",
+    "atlas",
     "explain",
     "find_head",
     "fit_ald",

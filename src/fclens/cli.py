@@ -161,11 +161,6 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--force", action="store_true", help="redo images that already have explanation.json"
     )
-    return parser
-
-
-def _command(
-    commands: Any,
 
     scan = _command(
         commands,
@@ -193,6 +188,23 @@ def _command(
     scan.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default: a local Ray")
     scan.add_argument("--actors", type=int, help="ray engine: model actors (default: one per GPU, else 1)")
     scan.add_argument("--force", action="store_true", help="start over in a directory that holds another scan")
+
+    atlas = _command(
+        commands,
+        "atlas",
+        _run_atlas,
+        "what a scan says about each class: its rivals, its nodes, and the images that show them",
+        model_option=False,
+    )
+    atlas.add_argument("scan_dir", type=Path, metavar="SCAN_DIR", help="a directory written by fclens scan")
+    atlas.add_argument("--out", type=Path, required=True, help="folder for atlas.json (and the HTML pages)")
+    atlas.add_argument("--html", action="store_true", help="write index.html and one page per class")
+    atlas.add_argument("--top-k", type=int, default=8, help="images per list and class (default 8)")
+    return parser
+
+
+def _command(
+    commands: Any,
     name: str,
     run: Callable[[argparse.Namespace], int],
     help_text: str,
@@ -605,8 +617,6 @@ def _explain_line(row: dict[str, Any]) -> str:
     )
 
 
-if __name__ == "__main__":
-    sys.exit(main())
 # ------------------------------------------------------------------------------------------------ scan
 def _run_scan(args: argparse.Namespace) -> int:
     from fclens.scanning import scan
@@ -646,3 +656,29 @@ def _skipped_mask(table: Any) -> Any:
 
     return pc.equal(table.column("status"), "skipped")
 
+
+# ----------------------------------------------------------------------------------------------- atlas
+def _run_atlas(args: argparse.Namespace) -> int:
+    from fclens.atlas import atlas
+
+    found = atlas(args.scan_dir, top_k=args.top_k)
+    data = found.to_dict()
+    written = [atomic_write_text(args.out / "atlas.json", json.dumps(data, indent=1, allow_nan=False) + "\n")]
+    if args.html:
+        from fclens.report.atlas import write_atlas_pages
+
+        written += write_atlas_pages(found, args.out)
+    if args.json:
+        _print_json(data)
+    else:
+        for c in found.lowest_accuracy(5) or found.classes[:5]:
+            rival = f"{c.rivals[0].name} ({c.rivals[0].soft_confusion:.3f})" if c.rivals else "none"
+            accuracy = "n/a" if c.accuracy is None else f"{c.accuracy:.3f}"
+            print(f"{c.name}: {c.n} images, accuracy {accuracy}, top rival {rival}")
+        pages = f", pages: {args.out / 'index.html'}" if args.html else ""
+        print(f"{len(found.classes)} classes, {len(found.pairs)} pairs; atlas: {written[0]}{pages}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

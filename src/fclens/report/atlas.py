@@ -1,0 +1,237 @@
+"""The atlas as HTML: an index page of every class, and one self-contained page per class.
+
+The index is a table of the classes (sortable by any column, filterable by name or index, as the weights
+page is), the confusion pairs and the least accurate classes; each row links to the class's page. A
+class page shows its tree with the mean contribution of every node on this data set, its rivals, and
+the top-k images twice: where the most confusing node pulls hardest (that node's map over the image)
+and where the image argues most for the top rival (the contrast map). Only those images are drawn,
+re-read from their path and prepared as the scan prepared them; a file that is gone, unreadable, or a
+Dataset item (which has no file) is marked on the page instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fclens.atlas import Atlas, AtlasImage, ClassAtlas, NodeMean, read_maps
+from fclens.images import ImageError, Preprocessing, load_image
+from fclens.io import atomic_write_text
+from fclens.maps import MAP_KINDS, branch_sign
+from fclens.report._common import fmt
+from fclens.report.figures import overlay
+from fclens.report.html import Card, _image_uri, _nest, _sign, render
+from fclens.tree import class_trees
+
+__all__ = ["INDEX", "class_page_name", "write_atlas_pages"]
+
+INDEX = "index.html"
+
+
+def class_page_name(k: int) -> str:
+    """``class-<k>.html``: named by index, so that no class name ever reaches a file name."""
+    return f"class-{k}.html"
+
+
+@dataclass
+class Shot:
+    """One drawn image of a class page: its overlay (None where the file could not be read) and caption."""
+
+    index: int
+    path: str
+    picture: str | None
+    caption: str
+    problem: str = ""
+
+
+@dataclass
+class _Drawing:
+    """What the pages of one atlas share: the scan's preparation, grid, the maps of the drawn rows."""
+
+    preprocessing: Preprocessing
+    grid: tuple[int, int]
+    maps: dict[int, dict[str, Any]]
+    pictures: dict[str, Image.Image | str] = field(default_factory=dict)
+
+    def picture(self, path: str) -> Image.Image | str:
+        """The image as the model saw it, or why it cannot be shown (a short reason)."""
+        if path not in self.pictures:
+            try:
+                self.pictures[path] = self.preprocessing.display(load_image(path))
+            except (ImageError, OSError) as error:
+                self.pictures[path] = getattr(error, "reason", None) or str(error)
+        return self.pictures[path]
+
+    def shot(self, image: AtlasImage, heat: np.ndarray | None, caption: str) -> Shot:
+        picture = self.picture(image.path)
+        if isinstance(picture, str):
+            return Shot(image.index, image.path, None, caption, f"not shown: {picture}")
+        if heat is None:
+            return Shot(image.index, image.path, None, caption, "not shown: the scan has no map for this row")
+        return Shot(image.index, image.path, _image_uri(overlay(picture, heat.reshape(self.grid))), caption)
+
+
+def write_atlas_pages(found: Atlas, out: str | Path) -> list[Path]:
+    """Write ``index.html`` and ``class-<k>.html`` for every class into ``out``; return the paths."""
+    out = Path(out)
+    manifest = found.manifest
+    settings = dict(manifest["preprocessing"])
+    preprocessing = Preprocessing(**{key: value for key, value in settings.items() if value is not None})
+    drawn = {i.index for c in found.classes for i in (*c.confusing_images, *c.rival_images)}
+    grid = tuple(int(v) for v in manifest["feature_grid"])
+    drawing = _Drawing(preprocessing, (grid[0], grid[1]), read_maps(found.directory, drawn) if drawn else {})
+    trees = _trees(found)
+    written = []
+    present = {c.index for c in found.classes}
+    for c in found.classes:
+        page = _class_page(found, c, drawing, trees.get(c.index), present)
+        written.append(atomic_write_text(out / class_page_name(c.index), page))
+        drawing.pictures.clear()  # a class's pictures are not needed by the next class
+    written.append(atomic_write_text(out / INDEX, _index_page(found)))
+    return written
+
+
+def _trees(found: Atlas) -> dict[int, Any]:
+    """The split tree of every class present, from the scanned final layer with the scan's settings."""
+    from fclens.scanning import read_scan
+
+    weight = read_scan(found.directory).weight
+    classes = [c.index for c in found.classes]
+    tree = found.manifest.get("tree") or found.manifest["options"]
+    grown = class_trees(weight[classes], classes, int(tree["min_size"]), str(tree["mode"]))
+    return dict(zip(classes, grown, strict=True))
+
+
+def _index_page(found: Atlas) -> str:
+    names = found.class_names
+    rows = []
+    for c in found.classes:
+        top = c.rivals[0] if c.rivals else None
+        rows.append(
+            {
+                "index": c.index,
+                "name": c.name,
+                "search": c.name.lower(),
+                "href": class_page_name(c.index),
+                "cells": [
+                    (str(c.n), c.n),
+                    (fmt(c.accuracy), "" if c.accuracy is None else c.accuracy),
+                    (top.name if top else "–", None),
+                    (fmt(top.soft_confusion) if top else "–", top.soft_confusion if top else ""),
+                    (
+                        _errors(top.errors) if top else "–",
+                        "" if top is None or top.errors is None else top.errors,
+                    ),
+                ],
+            }
+        )
+    pairs = [
+        {
+            "a": names[p.a],
+            "b": names[p.b],
+            "a_href": class_page_name(p.a),
+            "soft": fmt(p.soft_confusion),
+            "errors": _errors(p.errors),
+        }
+        for p in found.pairs[:20]
+    ]
+    lowest = [
+        {"name": c.name, "href": class_page_name(c.index), "accuracy": fmt(c.accuracy), "n": c.n}
+        for c in found.lowest_accuracy()
+    ]
+    return render(
+        "atlas-index.html.j2",
+        title=f"fclens atlas: {found.manifest.get('model', {}).get('name', 'a model')} on a scan",
+        facts=_scan_facts(found),
+        rows=rows,
+        pairs=pairs,
+        lowest=lowest,
+        labelled=found.labelled,
+    )
+
+
+def _class_page(found: Atlas, c: ClassAtlas, drawing: _Drawing, tree: Any, present: set[int]) -> str:
+    means = {node.path: node for node in c.nodes}
+    rivals = [
+        {
+            "name": r.name,
+            "index": r.index,
+            "href": class_page_name(r.index) if r.index in present else None,
+            "soft": fmt(r.soft_confusion),
+            "errors": _errors(r.errors),
+        }
+        for r in c.rivals
+    ]
+    kind = str(found.manifest.get("map_kind", "activation"))
+    confusing = [
+        drawing.shot(
+            i, _node_map(drawing.maps.get(i.index), c.confusing, kind), f"pull {fmt(i.strength, '.4g')}"
+        )
+        for i in c.confusing_images
+    ]
+    rival_name = found.class_names[c.rivals[0].index] if c.rivals else None
+    rival = [
+        drawing.shot(i, _contrast(drawing.maps.get(i.index)), f"logit gap {fmt(i.strength, '.4g')}")
+        for i in c.rival_images
+    ]
+    card_tree = None if tree is None else _nest(tree.nodes, lambda node: _mean_card(node, means), tree)[0]
+    return render(
+        "atlas-class.html.j2",
+        title=f"{c.name} (#{c.index}): what the data set says",
+        name=c.name,
+        facts=[
+            ("images", str(c.n)),
+            ("accuracy", fmt(c.accuracy)),
+            ("most confusing node", c.confusing or "none (tree not split)"),
+            *(_scan_facts(found)),
+        ],
+        rivals=rivals,
+        tree=card_tree,
+        confusing_node=c.confusing,
+        confusing=confusing,
+        rival_name=rival_name,
+        rival=rival,
+        index_href=INDEX,
+    )
+
+
+def _mean_card(node: Any, means: dict[str, NodeMean]) -> Card:
+    mean = means.get(node.path)
+    value = "n/a" if mean is None else fmt(mean.mean_contribution, ".4g")
+    facts = [f"{node.size} neurons", f"mean {value}"]
+    details = f"mean contribution to the logit over the class's images: {value}"
+    return Card(node.path, node.label, _sign(node.path), facts, details)
+
+
+def _node_map(row: dict[str, Any] | None, path: str | None, kind: str) -> np.ndarray | None:
+    """A node's stored map as shown: a signed kind's − node negated (:func:`fclens.maps.oriented`)."""
+    if row is None or path is None or path not in row["node_path"]:
+        return None
+    heat = row["node_map"][row["node_path"].index(path)]
+    signed = kind in MAP_KINDS and MAP_KINDS[kind].signed
+    return heat * branch_sign(path) if signed else heat
+
+
+def _contrast(row: dict[str, Any] | None) -> np.ndarray | None:
+    """The contrast map as shown: the evidence for the rival, zero where the image argues for the class."""
+    return None if row is None else np.clip(row["contrast_map"], 0, None)
+
+
+def _errors(count: int | None) -> str:
+    return "n/a" if count is None else str(count)
+
+
+def _scan_facts(found: Atlas) -> list[tuple[str, str]]:
+    manifest = found.manifest
+    counts = manifest.get("counts", {})
+    return [
+        ("model", str(manifest.get("model", {}).get("name", "?"))),
+        ("scan", str(found.directory)),
+        ("images scanned", str(counts.get("ok", "?"))),
+        ("classes present", str(len(found.classes))),
+        ("map kind", str(manifest.get("map_kind", "?"))),
+    ]
