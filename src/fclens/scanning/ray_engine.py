@@ -232,7 +232,7 @@ def dataset_items(dataset: Any, class_names: Sequence[str], labels: str = "auto"
     options = selected.context.execution_options
     ordered, options.preserve_order = options.preserve_order, True  # positions must not change between runs
     try:
-        table = pa.concat_tables([ray.get(ref) for ref in selected.to_arrow_refs()])
+        table = pa.concat_tables([ray.get(ref) for ref in selected.to_arrow_refs()], promote_options="default")
     finally:
         options.preserve_order = ordered
     paths = table.column("path").to_pylist()
