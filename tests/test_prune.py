@@ -152,8 +152,18 @@ def test_the_curve_equals_a_direct_evaluation_of_each_pruned_layer(bias_correcti
     labels = y.astype(np.float64)
     labels[::7] = np.nan  # and some images without a label
     curve = evaluate(
-        z, w, b, labels=labels, methods=METHODS, sparsities=[0.0, 0.5, 0.9], bias_correction=bias_correction
+        z,
+        w,
+        b,
+        labels=labels,
+        methods=METHODS,
+        sparsities=[0.5, 0.0, 0.95, 0.9],
+        bias_correction=bias_correction,
     )
+    # In the order asked for; made by each kind of product (from scratch, sparse, sparse steps, the reference).
+    assert [(p.method, p.sparsity) for p in curve.points[:4]] == [
+        (METHODS[0], s) for s in (0.5, 0.0, 0.95, 0.9)
+    ]
     assert curve.n_images == 500 and curve.n_labelled == 500 - len(range(0, 500, 7))
     known = np.isfinite(labels)
     for point in curve.points:

@@ -51,7 +51,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -83,6 +83,9 @@ _GLOBAL = ("magnitude", "random")
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 _CHUNK = 4096
 """Images per block of the evaluation: the block's logits for every pruned layer stay within ~16 MB."""
+_SPARSE = 0.1
+"""Densest layer (share of W) multiplied as a sparse matrix: measured no slower than dense below it on
+the development machine (BENCHMARKS.md)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -389,21 +392,23 @@ def evaluate(
     y = _labels(labels, z.shape[0])
     mean = z.mean(axis=0, dtype=np.float64)
 
-    # One product per (method, sparsity); the bias-corrected twin only adds its own bias to it.
     configs: list[tuple[str, float, bool, float]] = []
-    layers: list[tuple[np.ndarray, list[np.ndarray]]] = []
+    chains: list[list[_Step]] = []
+    dev = torch.device(device or "cpu")
     for method in methods:
         ranks = pruning_ranks(w, method, seed=seed, min_size=min_size)
-        for s in sparsities:
+        chain: list[_Step] = []
+        kept = None  # the mask of the step before: a sparser one, kept weights a subset of this one's
+        for s in sorted(sparsities, reverse=True):
             mask = _mask(ranks, method, s)
+            points = list(range(len(configs), len(configs) + len(corrections)))
             configs += [(method, s, corrected, 1.0 - float(mask.mean())) for corrected in corrections]
             biases = [b + bias_shift(w, mask, mean) if corrected else b for corrected in corrections]
-            layers.append((np.where(mask, w, 0), biases))
+            step = _step(w, mask, kept, s == 0, dev)
+            chain.append(step._replace(biases=[torch.from_numpy(x).to(dev) for x in biases], points=points))
+            kept = mask
+        chains.append(chain)
 
-    dev = torch.device(device or "cpu")
-    pruned = [
-        (torch.from_numpy(lw).to(dev), [torch.from_numpy(lb).to(dev) for lb in bs]) for lw, bs in layers
-    ]
     full_w, full_b = torch.from_numpy(w).to(dev), torch.from_numpy(b).to(dev)
     agree = np.zeros(len(configs))
     correct, kl = np.zeros_like(agree), np.zeros_like(agree)
@@ -414,7 +419,8 @@ def evaluate(
             block = torch.from_numpy(z[start : start + _CHUNK]).to(dev)
             labelled = y_all[start : start + _CHUNK]
             known = labelled >= 0
-            ref = block @ full_w.T + full_b  # the same operations as a pruned layer's logits, bit for bit
+            ref_product = block @ full_w.T
+            ref = ref_product + full_b
             ref_top = ref.argmax(dim=1)
             ref_p = torch.softmax(ref, dim=1)
             # KL(p0 ‖ p) summed over images = Σ p0 ln p0 − Σ p0 L + Σ lse(L), since Σ_c p0 = 1 per image.
@@ -423,17 +429,17 @@ def evaluate(
             if pred is not None:
                 stored = torch.from_numpy(np.asarray(pred[start : start + _CHUNK], np.int64)).to(dev)
                 ref_pred_equal += float((ref_top == stored).sum())
-            i = 0
-            for layer_w, biases in pruned:
-                product = block @ layer_w.T
-                for layer_b in biases:
-                    logits = product + layer_b
-                    top = logits.argmax(dim=1)
-                    agree[i] += float((top == ref_top).sum())
-                    correct[i] += float((top[known] == labelled[known]).sum())
-                    lse = float(torch.logsumexp(logits, dim=1).double().sum())
-                    kl[i] += ref_neg_entropy - _cross(ref_p, logits) + lse
-                    i += 1
+            for chain in chains:
+                product = ref_product
+                for step in chain:
+                    product = step.product(block, product, ref_product)
+                    for i, layer_b in zip(step.points, step.biases, strict=True):
+                        logits = product + layer_b
+                        top = logits.argmax(dim=1)
+                        agree[i] += float((top == ref_top).sum())
+                        correct[i] += float((top[known] == labelled[known]).sum())
+                        lse = float(torch.logsumexp(logits, dim=1).double().sum())
+                        kl[i] += ref_neg_entropy - _cross(ref_p, logits) + lse
 
     n, n_labelled = z.shape[0], int((y >= 0).sum())
     points = [
@@ -448,6 +454,7 @@ def evaluate(
         )
         for i, (method, s, corrected, zeroed) in enumerate(configs)
     ]
+    points.sort(key=lambda p: (methods.index(p.method), sparsities.index(p.sparsity), p.bias_correction))
     return PruneCurve(
         points=points,
         n_images=n,
@@ -456,6 +463,44 @@ def evaluate(
         pred_agreement=ref_pred_equal / n if pred is not None else None,
         seed=seed,
     )
+
+
+class _Step(NamedTuple):
+    """How one pruned layer's product z·(W∘M)ᵀ is made from a block of features.
+
+    A method's masks are nested, so its chain runs from the sparsest layer to the densest and each
+    product is the one before plus the weights this step keeps again: ``add`` (few: a sparse product),
+    ``sparse`` (a sparse layer from scratch), ``dense`` (from scratch) or ``reference`` (sparsity 0: the
+    unpruned product itself, bit for bit).
+    """
+
+    kind: str
+    layer: Any
+    biases: list[Any]
+    points: list[int]
+
+    def product(self, block: torch.Tensor, previous: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if self.kind == "reference":
+            return reference
+        if self.kind == "dense":
+            return block @ self.layer.T
+        delta = torch.sparse.mm(self.layer, block.T).T
+        return delta if self.kind == "sparse" else previous + delta
+
+
+def _step(w: np.ndarray, mask: np.ndarray, kept: np.ndarray | None, unpruned: bool, dev: Any) -> _Step:
+    """The cheapest way to this mask's product (see :class:`_Step`); biases and points left empty."""
+    import torch
+
+    if unpruned:
+        return _Step("reference", None, [], [])
+    if kept is not None and (mask & ~kept).mean() <= _SPARSE:
+        return _Step("add", torch.from_numpy(np.where(mask & ~kept, w, 0)).to_sparse().to(dev), [], [])
+    if mask.mean() <= _SPARSE:
+        return _Step("sparse", torch.from_numpy(np.where(mask, w, 0)).to_sparse().to(dev), [], [])
+    return _Step("dense", torch.from_numpy(np.where(mask, w, 0)).to(dev), [], [])
 
 
 def _cross(p: torch.Tensor, logits: torch.Tensor) -> float:
