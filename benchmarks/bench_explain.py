@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=32, help="photos in the throughput folder (default 32)")
     parser.add_argument("--batch-size", type=int, default=16, help="explain's batch size (default 16)")
     parser.add_argument("--memory-runs", type=int, default=500, help="consecutive explanations (default 500)")
+    parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
     parser.add_argument(
         "--only",
         nargs="*",
@@ -365,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     chosen = set(args.only or ["maps", "full", "throughput", "memory"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
     classifier = load_model(device=args.device)
     device = classifier.device
     photos, _ = to_batch([sample_image("chelsea"), sample_image("coffee")], classifier.preprocessing)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms.functional import gaussian_blur
 
@@ -89,3 +90,29 @@ def test_a_faithful_map_beats_its_opposite(classifier: Classifier, photos: torch
     deletion, insertion = curves.deletion_auc, curves.insertion_auc
     assert deletion[0] < deletion[1] and deletion[2] < deletion[3]
     assert insertion[0] > insertion[1] and insertion[2] > insertion[3]
+
+
+def test_a_model_that_cannot_take_channels_last_is_scored_as_given() -> None:
+    """The CPU runs scoring forwards in channels-last order; a model whose view() refuses it still scores."""
+
+    class Viewing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, stride=4, padding=1)
+            self.fc = nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            maps = torch.relu(self.conv(x))
+            return self.fc(maps.view(maps.shape[0], -1))  # view() needs contiguous maps
+
+    torch.manual_seed(0)
+    model = Viewing().eval()
+    inputs = torch.randn(2, 3, 32, 32)
+    with pytest.raises(RuntimeError, match="view"):
+        model(inputs.contiguous(memory_format=torch.channels_last))
+    maps = torch.rand(3, 8, 8)
+    rows, targets = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 1])
+    scores = masked_score(model, inputs, maps, rows, targets, batch_size=2)
+    with torch.no_grad():
+        expected = model(inputs[rows] * upsample_normalised(maps, (32, 32))[:, None]).softmax(dim=1)
+    torch.testing.assert_close(scores, expected[[0, 1, 2], targets])

@@ -5,6 +5,11 @@ image of the preprocessed batch ``inputs`` (N, 3, H, W) each belongs to and ``ta
 whose probability is read. The model runs on batches of ``batch_size`` modified images, without
 autograd, in eval mode; probabilities come back as float32 CPU tensors.
 
+On the CPU these forwards are most of the cost of an explanation, so they run the way a CPU runs a
+convolutional network fastest: in channels-last memory order (oneDNN's NHWC convolutions; the same
+values to float rounding) and in batches of at most :data:`CPU_BATCH_PIXELS` pixels, which keeps a
+batch's activations nearer the cache (BENCHMARKS.md, section 2, "Part 4").
+
 - :func:`masked_score`: PAPER.md §5, the author's recipe: one masked image per map.
 - :func:`deletion_insertion`: Petsiuk, Das & Saenko, "RISE", BMVC 2018: reveal or remove pixels in the
   map's order and integrate the probability over the fraction of pixels.
@@ -23,7 +28,15 @@ from torchvision.transforms.functional import gaussian_blur
 
 from fclens.head import evaluating
 
-__all__ = ["BLUR_KERNEL", "BLUR_SIGMA", "Curves", "deletion_insertion", "masked_score", "upsample_normalised"]
+__all__ = [
+    "BLUR_KERNEL",
+    "BLUR_SIGMA",
+    "CPU_BATCH_PIXELS",
+    "Curves",
+    "deletion_insertion",
+    "masked_score",
+    "upsample_normalised",
+]
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 """Anything that maps a preprocessed batch (N, 3, H, W) to logits (N, C): a module or a function."""
@@ -33,6 +46,9 @@ BLUR_KERNEL = 11
 
 BLUR_SIGMA = 5.0
 """Its standard deviation, in pixels (Petsiuk et al.)."""
+
+CPU_BATCH_PIXELS = 6 * 224 * 224
+"""Most pixels in one batch of modified images on the CPU (6 images at 224 px; more at smaller sizes)."""
 
 
 def upsample_normalised(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -72,7 +88,7 @@ def masked_score(
         mask = upsample_normalised(maps[chunk].to(inputs.device), size)
         return inputs[rows[chunk]] * mask[:, None]
 
-    return _probabilities(forward, masked, targets, batch_size)
+    return _probabilities(forward, masked, targets, batch_size, size)
 
 
 @dataclass
@@ -136,7 +152,9 @@ def deletion_insertion(
             return torch.where(shown, top[rows[m]], rest[rows[m]])
 
         per_step = targets.repeat_interleave(steps + 1)
-        return _probabilities(forward, image, per_step, batch_size).reshape(len(maps), steps + 1)
+        return _probabilities(forward, image, per_step, batch_size, (height, width)).reshape(
+            len(maps), steps + 1
+        )
 
     return Curves(
         fractions=(counts.float() / pixels).cpu(),
@@ -146,17 +164,35 @@ def deletion_insertion(
 
 
 def _probabilities(
-    forward: Forward, build: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor, batch_size: int
+    forward: Forward,
+    build: Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    batch_size: int,
+    size: tuple[int, int],
 ) -> torch.Tensor:
-    """Softmax probability of ``targets[e]`` for each modified image e = 0..len(targets)-1, built by chunks."""
+    """Softmax probability of ``targets[e]`` for each modified image e = 0..len(targets)-1, built by chunks.
+
+    ``size`` = (H, W) of the images ``build`` makes, which bounds a chunk on the CPU.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    on_cpu = targets.device.type == "cpu"
+    if on_cpu:
+        batch_size = max(1, min(batch_size, CPU_BATCH_PIXELS // (size[0] * size[1])))
+    layout = torch.channels_last if on_cpu else torch.contiguous_format
     probabilities = []
     mode = evaluating(forward) if isinstance(forward, nn.Module) else nullcontext()
     with mode, torch.no_grad():
         for start in range(0, len(targets), batch_size):
             chunk = torch.arange(start, min(start + batch_size, len(targets)), device=targets.device)
-            logits = forward(build(chunk))
+            images = build(chunk)
+            try:
+                logits = forward(images.contiguous(memory_format=layout))
+            except RuntimeError:
+                if layout == torch.contiguous_format or start:
+                    raise
+                layout = torch.contiguous_format  # e.g. a view() of a 4-D map: run as given from now on
+                logits = forward(images.contiguous())
             probabilities.append(logits.float().softmax(dim=1).gather(1, targets[chunk, None])[:, 0])
     if not probabilities:
         return torch.empty(0)
