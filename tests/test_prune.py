@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.stats
+import torch
+from PIL import Image
+from torch import nn
 
+import fclens
+from fclens.cli import main
 from fclens.errors import FclensError
+from fclens.images import Preprocessing
 from fclens.prune import METHODS, evaluate, prune, pruning_ranks
 from fclens.tree import split_tree
 
@@ -122,8 +131,6 @@ def test_ald_deviant_prunes_the_largest_residuals_from_the_papers_line_first():
 
 
 def test_a_conv_shaped_layer_gets_a_mask_of_its_shape():
-    import torch
-
     w = torch.from_numpy(laplace_layer()).reshape(12, 200, 1, 1)
     mask = prune(w, 0.5, "tree")
     assert mask.shape == (12, 200, 1, 1)
@@ -160,7 +167,7 @@ def test_the_curve_equals_a_direct_evaluation_of_each_pruned_layer(bias_correcti
         sparsities=[0.5, 0.0, 0.95, 0.9],
         bias_correction=bias_correction,
     )
-    # In the order asked for; made by each kind of product (from scratch, sparse, sparse steps, the reference).
+    # In the order asked for.
     assert [(p.method, p.sparsity) for p in curve.points[:4]] == [
         (METHODS[0], s) for s in (0.5, 0.0, 0.95, 0.9)
     ]
@@ -200,8 +207,6 @@ def test_evaluate_refuses_bad_input():
 
 
 def test_the_curve_as_csv_json_and_text():
-    import json
-
     w = laplace_layer()
     z = np.abs(np.random.default_rng(0).normal(size=(50, 200))).astype(np.float32)
     curve = evaluate(z, w, None, methods=["magnitude", "tree"], sparsities=[0.5])
@@ -213,3 +218,197 @@ def test_the_curve_as_csv_json_and_text():
     assert "tree" in curve.to_text() and "n/a" in curve.to_text()
     with pytest.raises(KeyError, match=r"random@0\.5"):
         curve.point("random", 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# On scans: a small classifier trained here, and the embedded model
+# ---------------------------------------------------------------------------------------------------------
+CLASSES, SIDE = 6, 16
+
+
+def striped_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise plus sine stripes: the class picks the colour channel (k mod 3) and the direction (k < 3)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, CLASSES, (count,), generator=generator)
+    images = 0.3 * torch.randn(count, 3, SIDE, SIDE, generator=generator)
+    wave = torch.sin(torch.arange(SIDE) * 1.6)
+    for i, k in enumerate(labels.tolist()):
+        images[i, k % 3] += wave[:, None] if k < 3 else wave[None, :]
+    return images, labels
+
+
+class Pairs(torch.utils.data.Dataset):
+    """(image, label) pairs of preprocessed tensors, the form fclens.scan takes from a Dataset."""
+
+    def __init__(self, images: torch.Tensor, labels: list[int]) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], self.labels[i]
+
+
+@pytest.fixture(scope="module")
+def trained() -> fclens.Classifier:
+    """A conv net → global average pool → Linear(48, 6), trained in a few seconds to read the stripes."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 48, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(48, CLASSES),
+    )
+    images, labels = striped_images(400, seed=0)
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(40):
+        batch = torch.randint(0, len(labels), (32,))
+        loss = nn.functional.cross_entropy(net(images[batch]), labels[batch])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    preprocessing = Preprocessing((SIDE, SIDE), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear", 1.0)
+    names = [f"{colour} {way}" for way in ("rows", "columns") for colour in ("red", "green", "blue")]
+    return fclens.load_model(net.eval(), class_names=names, preprocessing=preprocessing)
+
+
+@pytest.fixture(scope="module")
+def scanned(trained: fclens.Classifier, tmp_path_factory: pytest.TempPathFactory) -> fclens.Scan:
+    """300 held-out images, a tenth of them mislabelled (so accuracy and agreement differ), with features."""
+    images, labels = striped_images(300, seed=1)
+    noisy = labels.tolist()
+    for i in range(0, 300, 10):
+        noisy[i] = (noisy[i] + 1) % CLASSES
+    out = tmp_path_factory.mktemp("prune") / "scan"
+    return fclens.scan(trained, Pairs(images, noisy), out, features=True, workers=0, progress=False)
+
+
+@pytest.mark.slow
+def test_a_scans_curve_equals_a_direct_evaluation_of_its_features(scanned: fclens.Scan):
+    from fclens.prune import prune_curve
+
+    curve = prune_curve(scanned, methods=METHODS, sparsities=[0.0, 0.5, 0.9], bias_correction="both")
+    z = scanned.features()
+    y = np.asarray(scanned.ok().column("label").to_pylist())
+    stored_pred = np.asarray(scanned.ok().column("pred").to_pylist())
+    assert curve.n_images == curve.n_labelled == 300
+    for point in curve.points:
+        mask = prune(scanned.weight, point.sparsity, point.method)
+        ref_top, top, kl = direct(z, scanned.weight, scanned.bias, mask, point.bias_correction)
+        assert point.accuracy == pytest.approx((top == y).mean(), abs=1e-12)
+        assert point.agreement == pytest.approx((top == ref_top).mean(), abs=1e-12)
+        assert point.kl == pytest.approx(kl, rel=1e-4, abs=1e-6)
+    assert curve.point("tree", 0.0).agreement == 1 and curve.point("ald", 0.0).kl < 1e-9
+    # The float16 features stand in for the model: the unpruned layer on them gives the stored top-1.
+    assert curve.pred_agreement >= 0.99 and (ref_top == stored_pred).mean() >= 0.99
+    assert 0.8 <= curve.reference_accuracy <= 0.92  # a tenth of the labels are wrong on purpose
+
+
+@pytest.mark.slow
+def test_random_pruning_is_worse_than_magnitude_pruning_at_high_sparsity(scanned: fclens.Scan):
+    from fclens.prune import prune_curve
+
+    curve = prune_curve(scanned, methods=["magnitude", "random"], sparsities=[0.8, 0.9])
+    for s in (0.8, 0.9):
+        magnitude, random = curve.point("magnitude", s), curve.point("random", s)
+        assert magnitude.kl < random.kl and magnitude.agreement >= random.agreement
+
+
+@pytest.mark.slow
+def test_cli_prints_the_table_and_writes_the_curves(scanned: fclens.Scan, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    code = main(["prune", str(scanned.directory), "--sparsity", "0.5,0.9", "--out", str(out), "--html"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    for method in ("tree", "ald", "magnitude", "random"):
+        assert sum(line.startswith(method + " ") for line in printed.splitlines()) == 2
+    assert {p.name for p in out.iterdir()} == {"prune.csv", "prune.json", "curves.png", "prune.html"}
+    assert len(read_csv(out / "prune.csv")) == 8 and "<table" in (out / "prune.html").read_text()
+    assert main(["prune", str(scanned.directory), "--methods", "magnitude", "--sparsity", "0.9", "--out",
+                 str(out), "--bias-correction", "both", "--json"]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert [p["bias_correction"] for p in doc["points"]] == [False, True] and doc["n_images"] == 300
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--sparsity", "0.5,1"], r"sparsity must be a number in [0, 1), got 1.0"),
+        (["--sparsity", "half"], "sparsity must be a number in [0, 1), got 'half'"),
+        (
+            ["--methods", "tree,biggest"],
+            "choose from magnitude, magnitude-per-class, random, tree, ald, ald-deviant",
+        ),
+        (["--write", "tree@0.9"], "passed as a module"),
+        (["--write", "tree"], "METHOD@SPARSITY"),
+    ],
+)
+def test_cli_bad_input_is_exit_2_with_one_line(
+    scanned: fclens.Scan, tmp_path: Path, capsys, arguments: list[str], message: str
+):
+    assert main(["prune", str(scanned.directory), "--out", str(tmp_path), *arguments]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "prune.csv").exists()
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_scan_without_features_naming_the_option(
+    trained: fclens.Classifier, tmp_path: Path, capsys
+):
+    images, labels = striped_images(8, seed=2)
+    bare = fclens.scan(trained, Pairs(images, labels.tolist()), tmp_path / "bare", workers=0, progress=False)
+    assert main(["prune", str(bare.directory), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--features" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_written_pruned_model_predicts_what_the_curve_said(
+    classifier: fclens.Classifier, tmp_path: Path, capsys
+):
+    from PIL import ImageOps
+
+    from fclens.images import to_batch
+
+    photos = [Image.open(fclens.sample_image(name)).convert("RGB") for name in ("chelsea", "coffee")]
+    photos += [ImageOps.mirror(p) for p in photos] + [
+        p.crop((30, 20, p.width - 40, p.height - 10)) for p in photos
+    ]
+    scanned = fclens.scan(classifier, Pairs(photos, [282, 967] * 3), tmp_path / "scan", features=True,
+                          workers=0, progress=False)  # fmt: skip
+    out = tmp_path / "out"
+    args = ["prune", str(scanned.directory), "--sparsity", "0.9", "--out", str(out), "--json"]
+    assert main([*args, "--write", "tree@0.9", "--bias-correction", "on"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    written = out / "pruned-tree-0.9.safetensors"
+    assert str(written) in doc["files"]
+    point = next(p for p in doc["points"] if p["method"] == "tree")
+
+    reloaded = fclens.load_model(scanned.manifest["model"]["source"], weights=written)
+    layer = reloaded.head.layer.weight.detach().reshape(scanned.weight.shape).numpy()
+    mask = prune(scanned.weight, 0.9, "tree")
+    np.testing.assert_array_equal(layer != 0, mask)  # exactly the curve's weights were zeroed
+    batch, _ = to_batch(photos, reloaded.preprocessing)
+    with torch.no_grad():
+        pruned_top = reloaded(batch).argmax(dim=1).numpy()
+    _, expected_top, _ = direct(scanned.features(), scanned.weight, scanned.bias, mask, shift=True)
+    np.testing.assert_array_equal(pruned_top, expected_top)
+    stored_pred = np.asarray(scanned.ok().column("pred").to_pylist())
+    assert (pruned_top == stored_pred).mean() == pytest.approx(point["agreement"])
+    # The rest of the model is untouched.
+    for name, tensor in reloaded.module.state_dict().items():
+        if not name.startswith(reloaded.head.layer_name):
+            torch.testing.assert_close(tensor, classifier.module.state_dict()[name].cpu())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from fclens.images import ImageError, Preprocessing, load_image, sample_image
     from fclens.maps import MAP_KINDS, register_map
     from fclens.models import Classifier, ModelError, load_model
+    from fclens.prune import PruneCurve, PrunePoint, prune, prune_curve
     from fclens.scanning import Scan, ScanError, read_scan, scan
     from fclens.tree import Node, SplitTree, split_tree
 
@@ -44,6 +45,7 @@ _SOURCES = {
     "fclens.images": ("ImageError", "Preprocessing", "load_image", "sample_image"),
     "fclens.maps": ("MAP_KINDS", "register_map"),
     "fclens.models": ("Classifier", "ModelError", "load_model"),
+    "fclens.prune": ("PruneCurve", "PrunePoint", "prune", "prune_curve"),
     "fclens.scanning": ("Scan", "ScanError", "read_scan", "scan"),
     "fclens.tree": ("Node", "SplitTree", "split_tree"),
 }
@@ -66,6 +68,8 @@ __all__ = [
     "PartFit",
     "Prediction",
     "Preprocessing",
+    "PruneCurve",
+    "PrunePoint",
     "RegressionFit",
     "Scan",
     "ScanError",
@@ -76,6 +80,8 @@ __all__ = [
     "fit_ald",
     "load_image",
     "load_model",
+    "prune",
+    "prune_curve",
     "read_scan",
     "register_map",
     "regression_fit",

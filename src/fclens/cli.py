@@ -200,6 +200,47 @@ def _parser() -> argparse.ArgumentParser:
     atlas.add_argument("--out", type=Path, required=True, help="folder for atlas.json (and the HTML pages)")
     atlas.add_argument("--html", action="store_true", help="write index.html and one page per class")
     atlas.add_argument("--top-k", type=int, default=8, help="images per list and class (default 8)")
+
+    prune = _command(
+        commands,
+        "prune",
+        _run_prune,
+        "prune the final layer guided by the split trees and the ALD prior, against magnitude and random "
+        "pruning, measured on a scan's stored features",
+        model_option=False,
+    )
+    prune.add_argument(
+        "scan_dir", type=Path, metavar="SCAN_DIR", help="a directory written by fclens scan --features"
+    )
+    prune.add_argument(
+        "--methods",
+        default="tree,ald,magnitude,random",
+        help="comma-separated: tree, ald, ald-deviant, magnitude, magnitude-per-class, random "
+        "(default tree,ald,magnitude,random)",
+    )
+    prune.add_argument(
+        "--sparsity",
+        default="0.5,0.8,0.9,0.95",
+        help="comma-separated shares of the final layer's weights to zero, each in [0, 1) "
+        "(default 0.5,0.8,0.9,0.95)",
+    )
+    prune.add_argument(
+        "--bias-correction",
+        choices=("off", "on", "both"),
+        default="off",
+        help="move the removed weights' mean contribution into the bias: off (default), on, both (each "
+        "point twice); --write applies it unless off",
+    )
+    prune.add_argument("--seed", type=int, default=0, help="seed of the random method (default 0)")
+    prune.add_argument(
+        "--out", type=Path, help="folder for prune.csv, prune.json and curves.png (default fclens-prune-SCAN)"
+    )
+    prune.add_argument("--html", action="store_true", help="write prune.html, one self-contained page")
+    prune.add_argument(
+        "--write",
+        metavar="METHOD@SPARSITY",
+        help="also save the pruned model as safetensors (e.g. tree@0.9), for load_model(..., weights=)",
+    )
     return parser
 
 
@@ -678,6 +719,51 @@ def _run_atlas(args: argparse.Namespace) -> int:
         pages = f", pages: {args.out / 'index.html'}" if args.html else ""
         print(f"{len(found.classes)} classes, {len(found.pairs)} pairs; atlas: {written[0]}{pages}")
     return 0
+
+
+# ----------------------------------------------------------------------------------------------- prune
+def _run_prune(args: argparse.Namespace) -> int:
+    from fclens import report
+    from fclens.prune import model_source, parse_write, prune_curve, write_pruned
+    from fclens.report.prune import prune_figure, prune_page
+    from fclens.scanning import read_scan
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    sparsities = [_sparsity(text) for text in args.sparsity.split(",") if text.strip()]
+    wanted = parse_write(args.write) if args.write else None
+    scan = read_scan(args.scan_dir)
+    if wanted is not None:
+        model_source(scan)  # a scan of a module cannot be written: say so before the curves are computed
+        methods += [wanted[0]] if wanted[0] not in methods else []
+        sparsities += [wanted[1]] if wanted[1] not in sparsities else []
+    correction = {"off": False, "on": True, "both": "both"}[args.bias_correction]
+    curve = prune_curve(scan, methods=methods, sparsities=sparsities, bias_correction=correction, seed=args.seed)
+    out = args.out or Path(f"fclens-prune-{_safe_name(args.scan_dir.resolve().name)}")
+    model_name = str((scan.manifest.get("model") or {}).get("name") or "the scanned model")
+    written = [
+        atomic_write_text(out / "prune.csv", curve.to_csv()),
+        atomic_write_text(out / "prune.json", json.dumps(curve.to_dict(), indent=1, allow_nan=False) + "\n"),
+        report.save_figure(prune_figure(curve, title=f"Pruning the final layer of {model_name}"), out / "curves.png"),
+    ]
+    if args.html:
+        written.append(atomic_write_text(out / "prune.html", prune_page(curve, args.scan_dir.name, model_name)))
+    if wanted is not None:
+        method, sparsity = wanted
+        path = out / f"pruned-{method}-{sparsity:g}.safetensors"
+        written.append(write_pruned(scan, method, sparsity, path, bias_correction=bool(correction), seed=args.seed))
+    if args.json:
+        _print_json({**curve.to_dict(), "files": [str(p) for p in written]})
+    else:
+        print(curve.to_text(), end="")
+        print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _sparsity(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise FclensError(f"sparsity must be a number in [0, 1), got {text.strip()!r}") from None
 
 
 if __name__ == "__main__":

@@ -46,12 +46,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -71,8 +70,11 @@ __all__ = [
     "PruneCurve",
     "PrunePoint",
     "evaluate",
+    "model_source",
+    "parse_write",
     "prune",
     "prune_curve",
+    "pruning_ranks",
     "write_pruned",
 ]
 
@@ -83,9 +85,6 @@ _GLOBAL = ("magnitude", "random")
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 _CHUNK = 4096
 """Images per block of the evaluation: the block's logits for every pruned layer stay within ~16 MB."""
-_SPARSE = 0.1
-"""Densest layer (share of W) multiplied as a sparse matrix: measured no slower than dense below it on
-the development machine (BENCHMARKS.md)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -392,22 +391,19 @@ def evaluate(
     y = _labels(labels, z.shape[0])
     mean = z.mean(axis=0, dtype=np.float64)
 
+    # One product per (method, sparsity), None at sparsity 0 (the unpruned product itself, bit for bit);
+    # a bias-corrected twin only adds its own bias to the same product.
     configs: list[tuple[str, float, bool, float]] = []
-    chains: list[list[_Step]] = []
+    layers: list[tuple[torch.Tensor | None, list[torch.Tensor]]] = []
     dev = torch.device(device or "cpu")
     for method in methods:
         ranks = pruning_ranks(w, method, seed=seed, min_size=min_size)
-        chain: list[_Step] = []
-        kept = None  # the mask of the step before: a sparser one, kept weights a subset of this one's
-        for s in sorted(sparsities, reverse=True):
+        for s in sparsities:
             mask = _mask(ranks, method, s)
-            points = list(range(len(configs), len(configs) + len(corrections)))
             configs += [(method, s, corrected, 1.0 - float(mask.mean())) for corrected in corrections]
             biases = [b + bias_shift(w, mask, mean) if corrected else b for corrected in corrections]
-            step = _step(w, mask, kept, s == 0, dev)
-            chain.append(step._replace(biases=[torch.from_numpy(x).to(dev) for x in biases], points=points))
-            kept = mask
-        chains.append(chain)
+            layer = None if s == 0 else torch.from_numpy(np.where(mask, w, 0)).to(dev)
+            layers.append((layer, [torch.from_numpy(x).to(dev) for x in biases]))
 
     full_w, full_b = torch.from_numpy(w).to(dev), torch.from_numpy(b).to(dev)
     agree = np.zeros(len(configs))
@@ -429,17 +425,17 @@ def evaluate(
             if pred is not None:
                 stored = torch.from_numpy(np.asarray(pred[start : start + _CHUNK], np.int64)).to(dev)
                 ref_pred_equal += float((ref_top == stored).sum())
-            for chain in chains:
-                product = ref_product
-                for step in chain:
-                    product = step.product(block, product, ref_product)
-                    for i, layer_b in zip(step.points, step.biases, strict=True):
-                        logits = product + layer_b
-                        top = logits.argmax(dim=1)
-                        agree[i] += float((top == ref_top).sum())
-                        correct[i] += float((top[known] == labelled[known]).sum())
-                        lse = float(torch.logsumexp(logits, dim=1).double().sum())
-                        kl[i] += ref_neg_entropy - _cross(ref_p, logits) + lse
+            i = 0
+            for layer, biases in layers:
+                product = ref_product if layer is None else block @ layer.T
+                for layer_b in biases:
+                    logits = product + layer_b
+                    top = logits.argmax(dim=1)
+                    agree[i] += float((top == ref_top).sum())
+                    correct[i] += float((top[known] == labelled[known]).sum())
+                    lse = float(torch.logsumexp(logits, dim=1).double().sum())
+                    kl[i] += ref_neg_entropy - _cross(ref_p, logits) + lse
+                    i += 1
 
     n, n_labelled = z.shape[0], int((y >= 0).sum())
     points = [
@@ -454,7 +450,6 @@ def evaluate(
         )
         for i, (method, s, corrected, zeroed) in enumerate(configs)
     ]
-    points.sort(key=lambda p: (methods.index(p.method), sparsities.index(p.sparsity), p.bias_correction))
     return PruneCurve(
         points=points,
         n_images=n,
@@ -463,44 +458,6 @@ def evaluate(
         pred_agreement=ref_pred_equal / n if pred is not None else None,
         seed=seed,
     )
-
-
-class _Step(NamedTuple):
-    """How one pruned layer's product z·(W∘M)ᵀ is made from a block of features.
-
-    A method's masks are nested, so its chain runs from the sparsest layer to the densest and each
-    product is the one before plus the weights this step keeps again: ``add`` (few: a sparse product),
-    ``sparse`` (a sparse layer from scratch), ``dense`` (from scratch) or ``reference`` (sparsity 0: the
-    unpruned product itself, bit for bit).
-    """
-
-    kind: str
-    layer: Any
-    biases: list[Any]
-    points: list[int]
-
-    def product(self, block: torch.Tensor, previous: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        if self.kind == "reference":
-            return reference
-        if self.kind == "dense":
-            return block @ self.layer.T
-        delta = torch.sparse.mm(self.layer, block.T).T
-        return delta if self.kind == "sparse" else previous + delta
-
-
-def _step(w: np.ndarray, mask: np.ndarray, kept: np.ndarray | None, unpruned: bool, dev: Any) -> _Step:
-    """The cheapest way to this mask's product (see :class:`_Step`); biases and points left empty."""
-    import torch
-
-    if unpruned:
-        return _Step("reference", None, [], [])
-    if kept is not None and (mask & ~kept).mean() <= _SPARSE:
-        return _Step("add", torch.from_numpy(np.where(mask & ~kept, w, 0)).to_sparse().to(dev), [], [])
-    if mask.mean() <= _SPARSE:
-        return _Step("sparse", torch.from_numpy(np.where(mask, w, 0)).to_sparse().to(dev), [], [])
-    return _Step("dense", torch.from_numpy(np.where(mask, w, 0)).to(dev), [], [])
 
 
 def _cross(p: torch.Tensor, logits: torch.Tensor) -> float:
@@ -552,14 +509,8 @@ def write_pruned(
     if isinstance(scan, (str, os.PathLike)):
         scan = read_scan(scan)
     _check_sparsity(sparsity)
-    model_info = scan.manifest.get("model") or {}
-    source = model_info.get("source")
-    if not source:
-        raise FclensError(
-            "the scanned model was passed as a module, so it cannot be reloaded to write; "
-            "scan a named model (efficientnet_lite0, timm:NAME, torchvision:NAME) to use --write"
-        )
-    classifier = load_model(source, weights=model_info.get("weights"))
+    source = model_source(scan)
+    classifier = load_model(source, weights=scan.manifest["model"].get("weights"))
     layer = classifier.head.layer
     w = scan.weight.astype(np.float32)
     loaded = layer.weight.detach().reshape(w.shape).cpu().numpy()
@@ -582,6 +533,18 @@ def write_pruned(
     )
 
 
+def model_source(scan: Scan) -> str:
+    """The source the scanned model can be reloaded from (its manifest's ``model.source``); FclensError
+    for a model that was passed as a module."""
+    source = (scan.manifest.get("model") or {}).get("source")
+    if not source:
+        raise FclensError(
+            "the scanned model was passed as a module, so fclens cannot reload it to write a pruned copy; "
+            "scan a named model (efficientnet_lite0, timm:NAME, torchvision:NAME) to use --write"
+        )
+    return str(source)
+
+
 def _metadata(source: str, method: str, sparsity: float, bias_correction: bool) -> dict[str, str]:
     return {
         "fclens_pruned_from": source,
@@ -602,7 +565,5 @@ def parse_write(spec: str) -> tuple[str, float]:
         sparsity = float(value)
     except ValueError:
         raise FclensError(f"sparsity must be a number in [0, 1), got {value!r}") from None
-    if not math.isfinite(sparsity):
-        raise FclensError(f"sparsity must be a number in [0, 1), got {value!r}")
     _check_sparsity(sparsity)
     return method, sparsity
