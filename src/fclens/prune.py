@@ -139,15 +139,8 @@ class PruneCurve:
         raise KeyError(f"no point {method}@{sparsity} (bias_correction={bias_correction}) in this curve")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: the settings and counts, and ``points`` as a list of dicts."""
-        return {
-            "n_images": self.n_images,
-            "n_labelled": self.n_labelled,
-            "reference_accuracy": self.reference_accuracy,
-            "pred_agreement": self.pred_agreement,
-            "seed": self.seed,
-            "points": [asdict(p) for p in self.points],
-        }
+        """JSON-safe: ``points`` as a list of dicts, then the counts and settings."""
+        return asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), allow_nan=False)
