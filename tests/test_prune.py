@@ -412,3 +412,26 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
     with open(path, newline="") as file:
         return list(csv.DictReader(file))
+
+
+def test_the_figure_draws_one_line_per_method_and_correction_and_the_page_embeds_it():
+    from fclens.report.prune import METHOD_STYLE, prune_figure, prune_page
+
+    rng = np.random.default_rng(3)
+    w = laplace_layer(classes=6, inputs=40)
+    z = np.abs(rng.normal(size=(60, 40))).astype(np.float32)
+    unlabelled = evaluate(
+        z, w, None, methods=["tree", "random"], sparsities=[0.5, 0.9], bias_correction="both"
+    )
+    figure = prune_figure(unlabelled)
+    assert [ax.get_ylabel().split(" ")[0] for ax in figure.axes] == ["top-1", "mean"]  # no accuracy panel
+    lines = figure.axes[0].get_lines()
+    assert [(line.get_color(), line.get_marker(), line.get_linestyle()) for line in lines] == [
+        (METHOD_STYLE["tree"][0], "o", "-"), (METHOD_STYLE["tree"][0], "o", "--"),
+        (METHOD_STYLE["random"][0], "X", "-"), (METHOD_STYLE["random"][0], "X", "--"),
+    ]  # fmt: skip
+    labelled = evaluate(z, w, None, labels=rng.integers(0, 6, 60), methods=["tree"], sparsities=[0.5])
+    assert len(prune_figure(labelled).axes) == 3
+    page = prune_page(unlabelled, "my-scan", "my <model>")
+    assert page.count("<tr><td>") == 8 and "data:image/png;base64," in page and "my &lt;model&gt;" in page
+    assert "http://" not in page and "https://" not in page

@@ -90,8 +90,11 @@ def prune_figure(curve: PruneCurve, title: str | None = None) -> Figure:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    # With both corrections, one column per method: the plain curve above its corrected twin.
-    columns = len(methods) if len(labels) == 2 * len(methods) else min(len(labels), 6)
+    # As many columns as fit (about 2.8 inches each); with both corrections and room, one per method,
+    # the plain curve above its corrected twin.
+    columns = min(len(labels), max(1, int(fig.get_figwidth() // 2.8)))
+    if len(labels) == 2 * len(methods) and len(methods) <= columns:
+        columns = len(methods)
     fig.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize=8, frameon=False)
     fig.suptitle(title or f"Pruning the final layer: {curve.n_images} images", fontsize=11, parse_math=False)
     return fig
