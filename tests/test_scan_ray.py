@@ -63,7 +63,7 @@ def test_ray_engine_on_two_nodes_writes_the_local_engines_rows(
     cluster: object, photos: Path, classifier: fclens.Classifier, tmp_path: Path
 ) -> None:
     local = scan(classifier, photos, tmp_path / "local", batch_size=4, workers=1, progress=False)
-    remote = scan(
+    remote = scan(  # one model actor per CPU: one on each node
         classifier,
         photos,
         tmp_path / "ray",
@@ -134,6 +134,7 @@ def test_a_model_actor_lost_mid_scan_costs_no_image_and_repeats_none(
         batch_size=4,
         engine="ray",
         ray_address=cluster.address,
+        actors=1,
         progress=False,
     )
     assert marker.exists()  # an actor did die
@@ -160,7 +161,9 @@ def test_a_ray_dataset_is_scanned_in_its_row_order_with_its_labels(
         dataset = ray.data.from_items(
             [{"path": path, "label": "espresso" if "espresso/" in path else None} for path in paths]
         )
-        result = scan(classifier, dataset, tmp_path / "scan", batch_size=4, engine="ray", progress=False)
+        result = scan(
+            classifier, dataset, tmp_path / "scan", batch_size=4, engine="ray", actors=1, progress=False
+        )
     finally:
         ray.shutdown()
     table = result.table.to_pydict()

@@ -186,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--workers", type=int, help="decode processes (default: the usable CPUs, at most 8)")
     scan.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
     scan.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default: a local Ray")
-    scan.add_argument("--actors", type=int, help="ray engine: model actors (default: one per GPU, else 1)")
+    scan.add_argument("--actors", type=int, help="ray engine: model actors (default: one per GPU, else one per CPU)")
     scan.add_argument("--force", action="store_true", help="start over in a directory that holds another scan")
 
     atlas = _command(

@@ -1,11 +1,16 @@
 """The Ray engine: the scan as Ray Data batch inference, on a local Ray or on a cluster.
 
-Pending items → ``from_arrow`` → ``map_batches(_decode)`` as CPU tasks (the local engine's
+Pending items → ``from_arrow`` → ``map_batches(_decode)`` (the local engine's
 :class:`~fclens.scanning.local.Decoding`: a preprocessed image per row, or the reason it could not be
-read) → ``map_batches(_ModelActor)`` on a pool of model actors (one per GPU, or CPU actors), each of
-which builds one :class:`~fclens.scanning.core.BatchScanner`, the core that the local engine calls too →
-the driver hands every block of rows to :class:`~fclens.scanning.store.ScanWriter`, which writes shards
-atomically and resumes. So the rows are the local engine's rows, wherever they were computed.
+read) → ``map_batches(_ModelActor)`` on a pool of model actors, each of which builds one
+:class:`~fclens.scanning.core.BatchScanner`, the core that the local engine calls too → the driver hands
+every block of rows to :class:`~fclens.scanning.store.ScanWriter`, which writes shards atomically and
+resumes. So the rows are the local engine's rows, wherever they were computed.
+
+With GPUs there is one actor per GPU and decoding runs as CPU tasks beside them. Without, there is one
+actor per CPU and Ray Data fuses the decoding into the actors (the two stages ask for the same resources):
+each CPU decodes and scans its own batches, as fast as any split of the CPUs between the stages, and no
+decode task ever waits for a CPU that an actor holds.
 
 Between the two stages an image travels as the raw bytes of its float32 tensor with its shape, in plain
 Arrow columns (null for a file that could not be decoded), so nothing depends on Ray's tensor types.
@@ -70,9 +75,9 @@ def run_ray(
 
     ``address``: None starts a local Ray for this scan (shut down after); "auto" or "ray://…" joins a
     running cluster, which is left running. A Ray already initialised in this process is used as it is.
-    ``actors``: model actors (default: one per GPU of the cluster, else one CPU actor). ``workers``:
-    decode tasks at a time (default: as many as the free CPUs allow). A torch Dataset that the items
-    index travels to the decode tasks with ``decoding``.
+    ``actors``: model actors (default: one per GPU of the cluster, else one per CPU). ``workers``:
+    decode tasks at a time beside GPU actors (default: as many as the free CPUs allow). A torch Dataset
+    that the items index travels to the decode tasks with ``decoding``.
     """
     ray = _ray()
     if actors is not None and actors < 1:
@@ -80,7 +85,8 @@ def run_ray(
     if not decoding.items:
         return
     with _connected(ray, address):
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
         classifier, options = scanner.classifier, scanner.options
         rows = (
             ray.data.from_arrow(_item_table(decoding.items))
@@ -98,9 +104,8 @@ def run_ray(
                 batch_size=options.batch_size,
                 batch_format="pyarrow",
                 fn_constructor_args=(classifier, options, gpus > 0),
-                compute=ray.data.ActorPoolStrategy(size=actors or max(gpus, 1)),
+                compute=ray.data.ActorPoolStrategy(size=actors or gpus or int(resources.get("CPU", 1))),
                 num_gpus=1 if gpus else None,
-                memory=_model_bytes(classifier.module),
             )
         )
         for block in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -204,15 +209,6 @@ class _ModelActor:
         )
 
 
-def _model_bytes(module: torch.nn.Module) -> int:
-    """What an actor reserves besides its CPU or GPU: the memory of its copy of the model.
-
-    The reservation also keeps Ray Data from fusing the decode tasks into CPU actors (it fuses stages
-    with equal requests), so that decoding runs on the other CPUs, in parallel with the model.
-    """
-    return sum(tensor.numel() * tensor.element_size() for tensor in (*module.parameters(), *module.buffers()))
-
-
 def _array(data: bytes, shape: list[int]) -> np.ndarray:
     return np.frombuffer(data, dtype=np.float32).reshape(shape).copy()  # writable, as torch wants
 
@@ -232,7 +228,9 @@ def dataset_items(dataset: Any, class_names: Sequence[str], labels: str = "auto"
     options = selected.context.execution_options
     ordered, options.preserve_order = options.preserve_order, True  # positions must not change between runs
     try:
-        table = pa.concat_tables([ray.get(ref) for ref in selected.to_arrow_refs()], promote_options="default")
+        table = pa.concat_tables(
+            [ray.get(ref) for ref in selected.to_arrow_refs()], promote_options="default"
+        )
     finally:
         options.preserve_order = ordered
     paths = table.column("path").to_pylist()
