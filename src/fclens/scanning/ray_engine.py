@@ -32,7 +32,7 @@ import torch
 from fclens.errors import FclensError
 from fclens.scanning.core import BatchScanner, ScanOptions, skipped_rows
 from fclens.scanning.local import Decoding, collate
-from fclens.scanning.sources import LABEL_MODES, Item, match_label
+from fclens.scanning.sources import Item, match_label
 from fclens.scanning.store import ScanWriter
 
 __all__ = ["dataset_items", "run_ray"]
@@ -89,7 +89,7 @@ def run_ray(
         gpus = int(resources.get("GPU", 0))
         classifier, options = scanner.classifier, scanner.options
         rows = (
-            ray.data.from_arrow(_item_table(decoding.items))
+            ray.data.from_arrow(_item_blocks(decoding.items, options.batch_size))
             .map_batches(
                 _decode,
                 batch_size=options.batch_size,
@@ -123,7 +123,7 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    ray.init(address=address or "local", logging_level="WARNING", configure_logging=True)
+    ray.init(address=address or "local", logging_level="WARNING")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the scan's own bar counts images
     try:
@@ -132,14 +132,16 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
         ray.shutdown()  # disconnects from a joined cluster; stops only a Ray started here
 
 
-def _item_table(items: Sequence[Item]) -> pa.Table:
-    return pa.table(
+def _item_blocks(items: Sequence[Item], size: int) -> list[pa.Table]:
+    """The items in blocks of one batch each: Ray Data runs one task (or actor call) per block at a time."""
+    table = pa.table(
         {
             "index": pa.array([item.index for item in items], pa.int64()),
             "path": pa.array([item.path for item in items], pa.string()),
             "label": pa.array([item.label for item in items], pa.int32()),
         }
     )
+    return [table.slice(start, size) for start in range(0, table.num_rows, size)]
 
 
 def _items_of(batch: pa.Table) -> list[Item]:
@@ -216,8 +218,6 @@ def _array(data: bytes, shape: list[int]) -> np.ndarray:
 def dataset_items(dataset: Any, class_names: Sequence[str], labels: str = "auto") -> list[Item]:
     """The items of a Ray Dataset with a ``path`` (and optionally a ``label``) column, in its row order."""
     ray = _ray()
-    if labels not in LABEL_MODES:
-        raise FclensError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
     columns = dataset.columns() or []
     if "path" not in columns:
         raise FclensError(
@@ -237,7 +237,8 @@ def dataset_items(dataset: Any, class_names: Sequence[str], labels: str = "auto"
     given = table.column("label").to_pylist() if "label" in wanted else [None] * len(paths)
     if not paths:
         raise FclensError("the Ray Dataset has no rows")
+    classes = {label: match_label(label, class_names) for label in set(given) - {None}}
     return [
-        Item(position, str(path), None if label is None else match_label(label, class_names))
+        Item(position, str(path), classes.get(label))
         for position, (path, label) in enumerate(zip(paths, given, strict=True))
     ]
