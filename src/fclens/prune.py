@@ -29,7 +29,8 @@ weights of every row):
   fitted prior can be removed", read on the paper's own fit (PAPER.md §2): a weight's deviation is its
   residual |ln y_(i) − (a·x_i + b)| from the regression line of its part (positive weights, or the
   magnitudes of the negative ones; exact zeros deviate infinitely and go first); the largest
-  deviations go first. Measured beside ``ald``, so that either reading's result is on record.
+  deviations go first. Measured beside ``ald``, so that either reading's result is on record: on
+  EfficientNet-Lite0 neither beats magnitude pruning, and this one is as bad as random (BENCHMARKS.md).
 
 ``bias_correction=True`` moves the removed weights' mean contribution over the scan into the bias,
 b'_k = b_k + Σ_{removed c} w_kc · E[z_c], a standard correction for a layer whose inputs are not centred.
