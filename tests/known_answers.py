@@ -22,9 +22,9 @@ from fclens.images import Preprocessing
 
 SIZE = 48
 """Side of an image, pixels."""
-MAIN_SIDE = (18, 22)
+MAIN_SIDE = (19, 21)
 """Range of the large square's side."""
-SMALL_SIDE = (9, 11)
+SMALL_SIDE = (10, 12)
 """Range of the small partner square's side."""
 PERIOD = 4
 """Stripe period in pixels: two on, two off."""
@@ -82,25 +82,33 @@ def make(per_class: int, seed: int, partner_share: float = 0.5) -> KnownAnswers:
     small = np.full((len(labels), 4), -1, dtype=np.int64)
     for i, label in enumerate(labels):
         image = 0.5 + 0.08 * rng.standard_normal((3, SIZE, SIZE))
-        side = int(rng.integers(*MAIN_SIDE, endpoint=True))
-        main[i] = _place(rng, side, None)
+        main[i], placed = _boxes(rng, rng.random() < partner_share)
         _paint(image, main[i], int(label), rng)
-        if rng.random() < partner_share:
-            side = int(rng.integers(*SMALL_SIDE, endpoint=True))
-            small[i] = _place(rng, side, main[i])
+        if placed is not None:
+            small[i] = placed
             _paint(image, small[i], partner(int(label)), rng)
         images[i] = np.clip(image, 0, 1)
     inputs = (torch.from_numpy(images) - 0.5) / 0.5
     return KnownAnswers(inputs, torch.from_numpy(labels), main, small)
 
 
-def _place(rng: np.random.Generator, side: int, avoid: np.ndarray | None) -> np.ndarray:
-    """A box of ``side`` inside the image, at least 2 px clear of ``avoid``."""
+def _boxes(rng: np.random.Generator, with_partner: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The large box, and a small one at least 2 px clear of it; a large box that leaves no room for the
+    small one (one near the middle) is drawn again."""
     while True:
-        y, x = rng.integers(0, SIZE - side, size=2, endpoint=True)
-        box = np.array([y, x, y + side, x + side])
-        if avoid is None or _apart(box, avoid, 2):
-            return box
+        main = _box(rng, int(rng.integers(*MAIN_SIDE, endpoint=True)))
+        if not with_partner:
+            return main, None
+        side = int(rng.integers(*SMALL_SIDE, endpoint=True))
+        for _ in range(50):
+            small = _box(rng, side)
+            if _apart(small, main, 2):
+                return main, small
+
+
+def _box(rng: np.random.Generator, side: int) -> np.ndarray:
+    y, x = rng.integers(0, SIZE - side, size=2, endpoint=True)
+    return np.array([y, x, y + side, x + side])
 
 
 def _apart(a: np.ndarray, b: np.ndarray, gap: int) -> bool:
