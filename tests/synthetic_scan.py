@@ -1,10 +1,12 @@
 """A scan directory written directly with pyarrow, in the documented format, with answers known in advance.
 
 Classes come in pairs (k, k ^ 1): each image of class k gives its partner a probability around
-``PARTNER``, and ``error_rate`` of them are predicted as the partner outright. Every class has the same
-five-node tree ("", "+", "++", "-", "--") with contributions drawn around :data:`NODE_MEANS`. What the
-atlas must find is then known: the rivals, the soft confusions, the errors, the node means, and which
-rows are the strongest (returned as ``rows``, the columns as numpy arrays).
+``PARTNER`` and up to three other classes a little, and ``error_rate`` of them are predicted as the
+partner outright. Only those five classes get a probability, so any number of classes is cheap.
+Every class has the same five-node tree ("", "+", "++", "-", "--") with contributions drawn around
+:data:`NODE_MEANS`. What the atlas must find is then known: the rivals, the soft confusions, the
+errors, the node means, and which rows are the strongest (:func:`write` returns the columns as numpy
+arrays to check against).
 """
 
 from __future__ import annotations
@@ -40,28 +42,35 @@ def write(
     rng = np.random.default_rng(seed)
     label = rng.integers(0, classes, rows)
     partner = label ^ 1
-    probability = rng.dirichlet(np.ones(classes), rows) * 0.1
-    probability[np.arange(rows), partner] += PARTNER + rng.uniform(-0.05, 0.05, rows)
-    probability[np.arange(rows), label] += 1.0
+    # Three more classes per image, distinct and never the pair: drawn from disjoint ranges after it.
+    count = min(3, classes - 2)
+    width = (classes - 2) // count
+    offsets = 2 + rng.integers(0, width, (rows, count)) + width * np.arange(count)
+    candidates = np.concatenate(
+        [label[:, None], partner[:, None], (label - label % 2)[:, None] + offsets], axis=1
+    )
+    candidates[:, 2:] %= classes
+    probability = np.empty(candidates.shape)
+    probability[:, 1] = PARTNER + rng.uniform(-0.05, 0.05, rows)
+    probability[:, 2:] = rng.uniform(0, 0.02, (rows, count))
+    probability[:, 0] = 1 - probability[:, 1:].sum(axis=1)
     wrong = rng.random(rows) < error_rate
-    probability[wrong, partner[wrong]] += 1.5  # the partner wins outright
-    probability /= probability.sum(axis=1, keepdims=True)
-    order = np.argsort(-probability, axis=1, kind="stable")[:, :5]
+    probability[wrong, :2] = probability[wrong, 1::-1]  # the partner wins outright
+    order = np.argsort(-probability, axis=1, kind="stable")
+    top5 = np.take_along_axis(candidates, order, axis=1)
     top5_prob = np.take_along_axis(probability, order, axis=1)
     logits = np.log(probability)
-    target = label
-    rival = np.where(order[:, 0] == target, order[:, 1], order[:, 0])
-    take = np.arange(rows)
+    target, rival = label, partner  # the partner is the most probable class other than the label
     contribution = np.array([NODE_MEANS[p] for p in PATHS])[None] + rng.normal(0, 0.5, (rows, len(PATHS)))
     columns = {
         "index": np.arange(rows),
         "path": np.array([paths[i] if paths else f"<dataset {i}>" for i in range(rows)], dtype=object),
         "label": label,
-        "pred": order[:, 0],
+        "pred": top5[:, 0],
         "target": target,
         "rival": rival,
-        "soft_partner": probability[take, partner],
-        "logit_gap": logits[take, rival] - logits[take, target],
+        "soft_partner": probability[:, 1],
+        "logit_gap": logits[:, 1] - logits[:, 0],
         "contribution": contribution,
     }
     directory.mkdir(parents=True, exist_ok=True)
@@ -78,16 +87,16 @@ def write(
             "status": pa.array(["ok"] * n, pa.string()),
             "reason": pa.nulls(n, pa.string()),
             "label": pa.array(label[part] if labels else [None] * n, pa.int32()),
-            "pred": pa.array(order[part, 0], pa.int32()),
+            "pred": pa.array(top5[part, 0], pa.int32()),
             "prob": pa.array(top5_prob[part, 0], pa.float32()),
-            "top5": pa.array(order[part].tolist(), pa.list_(pa.int32())),
+            "top5": pa.array(top5[part].tolist(), pa.list_(pa.int32())),
             "top5_prob": pa.array(top5_prob[part].tolist(), pa.list_(pa.float32())),
             "target": pa.array(target[part], pa.int32()),
             "rival": pa.array(rival[part], pa.int32()),
-            "prob_target": pa.array(probability[take, target][part], pa.float32()),
-            "prob_rival": pa.array(probability[take, rival][part], pa.float32()),
-            "logit_target": pa.array(logits[take, target][part], pa.float32()),
-            "logit_rival": pa.array(logits[take, rival][part], pa.float32()),
+            "prob_target": pa.array(probability[part, 0], pa.float32()),
+            "prob_rival": pa.array(probability[part, 1], pa.float32()),
+            "logit_target": pa.array(logits[part, 0], pa.float32()),
+            "logit_rival": pa.array(logits[part, 1], pa.float32()),
             "node_path": pa.array([PATHS] * n, pa.list_(pa.string())),
             "node_size": pa.array([SIZES] * n, pa.list_(pa.int32())),
             "node_contribution": pa.array(contribution[part].tolist(), pa.list_(pa.float32())),

@@ -213,7 +213,7 @@ def atlas(scan: Any, top_k: int = 8) -> Atlas:
             name=names[k],
             n=row["n"],
             accuracy=summary.accuracy(k),
-            rivals=summary.rivals.get(k, [])[:MAX_RIVALS],
+            rivals=summary.rivals.get(k, []),
             nodes=summary.nodes.get(k, []),
             confusing=confusing[k],
             confusing_images=kept["confusing"].get(k, []),
@@ -221,11 +221,7 @@ def atlas(scan: Any, top_k: int = 8) -> Atlas:
         )
         for k, row in sorted(summary.classes.items())
     ]
-    every = [
-        Pair(k, r.index, r.soft_confusion, r.errors) for k, found in summary.rivals.items() for r in found
-    ]
-    pairs = sorted(every, key=lambda p: (-p.soft_confusion, p.a, p.b))[:MAX_PAIRS]
-    return Atlas(directory, manifest, classes, pairs, top_k)
+    return Atlas(directory, manifest, classes, summary.pairs, top_k)
 
 
 def read_maps(directory: str | os.PathLike[str], indices: set[int]) -> dict[int, dict[str, Any]]:
@@ -342,32 +338,54 @@ class _Totals:
         self.nodes = _merge(self.nodes, nodes, ["k", "path", "size"], ["c", "m"])
 
     def finish(self, names: list[str]) -> _Summary:
+        """Rank in pyarrow; only the kept rivals, pairs and node means become Python objects."""
         classes = {row["k"]: row for row in self.classes.to_pylist()}
-        errors = {(row["k"], row["b"]): row["e"] for row in self.errors.to_pylist()}
+        soft = self.soft.join(self.classes, "k").join(self.errors, ["k", "b"], join_type="left outer")
+        labelled = pc.greater(soft.column("labelled"), 0)
+        soft = pa.table(
+            {
+                "k": soft.column("k"),
+                "b": soft.column("b"),
+                "soft": pc.divide(soft.column("p"), pc.cast(soft.column("n"), pa.float64())),
+                "errors": pc.if_else(labelled, pc.fill_null(soft.column("e"), 0), None),
+            }
+        )
+        ranked = _first_per_key(
+            soft, [("soft", "descending"), ("errors", "descending"), ("b", "ascending")], MAX_RIVALS
+        )
         rivals: dict[int, list[Rival]] = {}
-        for row in self.soft.to_pylist():
-            k, b = row["k"], row["b"]
-            labelled = classes[k]["labelled"] > 0
-            rival = Rival(
-                b, names[b], row["p"] / classes[k]["n"], errors.get((k, b), 0) if labelled else None
+        for row in ranked.to_pylist():
+            rivals.setdefault(row["k"], []).append(
+                Rival(row["b"], names[row["b"]], row["soft"], row["errors"])
             )
-            rivals.setdefault(k, []).append(rival)
-        for found in rivals.values():
-            found.sort(key=lambda r: (-r.soft_confusion, -(r.errors or 0), r.index))
+        order = [("soft", "descending"), ("k", "ascending"), ("b", "ascending")]
+        pairs = [
+            Pair(row["k"], row["b"], row["soft"], row["errors"])
+            for row in soft.sort_by(order).slice(0, MAX_PAIRS).to_pylist()
+        ]
         nodes: dict[int, list[NodeMean]] = {}
-        for row in self.nodes.to_pylist():
+        for row in self.nodes.sort_by([("k", "ascending"), ("path", "ascending")]).to_pylist():
+            # "+" sorts before "-": string order is pre-order
             nodes.setdefault(row["k"], []).append(NodeMean(row["path"], row["size"], row["c"] / row["m"]))
-        for means in nodes.values():
-            means.sort(key=lambda node: node.path)  # "+" sorts before "-": string order is pre-order
-        return _Summary(classes, rivals, nodes)
+        return _Summary(classes, rivals, pairs, nodes)
+
+
+def _first_per_key(table: pa.Table, order: list[tuple[str, str]], count: int) -> pa.Table:
+    """The first ``count`` rows of each ``k`` in ``order``, sorted by ``k`` then ``order``."""
+    table = table.sort_by([("k", "ascending"), *order])
+    keys = table.column("k").to_numpy()
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    rank = np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    return table.filter(pa.array(rank < count))
 
 
 @dataclass
 class _Summary:
-    """The totals as plain values: per class its count row, its rivals (all, ranked) and its node means."""
+    """The totals as plain values: per class its count row, its ranked rivals and its node means; the pairs."""
 
     classes: dict[int, dict[str, int]]
     rivals: dict[int, list[Rival]]
+    pairs: list[Pair]
     nodes: dict[int, list[NodeMean]]
 
     def accuracy(self, k: int) -> float | None:
@@ -443,11 +461,9 @@ class _Picks:
         )
         if self.kept[which] is not None:
             rows = pa.concat_tables([self.kept[which], rows])
-        rows = rows.sort_by([("k", "ascending"), ("strength", "descending"), ("index", "ascending")])
-        classes = rows.column("k").to_numpy()
-        starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
-        rank = np.arange(len(classes)) - np.repeat(starts, np.diff(np.r_[starts, len(classes)]))
-        self.kept[which] = rows.filter(pa.array(rank < self.top_k))
+        self.kept[which] = _first_per_key(
+            rows, [("strength", "descending"), ("index", "ascending")], self.top_k
+        )
 
     def grouped(self, which: str) -> dict[int, list[AtlasImage]]:
         """The kept images of one list by class, strongest first."""
