@@ -712,7 +712,7 @@ def _run_atlas(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(data)
     else:
-        for c in found.lowest_accuracy(5) or found.classes[:5]:
+        for c in found.lowest_accuracy(5) or sorted(found.classes, key=lambda c: -c.n)[:5]:
             rival = f"{c.rivals[0].name} ({c.rivals[0].soft_confusion:.3f})" if c.rivals else "none"
             accuracy = "n/a" if c.accuracy is None else f"{c.accuracy:.3f}"
             print(f"{c.name}: {c.n} images, accuracy {accuracy}, top rival {rival}")
