@@ -401,16 +401,10 @@ def figure_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def image_bytes(
-    image: Image.Image, format: str = "PNG", quality: int = 88, subsampling: str = "4:2:0"
-) -> bytes:
-    """``image`` encoded as PNG (lossless) or JPEG (``quality``, chroma ``subsampling``).
-
-    JPEG suits photos and overlays (a tenth of a PNG's size); "4:4:4" keeps coloured text sharp.
-    """
+def image_bytes(image: Image.Image, format: str = "PNG", quality: int = 88) -> bytes:
+    """``image`` encoded as PNG (lossless, for files) or JPEG (``quality``; photos and figures of photos)."""
     buffer = io.BytesIO()
-    options = {"quality": quality, "subsampling": subsampling} if format == "JPEG" else {}
-    image.convert("RGB").save(buffer, format=format, **options)
+    image.convert("RGB").save(buffer, format=format, **({"quality": quality} if format == "JPEG" else {}))
     return buffer.getvalue()
 
 
