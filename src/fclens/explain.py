@@ -133,8 +133,9 @@ class Contrast:
     form for other heads). ``neurons`` are the neurons on the − side of k's tree and the + side of j's:
     the "−" child of k's root and the "+" child of j's (each row split at its own mean, PAPER.md §3).
     Both trees file them against k and for j, so they are fixed by the weights alone and every image of
-    the pair is read with the same set; with non-negative features (ReLU networks) a neuron there that
-    fires can only widen the gap toward j. They are ordered by ``evidence``, their share
+    the pair is read with the same set. A row's mean is close to zero, so w_jc > w_kc for (nearly) all
+    of them: with non-negative features (ReLU networks) one that fires widens the gap toward j, one that
+    is silent adds nothing. They are ordered by ``evidence``, their share
     (w_jc − w_kc) z_c of the logit gap on this image, largest first. ``rival_discriminative`` and
     ``rival_confusing`` are j's terminal nodes seen on this image, in the explanation's map kinds
     (not scored; None when j's tree was never split), to set beside the target's own.
