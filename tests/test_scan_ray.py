@@ -68,6 +68,7 @@ def test_ray_engine_on_two_nodes_writes_the_local_engines_rows(
         photos,
         tmp_path / "ray",
         batch_size=4,
+        workers=1,
         engine="ray",
         ray_address=cluster.address,
         progress=False,
@@ -169,6 +170,16 @@ def test_a_ray_dataset_is_scanned_in_its_row_order_with_its_labels(
     table = result.table.to_pydict()
     assert table["path"] == paths and table["index"] == list(range(5))
     assert table["label"] == [None, 967, None, 967, None] and table["target"][1] == table["target"][3] == 967
+
+
+def test_more_actors_than_the_cluster_holds_is_one_line(
+    cluster: object, photos: Path, classifier: fclens.Classifier, tmp_path: Path
+) -> None:
+    with pytest.raises(FclensError) as error:
+        scan(classifier, photos, tmp_path / "scan", engine="ray", ray_address=cluster.address, actors=3)
+    assert str(error.value) == (
+        "3 model actors asked for, but the Ray cluster has 2 CPUs; use --actors 2 or fewer"
+    )
 
 
 def test_without_ray_the_ray_engine_is_one_line_saying_how_to_install_it(

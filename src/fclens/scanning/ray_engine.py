@@ -85,8 +85,7 @@ def run_ray(
     if not decoding.items:
         return
     with _connected(ray, address):
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
+        count, gpus = _pool(ray.cluster_resources(), actors)
         classifier, options = scanner.classifier, scanner.options
         rows = (
             ray.data.from_arrow(_item_blocks(decoding.items, options.batch_size))
@@ -97,14 +96,15 @@ def run_ray(
                 fn_kwargs={
                     "decoding": Decoding([], decoding.preprocessing, decoding.dataset, decoding.class_names)
                 },
-                compute=ray.data.TaskPoolStrategy(size=workers) if workers else None,
+                # a capped task pool is never fused into CPU actors, whose CPUs it would then wait for
+                compute=ray.data.TaskPoolStrategy(size=workers) if workers and gpus else None,
             )
             .map_batches(
                 _ModelActor,
                 batch_size=options.batch_size,
                 batch_format="pyarrow",
                 fn_constructor_args=(classifier, options, gpus > 0),
-                compute=ray.data.ActorPoolStrategy(size=actors or gpus or int(resources.get("CPU", 1))),
+                compute=ray.data.ActorPoolStrategy(size=count),
                 num_gpus=1 if gpus else None,
             )
         )
@@ -115,6 +115,18 @@ def run_ray(
             if grid is not None:
                 scanner.grid = tuple(int(side) for side in grid.decode().split(","))
             on_batch(block.num_rows)
+
+
+def _pool(resources: dict[str, float], actors: int | None) -> tuple[int, int]:
+    """(model actors, GPUs of the cluster): one actor per GPU, else per CPU; never more than fit."""
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    kind, available = ("GPUs", gpus) if gpus else ("CPUs", cpus)
+    if actors is not None and actors > available:
+        raise FclensError(
+            f"{actors} model actors asked for, but the Ray cluster has {available} {kind}; "
+            f"use --actors {available} or fewer"
+        )
+    return actors or max(available, 1), gpus
 
 
 @contextmanager
