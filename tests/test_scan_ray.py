@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def cluster() -> object:
+def cluster() -> Iterator[Any]:
     """A head and one worker node of one CPU each (Ray's test cluster), stopped when the module ends."""
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
@@ -60,7 +62,7 @@ def flat(column: list) -> np.ndarray:
 
 @pytest.mark.slow
 def test_ray_engine_on_two_nodes_writes_the_local_engines_rows(
-    cluster: object, photos: Path, classifier: fclens.Classifier, tmp_path: Path
+    cluster: Any, photos: Path, classifier: fclens.Classifier, tmp_path: Path
 ) -> None:
     local = scan(classifier, photos, tmp_path / "local", batch_size=4, workers=1, progress=False)
     remote = scan(  # one model actor per CPU: one on each node
@@ -120,7 +122,7 @@ class DiesOnce(nn.Module):
 
 @pytest.mark.slow
 def test_a_model_actor_lost_mid_scan_costs_no_image_and_repeats_none(
-    cluster: object, photos: Path, classifier: fclens.Classifier, tmp_path: Path
+    cluster: Any, photos: Path, classifier: fclens.Classifier, tmp_path: Path
 ) -> None:
     import ray.cloudpickle
 
@@ -145,7 +147,7 @@ def test_a_model_actor_lost_mid_scan_costs_no_image_and_repeats_none(
 
 @pytest.mark.slow
 def test_a_ray_dataset_is_scanned_in_its_row_order_with_its_labels(
-    cluster: object, photos: Path, classifier: fclens.Classifier, tmp_path: Path
+    cluster: Any, photos: Path, classifier: fclens.Classifier, tmp_path: Path
 ) -> None:
     import ray
 
@@ -173,7 +175,7 @@ def test_a_ray_dataset_is_scanned_in_its_row_order_with_its_labels(
 
 
 def test_more_actors_than_the_cluster_holds_is_one_line(
-    cluster: object, photos: Path, classifier: fclens.Classifier, tmp_path: Path
+    cluster: Any, photos: Path, classifier: fclens.Classifier, tmp_path: Path
 ) -> None:
     with pytest.raises(FclensError) as error:
         scan(classifier, photos, tmp_path / "scan", engine="ray", ray_address=cluster.address, actors=3)
