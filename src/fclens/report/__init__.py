@@ -2,7 +2,8 @@
 
 Results come in (``Explanation`` from :mod:`fclens.explain`, ``ALDFit`` from :mod:`fclens.ald`,
 ``SplitTree`` from :mod:`fclens.tree`); pictures, files and self-contained pages go out. Nothing here
-computes a statistic or a map of its own.
+computes a statistic or a map of its own, and nothing upstream imports this package: to write an
+explanation, ``save_explanation(exp, folder)``; to show it, ``explanations_page([exp])``.
 """
 
 from fclens.report.figures import (

@@ -87,15 +87,10 @@ def overlay(
     ``caption``: text drawn in a white strip *below* the photo, never over it, wrapped at " | " to fit.
     Returns an RGB image as wide as the photo.
     """
-    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
-    grey = photo @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    photo = (1 - DESATURATION) * photo + DESATURATION * grey[..., None]
-    heat = _normalised(heatmap, photo.shape[:2])
-    colours = _lookup_table(cmap)[np.clip(np.round(heat * 255), 0, 255).astype(np.intp)]
-    # Cold regions get half the colour of hot ones: the map's shape reads, and so does the photo.
-    weight = (alpha * (0.5 + 0.5 * heat))[..., None]
-    blended = (1 - weight) * photo + weight * colours
-    result = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
+    if np.ndim(heatmap) != 2:
+        raise ValueError(f"a heatmap must be 2-D (h, w), got shape {tuple(np.shape(heatmap))}")
+    photo = _desaturated(image)
+    result = _tinted(photo, _normalised(heatmap, photo.shape[:2]), alpha, cmap)
     return result if caption is None else _with_caption(result, caption)
 
 
@@ -105,12 +100,31 @@ def node_caption(node: NodeExplanation, kind: str | None = None) -> str:
     return " | ".join([*parts, kind] if kind else parts)
 
 
-def _normalised(heatmap: Any, size: tuple[int, int]) -> np.ndarray:
-    """``heatmap`` as float32 (H, W) in [0, 1] at ``size`` = (H, W): the very mask the score uses."""
-    heat = torch.nan_to_num(torch.as_tensor(as_numpy(heatmap), dtype=torch.float32))
-    if heat.ndim != 2:
-        raise ValueError(f"a heatmap must be 2-D (h, w), got shape {tuple(heat.shape)}")
+def _normalised(heatmaps: Any, size: tuple[int, int]) -> np.ndarray:
+    """Heatmaps (..., h, w) as float32 (..., H, W) in [0, 1] at ``size``: the very masks the score uses.
+
+    Many maps go through in one call: on a busy CPU, one call per map costs several times as much.
+    """
+    heat = torch.nan_to_num(torch.as_tensor(as_numpy(heatmaps), dtype=torch.float32))
     return upsample_normalised(heat, size).numpy()
+
+
+def _desaturated(image: Image.Image) -> np.ndarray:
+    """The photo as float32 (H, W, 3), a share of grey mixed in."""
+    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
+    grey = photo @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return (1 - DESATURATION) * photo + DESATURATION * grey[..., None]
+
+
+def _tinted(
+    photo: np.ndarray, heat: np.ndarray, alpha: float = OVERLAY_ALPHA, cmap: str = HEATMAP_CMAP
+) -> Image.Image:
+    """A :func:`_desaturated` photo with ``heat`` (H, W) in [0, 1] blended over it."""
+    colours = _lookup_table(cmap)[np.clip(np.round(heat * 255), 0, 255).astype(np.intp)]
+    # Cold regions get half the colour of hot ones: the map's shape reads, and so does the photo.
+    weight = (alpha * (0.5 + 0.5 * heat))[..., None]
+    blended = (1 - weight) * photo + weight * colours
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
 @lru_cache(maxsize=8)
@@ -173,11 +187,13 @@ def chain_figure(explanation: Explanation, kind: str | None = None) -> Image.Ima
     canvas = Image.new("RGB", grid.size, "white")
     draw = ImageDraw.Draw(canvas)
     photo = _fit(explanation.image, PANEL)
+    base = _desaturated(photo)
+    heats = iter(_normalised(torch.stack([node.shown(kind) for node in top + bottom]), base.shape[:2]))
     for row, chain in ((0, top), (2, bottom)):
         for column, node in enumerate(chain):
             colour = NEG_COLOUR if node.path.startswith("-") else POS_COLOUR
             lines = [node.label, f"{node.size} neurons, score {fmt(node.score)}"]
-            grid.place(canvas, draw, row, column, overlay(photo, node.shown(kind)), lines, colour)
+            grid.place(canvas, draw, row, column, _tinted(base, next(heats)), lines, colour)
     name = Path(explanation.source).name or explanation.source
     grid.place(canvas, draw, 1, (grid.columns - 1) / 2, photo, [f"input: {name}"], "black")
     for i, line in enumerate(heading):
