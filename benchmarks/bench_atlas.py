@@ -8,8 +8,8 @@ documented format by tests/synthetic_scan.py (5 nodes per tree, 7×7 maps, shard
    means, and the same top-k images per class (``max_by(..., k)``), as SQL — the engine we did not pick.
 
 Each candidate runs in a fresh subprocess, interleaved, ``--repeats`` times; the table shows the median
-wall time and the median peak resident set of those processes (the process's own baseline — Python,
-numpy, pyarrow or DuckDB imported — is measured separately and reported beside it).
+wall time and the median peak resident set (VmHWM) of those processes, with their value after the
+engine's imports in brackets.
 
     flock /tmp/fclens-bench.lock python benchmarks/bench_atlas.py
 """
