@@ -48,6 +48,10 @@ _AGGREGATED = [
     "index", "path", "status", "label", "pred", "top5", "top5_prob", "target", "rival",
     "logit_target", "logit_rival", "node_path", "node_size", "node_contribution",
 ]  # fmt: skip
+_PICKED = [
+    "index", "path", "status", "target", "rival", "logit_target", "logit_rival", "node_path", "node_contribution",
+]  # fmt: skip
+"""The columns of each pass: the totals, then the top images (never the maps)."""
 
 
 @dataclass
@@ -204,7 +208,7 @@ def atlas(scan: Any, top_k: int = 8) -> Atlas:
     confusing = {k: summary.confusing(k) for k in summary.classes}
     top_rival = {k: found[0].index for k, found in summary.rivals.items() if found}
     picks = _Picks(top_k)
-    for table in _ok_rows(shards, _AGGREGATED):
+    for table in _ok_rows(shards, _PICKED):
         picks.add(table, confusing, top_rival)
     kept = {which: picks.grouped(which) for which in ("confusing", "rival")}
     classes = [
