@@ -357,7 +357,10 @@ def evaluate(
     device: str | None = None,
 ) -> PruneCurve:
     """:func:`prune_curve` on arrays: ``features`` (N, D), ``weight`` (C, D), ``bias`` (C,) or None,
-    ``labels`` (N,) with NaN/None/negative for unknown, ``pred`` (N,) the stored top-1 (optional)."""
+    ``labels`` (N,) with NaN/None/negative for unknown, ``pred`` (N,) the stored top-1 (optional).
+
+    Every pruned layer is held at once, (methods × sparsities) × C × D float32: 123 MB for 24 points of
+    a 1000×1280 layer."""
     import torch
 
     methods = list(dict.fromkeys(methods))
