@@ -1,4 +1,4 @@
-"""The ``fclens`` command: weights, tree, survey and explain.
+"""The ``fclens`` command: weights, tree, survey, explain, and for data sets scan, atlas and prune.
 
 Exit codes: 0 done; 2 bad input (one line on stderr; the traceback only with ``--debug``); 3 done, but
 some items (images, models) were skipped — each with its reason in the summary.
