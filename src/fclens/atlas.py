@@ -259,9 +259,9 @@ def _floats(values: Any) -> np.ndarray:
 
 
 def _shard_paths(directory: Path) -> list[Path]:
-    from fclens.scanning.store import _shards
+    from fclens.scanning.store import shard_paths
 
-    shards = _shards(directory)
+    shards = shard_paths(directory)
     if not shards:
         raise FclensError(f"{directory} holds no rows yet; run or finish `fclens scan ... --out {directory}`")
     return shards

@@ -28,7 +28,7 @@ from fclens.io import atomic_write_bytes, atomic_write_text
 from fclens.scanning.core import SCHEMA_VERSION
 from fclens.scanning.sources import Item
 
-__all__ = ["HEAD_FILE", "MANIFEST", "Scan", "ScanError", "ScanWriter", "read_scan"]
+__all__ = ["HEAD_FILE", "MANIFEST", "Scan", "ScanError", "ScanWriter", "read_scan", "shard_paths"]
 
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.safetensors"
@@ -39,7 +39,7 @@ class ScanError(FclensError):
     """A scan directory that cannot be written, resumed or read (one-line message)."""
 
 
-def _shards(directory: Path) -> list[Path]:
+def shard_paths(directory: Path) -> list[Path]:
     """The finished shards, in the order they were written."""
     found = [path for path in directory.glob("part-*.parquet") if _SHARD.fullmatch(path.name)]
     return sorted(found, key=lambda path: int(_SHARD.fullmatch(path.name).group(1)))
@@ -67,7 +67,7 @@ class ScanWriter:
         self.manifest = manifest
         self._prepare(force)
         atomic_write_bytes(self.directory / HEAD_FILE, _head_bytes(*head))
-        shards = _shards(self.directory)
+        shards = shard_paths(self.directory)
         self._next = 1 + max((int(_SHARD.fullmatch(p.name).group(1)) for p in shards), default=-1)
         self.done: set[int] = set()
         self.counts = {"ok": 0, "skipped": 0}
@@ -93,11 +93,11 @@ class ScanWriter:
             ) from None
         path = self.directory / MANIFEST
         if not path.is_file():
-            if _shards(self.directory):
+            if shard_paths(self.directory):
                 raise ScanError(f"{self.directory} holds shards but no manifest; use another --out, or --force")
             return
         if force:
-            for shard in _shards(self.directory):
+            for shard in shard_paths(self.directory):
                 shard.unlink()
             return
         earlier = _read_manifest(path)
@@ -158,7 +158,7 @@ class ScanWriter:
             **self.counts,
         }
         self.manifest["complete"] = complete
-        self.manifest["shards"] = [path.name for path in _shards(self.directory)]
+        self.manifest["shards"] = [path.name for path in shard_paths(self.directory)]
         atomic_write_text(self.directory / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
 
 
@@ -218,7 +218,7 @@ class Scan:
     @cached_property
     def table(self) -> pa.Table:
         """Every row of every shard, sorted by the images' position in the source."""
-        shards = _shards(self.directory)
+        shards = shard_paths(self.directory)
         if not shards:
             from fclens.scanning.core import ScanOptions, scan_schema
 
