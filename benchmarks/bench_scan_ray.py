@@ -11,6 +11,7 @@ Runs alternate after a warm-up of each; the table gives medians of images/s and 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="fclens-bench-ray-"))
     folder = make_photo_folder(work / "photos", args.images)
     classifier = fclens.load_model()
+    # Ray runs its workers at niceness 15; on a machine shared with other work that starves them, so they
+    # run at the local engine's priority here.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 200 << 20})
     cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
     engines = {"local": {}} | {
