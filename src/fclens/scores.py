@@ -47,8 +47,8 @@ BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
 """Its standard deviation, in pixels (Petsiuk et al.)."""
 
-CPU_BATCH_PIXELS = 6 * 224 * 224
-"""Most pixels in one batch of modified images on the CPU (6 images at 224 px; more at smaller sizes)."""
+CPU_BATCH_PIXELS = 4 * 224 * 224
+"""Most pixels in one batch of modified images on the CPU (4 images at 224 px; more at smaller sizes)."""
 
 
 def upsample_normalised(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
