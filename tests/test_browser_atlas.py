@@ -16,7 +16,7 @@ from fclens.images import sample_image
 from fclens.models import Classifier
 from fclens.report import explanations_page
 from fclens.report.atlas import class_page_name, write_atlas_pages
-from test_browser import HOSTILE, Visit, browser  # noqa: F401  (browser: the fixture)
+from test_browser import HOSTILE, Visit
 
 pytestmark = pytest.mark.browser
 
