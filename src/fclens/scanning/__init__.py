@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from fclens.errors import FclensError
@@ -75,9 +76,7 @@ def scan(
     items, dataset, identity = _items(source, classifier, labels)
     head = classifier.head
     weight = head.weight.detach().float().cpu().numpy()
-    bias = (
-        head.bias.detach().float().cpu().numpy() if head.bias is not None else weight[:, 0] * 0.0
-    )
+    bias = head.bias.detach().float().cpu().numpy() if head.bias is not None else np.zeros(len(weight), np.float32)
     manifest = _manifest(classifier, options, identity, weight, bias, len(items))
     scanner = BatchScanner(classifier, options)
     writer = ScanWriter(out, manifest, (weight, bias), scanner.schema, force=force, shard_rows=shard_rows)

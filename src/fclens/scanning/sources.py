@@ -22,7 +22,14 @@ import torch
 from PIL import Image
 
 from fclens.errors import FclensError
-from fclens.images import IMAGE_EXTENSIONS, ImageError, Preprocessing, image_from_array, load_image
+from fclens.images import (
+    IMAGE_EXTENSIONS,
+    ImageError,
+    Preprocessing,
+    image_from_array,
+    iter_image_paths,
+    load_image,
+)
 
 __all__ = ["LABEL_MODES", "Item", "decode", "decode_dataset_item", "match_label", "resolve_source"]
 
@@ -60,15 +67,7 @@ def resolve_source(source: str | os.PathLike[str], class_names: Sequence[str], l
 
 
 def _folder_items(folder: Path, class_names: Sequence[str], with_labels: bool) -> list[Item]:
-    files: list[Path] = []
-    for root, folders, names in os.walk(folder):
-        folders[:] = sorted(name for name in folders if not name.startswith("."))
-        files += [
-            Path(root, name)
-            for name in names
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
-        ]
-    files.sort()
+    files = iter_image_paths(folder)
     if not files:
         raise FclensError(f"{folder}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     matcher = _LabelMatcher(class_names)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from fclens.errors import FclensError
 from fclens.io import atomic_write_bytes, atomic_write_text
-from fclens.scanning.core import SCHEMA_VERSION
+from fclens.scanning.core import SCHEMA_VERSION, ScanOptions, scan_schema
 from fclens.scanning.sources import Item
 
 __all__ = ["HEAD_FILE", "MANIFEST", "Scan", "ScanError", "ScanWriter", "read_scan", "shard_paths"]
@@ -72,11 +72,7 @@ class ScanWriter:
         self.done: set[int] = set()
         self.counts = {"ok": 0, "skipped": 0}
         for shard in shards:
-            table = pq.read_table(shard, columns=["index", "status"])
-            self.done.update(table.column("index").to_pylist())
-            ok = pc.sum(pc.equal(table.column("status"), "ok")).as_py() or 0
-            self.counts["ok"] += ok
-            self.counts["skipped"] += table.num_rows - ok
+            self._count(pq.read_table(shard, columns=["index", "status"]))
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._write_manifest(complete=False)
@@ -138,12 +134,16 @@ class ScanWriter:
         pq.write_table(table, buffer, compression="zstd")
         atomic_write_bytes(self.directory / f"part-{self._next:05d}.parquet", buffer.getvalue().to_pybytes())
         self._next += 1
+        self._count(table)
+        self._pending, self._pending_rows = [], 0
+        self._write_manifest(complete=False)
+
+    def _count(self, table: pa.Table) -> None:
+        """Record a finished shard's images as done, and its ok and skipped rows in the counts."""
         self.done.update(table.column("index").to_pylist())
         ok = pc.sum(pc.equal(table.column("status"), "ok")).as_py() or 0
         self.counts["ok"] += ok
         self.counts["skipped"] += table.num_rows - ok
-        self._pending, self._pending_rows = [], 0
-        self._write_manifest(complete=False)
 
     def close(self, total: int, grid: tuple[int, int] | None) -> None:
         """Write what is queued; the scan is complete when every one of the source's ``total`` images is in."""
@@ -220,8 +220,6 @@ class Scan:
         """Every row of every shard, sorted by the images' position in the source."""
         shards = shard_paths(self.directory)
         if not shards:
-            from fclens.scanning.core import ScanOptions, scan_schema
-
             return scan_schema(ScanOptions(**self.manifest["options"])).empty_table()
         return pa.concat_tables([pq.read_table(shard) for shard in shards]).sort_by("index")
 
