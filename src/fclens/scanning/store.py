@@ -74,7 +74,7 @@ class ScanWriter:
         for shard in shards:
             self._count(pq.read_table(shard, columns=["index", "status"]))
         self._pending: list[pa.RecordBatch] = []
-        self._pending_rows = 0
+        self._queued: set[int] = set()  # indices of the pending rows
         self._write_manifest(complete=False)
 
     def _prepare(self, force: bool) -> None:
@@ -113,21 +113,21 @@ class ScanWriter:
         """Queue rows; a shard is written each time ``shard_rows`` are queued. Rows already written are dropped."""
         if rows.num_rows == 0:
             return
-        index = rows.column("index").to_numpy()
-        fresh = ~np.isin(index, np.fromiter(self.done, dtype=np.int64, count=len(self.done)))
-        queued = {i for batch in self._pending for i in batch.column("index").to_pylist()}
-        fresh &= ~np.isin(index, np.fromiter(queued, dtype=np.int64, count=len(queued)))
-        if not fresh.all():  # a retried task may deliver rows twice: each image is kept once
+        fresh = []
+        for index in rows.column("index").to_pylist():
+            fresh.append(index not in self.done and index not in self._queued)
+            if fresh[-1]:
+                self._queued.add(index)
+        if not all(fresh):  # a retried task may deliver rows twice: each image is kept once
             rows = rows.filter(pa.array(fresh))
         self._pending.append(rows)
-        self._pending_rows += rows.num_rows
-        if self._pending_rows >= self.shard_rows:
+        if len(self._queued) >= self.shard_rows:
             self.flush()
 
     def flush(self) -> None:
         """Write the queued rows as one shard (atomically) and update the manifest."""
-        if not self._pending_rows:
-            self._pending, self._pending_rows = [], 0
+        if not self._queued:
+            self._pending = []
             return
         table = pa.Table.from_batches(self._pending, schema=self.schema)
         buffer = pa.BufferOutputStream()
@@ -135,7 +135,7 @@ class ScanWriter:
         atomic_write_bytes(self.directory / f"part-{self._next:05d}.parquet", buffer.getvalue().to_pybytes())
         self._next += 1
         self._count(table)
-        self._pending, self._pending_rows = [], 0
+        self._pending, self._queued = [], set()
         self._write_manifest(complete=False)
 
     def _count(self, table: pa.Table) -> None:
