@@ -70,4 +70,9 @@ def test_scan_and_atlas_find_the_designed_partners(tmp_path: Path) -> None:
         assert len(c.rival_images) == 5 and all(i.rival == ka.partner(c.index) for i in c.rival_images)
         assert {i.index for i in c.rival_images} <= holds_partner, c.name
         assert c.confusing is not None and c.confusing_images
-    assert {(p.a, p.b) for p in found.pairs[:6]} == {(k, ka.partner(k)) for k in range(6)}
+    # The data-set ranking agrees with every class's own: the first pair of each class is its partner.
+    # (Across classes, two pairs may stand within 1e-4 of each other: their order there means nothing.)
+    first = {}
+    for p in found.pairs:
+        first.setdefault(p.a, p.b)
+    assert first == {k: ka.partner(k) for k in range(6)}
