@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fclens.scanning.core import SCHEMA_VERSION, ScanOptions, scan_schema
+from fclens.options import SCAN_DEFAULTS
+from fclens.scanning.core import SCHEMA_VERSION, scan_schema
 
 PATHS = ["", "+", "++", "-", "--"]
 NODE_MEANS = {"": 1.0, "+": 3.0, "++": 2.0, "-": -2.0, "--": -1.5}
@@ -74,7 +75,7 @@ def write(
         "contribution": contribution,
     }
     directory.mkdir(parents=True, exist_ok=True)
-    schema = scan_schema(ScanOptions())
+    schema = scan_schema(SCAN_DEFAULTS)
     cells = GRID[0] * GRID[1]
     for shard, start in enumerate(range(0, rows, shard_rows)):
         part = slice(start, min(rows, start + shard_rows))
@@ -113,7 +114,7 @@ def write(
         "num_features": FEATURES,
         "feature_grid": list(GRID),
         "preprocessing": {"input_size": [224, 224], "mean": [0.5] * 3, "std": [0.5] * 3},
-        "options": ScanOptions().to_dict(),
+        "options": SCAN_DEFAULTS.to_dict(),
         "map_kind": "activation",
         "counts": {"images": rows, "ok": rows, "skipped": 0},
         "complete": True,

@@ -23,12 +23,13 @@ from torch.utils.data import Dataset
 
 from fclens.errors import FclensError
 from fclens.models import Classifier, load_model
-from fclens.scanning.core import SCHEMA_VERSION, BatchScanner, ScanOptions
+from fclens.options import SCAN_DEFAULTS, Options
+from fclens.scanning.core import SCHEMA_VERSION, BatchScanner
 from fclens.scanning.local import Decoding, default_workers, run_local
 from fclens.scanning.sources import LABEL_MODES, Item, resolve_source
 from fclens.scanning.store import Scan, ScanError, ScanWriter, file_sha256, head_sha256, read_scan
 
-__all__ = ["ENGINES", "Scan", "ScanError", "ScanOptions", "read_scan", "scan"]
+__all__ = ["ENGINES", "Scan", "ScanError", "read_scan", "scan"]
 
 ENGINES = ("local", "ray")
 
@@ -71,7 +72,10 @@ def scan(
         raise FclensError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
     if workers is not None and workers < 0:
         raise FclensError(f"workers must be 0 or more, got {workers}")
-    options = ScanOptions(min_size, mode, map_kind, features, scores, batch_size, seed)
+    options = SCAN_DEFAULTS.but(
+        min_size=min_size, mode=mode, maps=(map_kind,), features=features, scores=scores or "none",
+        batch_size=batch_size, seed=seed,
+    )  # fmt: skip
     classifier = model if isinstance(model, Classifier) else load_model(model, device=device or "cpu")
     items, dataset, identity = _items(source, classifier, labels)
     head = classifier.head
@@ -121,7 +125,7 @@ def _items(source: Any, classifier: Classifier, labels: str) -> tuple[list[Item]
 
 def _manifest(
     classifier: Classifier,
-    options: ScanOptions,
+    options: Options,
     identity: str,
     weight: Any,
     bias: Any,
@@ -160,7 +164,7 @@ def _manifest(
         },
         "options": options.to_dict(),
         "tree": {"min_size": options.min_size, "mode": options.mode},
-        "map_kind": options.map_kind,
+        "map_kind": options.primary,
         "features": options.features,
         "scores": options.scores,
         "fingerprint": {

@@ -11,61 +11,29 @@ columns through offsets. The columns are documented in README.md ("Scan a data s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from fclens.errors import FclensError
-from fclens.maps import MAP_KINDS, NodeBatch, branch_sign, capture, contrast_maps, node_maps, oriented
+from fclens.maps import NodeBatch, branch_sign, capture, contrast_maps, node_maps, oriented
 from fclens.models import Classifier
 from fclens.scanning.sources import Item
 from fclens.scores import masked_score
-from fclens.tree import MODES, SplitTree, class_trees
+from fclens.options import Options
+from fclens.tree import SplitTree, class_trees
 
-__all__ = ["SCHEMA_VERSION", "SCORE_MODES", "BatchScanner", "ScanOptions", "scan_schema", "skipped_rows"]
+__all__ = ["SCHEMA_VERSION", "BatchScanner", "scan_schema", "skipped_rows"]
 
 SCHEMA_VERSION = 1
 """Version of the row schema and manifest; bumped whenever a column changes meaning or type."""
-
-SCORE_MODES = ("terminal", "all")
-"""Which nodes get the author's masked score: the ends of the tree (leaves and root), or every node."""
 
 TOP = 5
 """Classes kept per image, most probable first."""
 
 
-@dataclass(frozen=True)
-class ScanOptions:
-    """How each image is scanned; part of the manifest, so a rerun with other options is refused."""
-
-    min_size: int = 20
-    mode: str = "chains"
-    map_kind: str = "activation"
-    features: bool = False
-    scores: str | None = None
-    batch_size: int = 64
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise FclensError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
-        if self.map_kind not in MAP_KINDS:
-            raise FclensError(f"unknown map kind {self.map_kind!r}; choose from {', '.join(MAP_KINDS)}")
-        if self.scores is not None and self.scores not in SCORE_MODES:
-            raise FclensError(f"scores must be one of {', '.join(SCORE_MODES)} or None; got {self.scores!r}")
-        if self.batch_size < 1:
-            raise FclensError(f"batch size must be at least 1, got {self.batch_size}")
-
-    def to_dict(self) -> dict[str, object]:
-        """What changes the rows (the batch size does not)."""
-        values = asdict(self)
-        del values["batch_size"]
-        return values
-
-
-def scan_schema(options: ScanOptions) -> pa.Schema:
+def scan_schema(options: Options) -> pa.Schema:
     """The Arrow schema of a scan's rows (README.md, "Scan a data set")."""
     half = pa.list_(pa.float16())
     fields = [
@@ -92,7 +60,7 @@ def scan_schema(options: ScanOptions) -> pa.Schema:
     ]
     if options.features:
         fields.append(("features", half))
-    if options.scores:
+    if options.scores != "none":
         fields.append(("node_score", pa.list_(pa.float32())))
     return pa.schema(fields, metadata={"fclens_schema_version": str(SCHEMA_VERSION)})
 
@@ -119,7 +87,7 @@ class BatchScanner:
     ``grid`` is the feature grid (h, w) of the last batch, which the writer records in the manifest.
     """
 
-    def __init__(self, classifier: Classifier, options: ScanOptions) -> None:
+    def __init__(self, classifier: Classifier, options: Options) -> None:
         self.classifier = classifier
         self.options = options
         self.head = classifier.head
@@ -150,14 +118,14 @@ class BatchScanner:
         node_batch = NodeBatch(
             classifier.module, head, inputs, captured, targets, membership, seed=options.seed
         )
-        maps = node_maps(node_batch, [options.map_kind])[options.map_kind].detach()
+        maps = node_maps(node_batch, [options.primary])[options.primary].detach()
         weights = head.weight.to(captured.prelogits)[targets]
         shares = captured.prelogits.detach().float() * weights.float()  # w_kj z_j, (N, D)
         contributions = torch.bmm(membership, shares[:, :, None])[:, :, 0]  # Σ_{j∈node} w_kj z_j
         contrast = contrast_maps(captured, head, targets, rivals).detach()
         prelogits = captured.prelogits.detach()
         del node_batch, captured  # frees a non-affine head's autograd graph before scoring
-        scores = self._scores(inputs, maps, targets, image_trees) if options.scores else None
+        scores = self._scores(inputs, maps, targets, image_trees) if options.scores != "none" else None
 
         self.grid = (int(maps.shape[2]), int(maps.shape[3]))
         counts = np.array([len(tree.nodes) for tree in image_trees])
@@ -218,7 +186,7 @@ class BatchScanner:
         ]
         where = torch.tensor(pairs, dtype=torch.long, device=inputs.device)
         rows, nodes, signs = where[:, 0], where[:, 1], where[:, 2]
-        chosen = oriented(maps[rows, nodes], self.options.map_kind, signs)
+        chosen = oriented(maps[rows, nodes], self.options.primary, signs)
         found = masked_score(
             self.classifier.module, inputs, chosen, rows, targets[rows], self.options.batch_size
         )

@@ -30,7 +30,8 @@ import pyarrow as pa
 import torch
 
 from fclens.errors import FclensError
-from fclens.scanning.core import BatchScanner, ScanOptions, skipped_rows
+from fclens.options import Options
+from fclens.scanning.core import BatchScanner, skipped_rows
 from fclens.scanning.local import Decoding, collate
 from fclens.scanning.sources import Item, match_label
 from fclens.scanning.store import ScanWriter
@@ -192,7 +193,7 @@ def _decode(batch: pa.Table, decoding: Decoding) -> pa.Table:
 class _ModelActor:
     """A model actor: the classifier (on this actor's GPU when it has one) and one BatchScanner for it."""
 
-    def __init__(self, classifier: Any, options: ScanOptions, cuda: bool) -> None:
+    def __init__(self, classifier: Any, options: Options, cuda: bool) -> None:
         if cuda:
             classifier.device = torch.device("cuda")
             classifier.module.to(classifier.device)

@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from fclens.errors import FclensError
 from fclens.io import atomic_write_bytes, atomic_write_text
-from fclens.scanning.core import SCHEMA_VERSION, ScanOptions, scan_schema
+from fclens.options import Options
+from fclens.scanning.core import SCHEMA_VERSION, scan_schema
 from fclens.scanning.sources import Item
 
 __all__ = ["HEAD_FILE", "MANIFEST", "Scan", "ScanError", "ScanWriter", "read_scan", "shard_paths"]
@@ -220,7 +221,7 @@ class Scan:
         """Every row of every shard, sorted by the images' position in the source."""
         shards = shard_paths(self.directory)
         if not shards:
-            return scan_schema(ScanOptions(**self.manifest["options"])).empty_table()
+            return scan_schema(Options.from_dict(self.manifest["options"])).empty_table()
         return pa.concat_tables([pq.read_table(shard) for shard in shards]).sort_by("index")
 
     def ok(self) -> pa.Table:

@@ -1,0 +1,109 @@
+"""What a caller asks of the per-batch step: one options object for :func:`fclens.explain`, :func:`fclens.scan`
+and the ``fclens`` command, with one name for each idea.
+
+Standard library only, on purpose: the command takes its choices and defaults from here without paying
+for torch (``fclens --help`` answers at once). The built-in map kinds are named here; :mod:`fclens.maps`
+registers them (and any of the user's own) and checks the names at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, get_args
+
+from fclens.errors import FclensError
+
+__all__ = [
+    "EXPLAIN_DEFAULTS",
+    "MAP_KIND_NAMES",
+    "RUNNER_UP",
+    "SCAN_DEFAULTS",
+    "SCORED_NODES",
+    "TREE_MODES",
+    "Options",
+    "ScoredNodes",
+    "TreeMode",
+]
+
+TreeMode = Literal["chains", "full"]
+TREE_MODES: tuple[str, ...] = get_args(TreeMode)
+"""chains: the author's + and − chains; full: the full binary tree (:func:`fclens.split_tree`)."""
+
+ScoredNodes = Literal["all", "terminal", "none"]
+SCORED_NODES: tuple[str, ...] = get_args(ScoredNodes)
+"""Which nodes get the author's masked score (one forward each): every node, the root and the leaves, or none."""
+
+MAP_KIND_NAMES: tuple[str, ...] = ("activation", "contribution", "smooth-gradcam++")
+"""The built-in map kinds, the default first (:data:`fclens.maps.MAP_KINDS` holds them and any registered)."""
+
+RUNNER_UP = "runner-up"
+"""``contrast=RUNNER_UP``: contrast each image's target with its most probable other class."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """How each image of a batch is explained or scanned.
+
+    ``maps``: the map kinds drawn for every node, the first one primary (scored; the one a scan stores).
+    ``min_size``/``mode`` shape each class's split tree. ``scores``: the nodes that get the author's masked
+    score. ``curves``: deletion/insertion AUCs for the root and the leaves (explain only). ``contrast``:
+    None for none, :data:`RUNNER_UP`, or a class index or name (a scan always contrasts with the runner-up).
+    ``features``: keep each image's pooled final-layer input (a scan stores it for pruning and head edits).
+    ``seed`` drives the noise of noisy map kinds (None: a fresh one). ``batch_size``: images per forward.
+    """
+
+    maps: tuple[str, ...] = ("activation",)
+    min_size: int = 20
+    mode: TreeMode = "chains"
+    scores: ScoredNodes = "all"
+    curves: bool = False
+    contrast: int | str | None = None
+    features: bool = False
+    seed: int | None = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        maps = (self.maps,) if isinstance(self.maps, str) else tuple(dict.fromkeys(self.maps))
+        object.__setattr__(self, "maps", maps)
+        if not maps:
+            raise FclensError(f"no map kind asked for; choose from {', '.join(MAP_KIND_NAMES)}")
+        if self.mode not in TREE_MODES:
+            raise FclensError(f"mode must be one of {', '.join(TREE_MODES)}; got {self.mode!r}")
+        if self.scores not in SCORED_NODES:
+            raise FclensError(f"scores must be one of {', '.join(SCORED_NODES)}; got {self.scores!r}")
+        if isinstance(self.min_size, bool) or not isinstance(self.min_size, int) or self.min_size < 2:
+            raise FclensError(f"min_size must be a whole number of at least 2, got {self.min_size!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise FclensError(f"batch_size must be a whole number of at least 1, got {self.batch_size!r}")
+
+    @property
+    def primary(self) -> str:
+        """The map kind that is scored, and stored by a scan."""
+        return self.maps[0]
+
+    def but(self, **changes: Any) -> Options:
+        """A copy with ``changes`` (keyword-only, checked like the original)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values, every field but the batch size (which never changes a result)."""
+        values = asdict(self)
+        values["maps"] = list(self.maps)
+        del values["batch_size"]
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], **defaults: Any) -> Options:
+        """Options from :meth:`to_dict`'s values (unknown keys are an error that names them)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise FclensError(f"unknown options {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**{**defaults, **values})
+
+
+EXPLAIN_DEFAULTS = Options()
+"""What :func:`fclens.explain` and ``fclens explain`` do unless asked otherwise: every node scored."""
+
+SCAN_DEFAULTS = Options(scores="none", contrast=RUNNER_UP, batch_size=64)
+"""What :func:`fclens.scan` and ``fclens scan`` do unless asked otherwise: no scores, the runner-up contrast."""
