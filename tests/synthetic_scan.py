@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fclens.options import SCAN_DEFAULTS
-from fclens.scanning.core import SCHEMA_VERSION, scan_schema
+from fclens.scanning.schema import SCHEMA_VERSION, scan_schema
 
 PATHS = ["", "+", "++", "-", "--"]
 NODE_MEANS = {"": 1.0, "+": 3.0, "++": 2.0, "-": -2.0, "--": -1.5}

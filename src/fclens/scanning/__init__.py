@@ -24,8 +24,9 @@ from torch.utils.data import Dataset
 from fclens.errors import FclensError
 from fclens.models import Classifier, load_model
 from fclens.options import SCAN_DEFAULTS, Options
-from fclens.scanning.core import SCHEMA_VERSION, BatchScanner
+from fclens.scanning.core import BatchScanner
 from fclens.scanning.local import Decoding, default_workers, run_local
+from fclens.scanning.schema import SCHEMA_VERSION
 from fclens.scanning.sources import LABEL_MODES, Item, resolve_source
 from fclens.scanning.store import Scan, ScanError, ScanWriter, file_sha256, head_sha256, read_scan
 

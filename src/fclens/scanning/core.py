@@ -16,69 +16,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from fclens.errors import FclensError
 from fclens.maps import NodeBatch, branch_sign, capture, contrast_maps, node_maps, oriented
 from fclens.models import Classifier
+from fclens.options import Options
+from fclens.scanning.schema import SCHEMA_VERSION, TOP, scan_schema, skipped_rows
 from fclens.scanning.sources import Item
 from fclens.scores import masked_score
-from fclens.options import Options
 from fclens.tree import SplitTree, class_trees
 
 __all__ = ["SCHEMA_VERSION", "BatchScanner", "scan_schema", "skipped_rows"]
-
-SCHEMA_VERSION = 1
-"""Version of the row schema and manifest; bumped whenever a column changes meaning or type."""
-
-TOP = 5
-"""Classes kept per image, most probable first."""
-
-
-def scan_schema(options: Options) -> pa.Schema:
-    """The Arrow schema of a scan's rows (README.md, "Scan a data set")."""
-    half = pa.list_(pa.float16())
-    fields = [
-        ("index", pa.int64()),
-        ("path", pa.string()),
-        ("status", pa.string()),
-        ("reason", pa.string()),
-        ("label", pa.int32()),
-        ("pred", pa.int32()),
-        ("prob", pa.float32()),
-        ("top5", pa.list_(pa.int32())),
-        ("top5_prob", pa.list_(pa.float32())),
-        ("target", pa.int32()),
-        ("rival", pa.int32()),
-        ("prob_target", pa.float32()),
-        ("prob_rival", pa.float32()),
-        ("logit_target", pa.float32()),
-        ("logit_rival", pa.float32()),
-        ("node_path", pa.list_(pa.string())),
-        ("node_size", pa.list_(pa.int32())),
-        ("node_contribution", pa.list_(pa.float32())),
-        ("node_map", pa.list_(half)),
-        ("contrast_map", half),
-    ]
-    if options.features:
-        fields.append(("features", half))
-    if options.scores != "none":
-        fields.append(("node_score", pa.list_(pa.float32())))
-    return pa.schema(fields, metadata={"fclens_schema_version": str(SCHEMA_VERSION)})
-
-
-def skipped_rows(items: Sequence[Item], reasons: Sequence[str], schema: pa.Schema) -> pa.RecordBatch:
-    """Rows for images that could not be scanned: where they are, why not, their label; the rest null."""
-    known = {
-        "index": [item.index for item in items],
-        "path": [item.path for item in items],
-        "status": ["skipped"] * len(items),
-        "reason": list(reasons),
-        "label": [item.label for item in items],
-    }
-    columns = [
-        pa.array(known[field.name], field.type) if field.name in known else pa.nulls(len(items), field.type)
-        for field in schema
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 class BatchScanner:
@@ -129,7 +75,10 @@ class BatchScanner:
 
         self.grid = (int(maps.shape[2]), int(maps.shape[3]))
         counts = np.array([len(tree.nodes) for tree in image_trees])
-        valid = torch.arange(maps.shape[1], device=device)[None, :] < torch.as_tensor(counts, device=device)[:, None]
+        valid = (
+            torch.arange(maps.shape[1], device=device)[None, :]
+            < torch.as_tensor(counts, device=device)[:, None]
+        )
         take = np.arange(len(items))
         columns = {
             "index": pa.array([item.index for item in items], pa.int64()),
@@ -148,7 +97,9 @@ class BatchScanner:
             "logit_target": _numpy(logits[take, targets], np.float32),
             "logit_rival": _numpy(logits[take, rivals], np.float32),
             "node_path": _ragged([node.path for tree in image_trees for node in tree.nodes], counts),
-            "node_size": _ragged(np.concatenate([_sizes(tree) for tree in image_trees]).astype(np.int32), counts),
+            "node_size": _ragged(
+                np.concatenate([_sizes(tree) for tree in image_trees]).astype(np.int32), counts
+            ),
             "node_contribution": _ragged(_numpy(contributions[valid], np.float32), counts),
             "node_map": _ragged(_lists(_numpy(maps[valid].flatten(1), np.float16)), counts),
             "contrast_map": _lists(_numpy(contrast.flatten(1), np.float16)),
@@ -166,7 +117,9 @@ class BatchScanner:
                 rows = torch.zeros(len(tree.nodes), self.head.num_features, dtype=torch.bool)
                 for m, node in enumerate(tree.nodes):
                     rows[m, torch.as_tensor(np.asarray(node.indices), dtype=torch.long)] = True
-                self._membership[k] = rows.to(self.classifier.device)  # bool: 1 byte per entry, 1000s of classes
+                self._membership[k] = rows.to(
+                    self.classifier.device
+                )  # bool: 1 byte per entry, 1000s of classes
         width = max(len(tree.nodes) for tree in trees.values())
         stacked = {
             k: torch.nn.functional.pad(self._membership[k], (0, 0, 0, width - len(tree.nodes))).float()

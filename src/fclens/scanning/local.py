@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from fclens.errors import FclensError
 from fclens.images import ImageError, Preprocessing
-from fclens.scanning.core import BatchScanner, skipped_rows
+from fclens.scanning.core import BatchScanner
+from fclens.scanning.schema import skipped_rows
 from fclens.scanning.sources import Item, decode, decode_dataset_item, match_label
 from fclens.scanning.store import ScanWriter
 

@@ -31,8 +31,9 @@ import torch
 
 from fclens.errors import FclensError
 from fclens.options import Options
-from fclens.scanning.core import BatchScanner, skipped_rows
+from fclens.scanning.core import BatchScanner
 from fclens.scanning.local import Decoding, collate
+from fclens.scanning.schema import skipped_rows
 from fclens.scanning.sources import Item, match_label
 from fclens.scanning.store import ScanWriter
 

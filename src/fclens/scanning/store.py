@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from fclens.errors import FclensError
 from fclens.io import atomic_write_bytes, atomic_write_text
 from fclens.options import Options
-from fclens.scanning.core import SCHEMA_VERSION, scan_schema
+from fclens.scanning.schema import SCHEMA_VERSION, scan_schema
 from fclens.scanning.sources import Item
 
 __all__ = ["HEAD_FILE", "MANIFEST", "Scan", "ScanError", "ScanWriter", "read_scan", "shard_paths"]

@@ -1,0 +1,70 @@
+"""The row schema of a scan (README.md, "Scan a data set"): its version, its columns, its skipped rows.
+
+Kept apart from the per-batch core so that readers (store, atlas, prune, the CLI) get the schema without
+importing the scanning machinery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from fclens.options import Options
+from fclens.scanning.sources import Item
+
+__all__ = ["SCHEMA_VERSION", "TOP", "scan_schema", "skipped_rows"]
+
+SCHEMA_VERSION = 1
+"""Version of the row schema and manifest; bumped whenever a column changes meaning or type."""
+
+TOP = 5
+"""Classes kept per image, most probable first."""
+
+
+def scan_schema(options: Options) -> pa.Schema:
+    """The Arrow schema of a scan's rows (README.md, "Scan a data set")."""
+    half = pa.list_(pa.float16())
+    fields = [
+        ("index", pa.int64()),
+        ("path", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("label", pa.int32()),
+        ("pred", pa.int32()),
+        ("prob", pa.float32()),
+        ("top5", pa.list_(pa.int32())),
+        ("top5_prob", pa.list_(pa.float32())),
+        ("target", pa.int32()),
+        ("rival", pa.int32()),
+        ("prob_target", pa.float32()),
+        ("prob_rival", pa.float32()),
+        ("logit_target", pa.float32()),
+        ("logit_rival", pa.float32()),
+        ("node_path", pa.list_(pa.string())),
+        ("node_size", pa.list_(pa.int32())),
+        ("node_contribution", pa.list_(pa.float32())),
+        ("node_map", pa.list_(half)),
+        ("contrast_map", half),
+    ]
+    if options.features:
+        fields.append(("features", half))
+    if options.scores != "none":
+        fields.append(("node_score", pa.list_(pa.float32())))
+    return pa.schema(fields, metadata={"fclens_schema_version": str(SCHEMA_VERSION)})
+
+
+def skipped_rows(items: Sequence[Item], reasons: Sequence[str], schema: pa.Schema) -> pa.RecordBatch:
+    """Rows for images that could not be scanned: where they are, why not, their label; the rest null."""
+    known = {
+        "index": [item.index for item in items],
+        "path": [item.path for item in items],
+        "status": ["skipped"] * len(items),
+        "reason": list(reasons),
+        "label": [item.label for item in items],
+    }
+    columns = [
+        pa.array(known[field.name], field.type) if field.name in known else pa.nulls(len(items), field.type)
+        for field in schema
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
