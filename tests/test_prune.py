@@ -134,7 +134,17 @@ def test_a_conv_shaped_layer_gets_a_mask_of_its_shape():
     w = torch.from_numpy(laplace_layer()).reshape(12, 200, 1, 1)
     mask = prune(w, 0.5, "tree")
     assert mask.shape == (12, 200, 1, 1)
-    np.testing.assert_array_equal(mask[:, :, 0, 0], prune(laplace_layer(), 0.5, "tree"))
+    np.testing.assert_array_equal(mask[:, :, 0, 0].numpy(), prune(laplace_layer(), 0.5, "tree"))
+
+
+def test_the_mask_is_the_kind_of_the_weight_so_that_weight_times_mask_works():
+    array = laplace_layer()
+    tensor = nn.Parameter(torch.from_numpy(array))
+    from_tensor, from_array = prune(tensor, 0.7, "magnitude"), prune(array, 0.7, "magnitude")
+    assert isinstance(from_tensor, torch.Tensor) and from_tensor.dtype == torch.bool
+    assert isinstance(from_array, np.ndarray) and from_array.dtype == bool
+    np.testing.assert_array_equal(from_tensor.numpy(), from_array)
+    assert (tensor.detach() * from_tensor == 0).float().mean().item() == pytest.approx(0.7, abs=1e-3)
 
 
 @pytest.mark.parametrize("sparsity", [1.0, -0.1, 1.5, True, float("nan")])
@@ -328,10 +338,18 @@ def test_cli_prints_the_table_and_writes_the_curves(scanned: fclens.Scan, tmp_pa
         assert sum(line.startswith(method + " ") for line in printed.splitlines()) == 2
     assert {p.name for p in out.iterdir()} == {"prune.csv", "prune.json", "curves.png", "prune.html"}
     assert len(read_csv(out / "prune.csv")) == 8 and "<table" in (out / "prune.html").read_text()
+    # A rerun without --html: the old page would contradict the new curves, so it goes; the user's own
+    # files (a page fclens did not make, a model without fclens's metadata) stay.
+    (out / "notes.html").write_text("<p>mine</p>")
+    (out / "pruned-mine.safetensors").write_bytes(b"not a pruned model")
     assert main(["prune", str(scanned.directory), "--methods", "magnitude", "--sparsity", "0.9", "--out",
                  str(out), "--bias-correction", "both", "--json"]) == 0  # fmt: skip
     doc = json.loads(capsys.readouterr().out)
     assert [p["bias_correction"] for p in doc["points"]] == [False, True] and doc["n_images"] == 300
+    assert doc["removed"] == [str(out / "prune.html")]
+    assert {p.name for p in out.iterdir()} == {
+        "prune.csv", "prune.json", "curves.png", "notes.html", "pruned-mine.safetensors"
+    }  # fmt: skip
 
 
 @pytest.mark.slow
@@ -405,6 +423,9 @@ def test_a_written_pruned_model_predicts_what_the_curve_said(
     for name, tensor in reloaded.module.state_dict().items():
         if not name.startswith(reloaded.head.layer_name):
             torch.testing.assert_close(tensor, classifier.module.state_dict()[name].cpu())
+    # Rerun without --write: the model of the earlier run is not this run's, so it goes.
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == [str(written)] and not written.exists()
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

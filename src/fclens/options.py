@@ -14,8 +14,12 @@ from typing import Any, Literal, get_args
 from fclens.errors import FclensError
 
 __all__ = [
+    "BIAS_CORRECTIONS",
     "EXPLAIN_DEFAULTS",
     "MAP_KIND_NAMES",
+    "PRUNE_DEFAULT_METHODS",
+    "PRUNE_METHODS",
+    "PRUNE_SPARSITIES",
     "RUNNER_UP",
     "SCAN_DEFAULTS",
     "SCORED_NODES",
@@ -107,3 +111,23 @@ EXPLAIN_DEFAULTS = Options()
 
 SCAN_DEFAULTS = Options(scores="none", contrast=RUNNER_UP, batch_size=64)
 """What :func:`fclens.scan` and ``fclens scan`` do unless asked otherwise: no scores, the runner-up contrast."""
+
+
+PRUNE_METHODS: tuple[str, ...] = (
+    "magnitude",
+    "magnitude-per-class",
+    "random",
+    "tree",
+    "ald",
+    "ald-deviant",
+)
+"""The pruning methods of :func:`fclens.prune`, in the order tables list them."""
+
+PRUNE_DEFAULT_METHODS: tuple[str, ...] = ("tree", "ald", "magnitude", "random")
+"""What :func:`fclens.prune_curve` and ``fclens prune`` compare unless asked otherwise."""
+
+PRUNE_SPARSITIES: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+"""The sparsities :func:`fclens.prune_curve` and ``fclens prune`` measure unless asked otherwise."""
+
+BIAS_CORRECTIONS: dict[str, bool | Literal["both"]] = {"off": False, "on": True, "both": "both"}
+"""``fclens prune --bias-correction`` word → :func:`fclens.prune_curve`'s ``bias_correction``."""

@@ -48,6 +48,7 @@ import csv
 import io
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -58,6 +59,7 @@ import numpy as np
 from fclens.ald import _as_matrix, fit_ald
 from fclens.errors import FclensError
 from fclens.io import atomic_write_bytes, atomic_write_text
+from fclens.options import PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES
 from fclens.tree import split_tree
 
 if TYPE_CHECKING:
@@ -79,11 +81,11 @@ __all__ = [
     "write_pruned",
 ]
 
-METHODS = ("magnitude", "magnitude-per-class", "random", "tree", "ald", "ald-deviant")
-"""The pruning methods, in the order tables list them."""
+METHODS = PRUNE_METHODS
+"""The pruning methods, in the order tables list them (defined in :mod:`fclens.options` for the CLI)."""
 _GLOBAL = ("magnitude", "random")
 """Methods that order the whole layer at once; the others order each class's row."""
-DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+DEFAULT_SPARSITIES = PRUNE_SPARSITIES
 _CHUNK = 4096
 """Images per block of the evaluation: the block's logits for every pruned layer stay within ~16 MB."""
 
@@ -179,20 +181,23 @@ class PruneCurve:
 # ---------------------------------------------------------------------------------------------------------
 # Masks
 # ---------------------------------------------------------------------------------------------------------
-def prune(
-    weight: Any, sparsity: float, method: str = "magnitude", seed: int = 0, min_size: int = 20
-) -> np.ndarray:
-    """The mask of ``method`` at ``sparsity``: a bool array the shape of ``weight``, True = kept.
+def prune(weight: Any, sparsity: float, method: str = "magnitude", seed: int = 0, min_size: int = 20) -> Any:
+    """The mask of ``method`` at ``sparsity``: bool, the shape of ``weight``, True = kept.
 
-    ``weight``: C×D (or C×D×1×1) tensor or array. ``sparsity`` in [0, 1): the fraction of weights to
-    zero, round(s·D) of every row for the per-class methods, round(s·C·D) of the layer for the global
-    ones (see the module docstring for each method). ``seed`` drives ``random``; ``min_size`` is the
-    split trees' (``tree`` only).
+    ``weight``: C×D (or C×D×1×1) tensor or array. The mask is of the same kind, so that
+    ``weight * mask`` works as it stands: a torch tensor gives a bool tensor on the weight's device,
+    anything else a numpy array. ``sparsity`` in [0, 1): the fraction of weights to zero, round(s·D) of
+    every row for the per-class methods, round(s·C·D) of the layer for the global ones (see the module
+    docstring for each method). ``seed`` drives ``random``; ``min_size`` is the split trees' (``tree`` only).
     """
     _check_sparsity(sparsity)
     w = _as_matrix(weight)
     mask = _mask(pruning_ranks(w, method, seed=seed, min_size=min_size), method, sparsity)
-    return mask.reshape(tuple(weight.shape) if hasattr(weight, "shape") else np.shape(weight))
+    mask = mask.reshape(tuple(weight.shape) if hasattr(weight, "shape") else np.shape(weight))
+    torch = sys.modules.get("torch")  # a tensor can only come from a process that imported torch
+    if torch is not None and isinstance(weight, torch.Tensor):
+        return torch.from_numpy(mask).to(weight.device)
+    return mask
 
 
 def pruning_ranks(w: np.ndarray, method: str, seed: int = 0, min_size: int = 20) -> np.ndarray:
@@ -305,7 +310,7 @@ def _deviation(w: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 def prune_curve(
     scan: Scan | str | os.PathLike[str],
-    methods: Sequence[str] = ("tree", "ald", "magnitude", "random"),
+    methods: Sequence[str] = PRUNE_DEFAULT_METHODS,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     bias_correction: bool | Literal["both"] = False,
     seed: int = 0,
@@ -349,7 +354,7 @@ def evaluate(
     bias: Any,
     labels: Any = None,
     pred: Any = None,
-    methods: Sequence[str] = ("tree", "ald", "magnitude", "random"),
+    methods: Sequence[str] = PRUNE_DEFAULT_METHODS,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     bias_correction: bool | Literal["both"] = False,
     seed: int = 0,
