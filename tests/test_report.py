@@ -45,13 +45,13 @@ KINDS = ("activation", "contribution")
 # ---------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def explanation(classifier: Classifier, chelsea: Path) -> Explanation:
-    (found,) = explain(classifier, chelsea, maps=KINDS)
+    found = explain(classifier, chelsea, maps=KINDS)
     return found
 
 
 @pytest.fixture(scope="session")
 def full_tree(classifier: Classifier, coffee: Path) -> Explanation:
-    (found,) = explain(classifier, coffee, maps=KINDS, mode="full", min_size=80)
+    found = explain(classifier, coffee, maps=KINDS, mode="full", min_size=80)
     return found
 
 
@@ -318,7 +318,7 @@ def test_chain_figure_shows_each_chain_in_its_row(explanation: Explanation):
 
 
 def test_chain_figure_of_an_unsplit_root(classifier: Classifier, chelsea: Path):
-    (unsplit,) = explain(classifier, chelsea, min_size=5000)
+    unsplit = explain(classifier, chelsea, min_size=5000)
     assert unsplit.discriminative is None and unsplit.confusing is None
     figure = chain_figure(unsplit)
     cells = chain_panels(unsplit, figure)
@@ -428,3 +428,26 @@ def test_figures_take_dollar_signs_in_names_as_text(
     save_explanation(hostile, tmp_path)
     save_figure(fit_plot(classifier.head.weight[0], r"class$\frac$"), tmp_path / "fit.png")
     assert (tmp_path / CHAIN_FILE).stat().st_size > 0 and (tmp_path / "fit.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reruns into the same folder
+# ---------------------------------------------------------------------------------------------------------
+def test_an_atlas_rerun_leaves_no_page_of_an_earlier_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    import synthetic_scan
+    from fclens.cli import main
+
+    synthetic_scan.write(tmp_path / "four", 80, classes=4)
+    synthetic_scan.write(tmp_path / "two", 40, classes=2)
+    out = tmp_path / "atlas"
+    assert main(["atlas", str(tmp_path / "four"), "--out", str(out), "--html"]) == 0
+    pages = {f"class-{k}.html" for k in range(4)} | {"index.html", "atlas.json"}
+    assert {p.name for p in out.iterdir()} == pages
+    (out / "class-notes.html").write_text("<p>the user's own page</p>")
+    assert main(["atlas", str(tmp_path / "two"), "--out", str(out), "--html"]) == 0
+    assert {p.name for p in out.iterdir()} == {"class-0.html", "class-1.html", "index.html", "atlas.json",
+                                               "class-notes.html"}  # fmt: skip
+    capsys.readouterr()
+    assert main(["atlas", str(tmp_path / "four"), "--out", str(out)]) == 0  # no --html: no pages at all
+    assert {p.name for p in out.iterdir()} == {"atlas.json", "class-notes.html"}
+    assert "removed what an earlier run wrote" in capsys.readouterr().out

@@ -24,6 +24,7 @@ from typing import Any
 from fclens import __version__
 from fclens.errors import FclensError
 from fclens.io import atomic_write_text
+from fclens.options import BIAS_CORRECTIONS, PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES
 
 EXIT_BAD_INPUT = 2
 EXIT_PARTIAL = 3
@@ -214,26 +215,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument(
         "--methods",
-        default="tree,ald,magnitude,random",
-        help="comma-separated: tree, ald, ald-deviant, magnitude, magnitude-per-class, random "
-        "(default tree,ald,magnitude,random)",
+        default=",".join(PRUNE_DEFAULT_METHODS),
+        help=f"comma-separated: {', '.join(PRUNE_METHODS)} (default %(default)s)",
     )
     prune.add_argument(
         "--sparsity",
-        default="0.5,0.8,0.9,0.95",
+        default=",".join(f"{s:g}" for s in PRUNE_SPARSITIES),
         help="comma-separated shares of the final layer's weights to zero, each in [0, 1) "
-        "(default 0.5,0.8,0.9,0.95)",
+        "(default %(default)s)",
     )
     prune.add_argument(
         "--bias-correction",
-        choices=("off", "on", "both"),
+        choices=tuple(BIAS_CORRECTIONS),
         default="off",
         help="move the removed weights' mean contribution into the bias: off (default), on, both (each "
         "point twice); --write applies it unless off",
     )
     prune.add_argument("--seed", type=int, default=0, help="seed of the random method (default 0)")
     prune.add_argument(
-        "--out", type=Path, help="folder for prune.csv, prune.json and curves.png (default fclens-prune-SCAN)"
+        "--out",
+        type=Path,
+        help="folder for prune.csv, prune.json and curves.png (default fclens-prune-SCAN); what an earlier "
+        "run wrote there and this one does not (prune.html, pruned models) is removed",
     )
     prune.add_argument("--html", action="store_true", help="write prune.html, one self-contained page")
     prune.add_argument(
@@ -700,7 +703,9 @@ def _skipped_mask(table: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------- atlas
 def _run_atlas(args: argparse.Namespace) -> int:
+    from fclens import report
     from fclens.atlas import atlas
+    from fclens.report.atlas import PAGES
 
     found = atlas(args.scan_dir, top_k=args.top_k)
     data = found.to_dict()
@@ -709,6 +714,7 @@ def _run_atlas(args: argparse.Namespace) -> int:
         from fclens.report.atlas import write_atlas_pages
 
         written += write_atlas_pages(found, args.out)
+    removed = report.remove_stale(args.out, written, PAGES)
     if args.json:
         _print_json(data)
     else:
@@ -718,6 +724,7 @@ def _run_atlas(args: argparse.Namespace) -> int:
             print(f"{c.name}: {c.n} images, accuracy {accuracy}, top rival {rival}")
         pages = f", pages: {args.out / 'index.html'}" if args.html else ""
         print(f"{len(found.classes)} classes, {len(found.pairs)} pairs; atlas: {written[0]}{pages}")
+        _print_removed(removed)
     return 0
 
 
@@ -725,7 +732,7 @@ def _run_atlas(args: argparse.Namespace) -> int:
 def _run_prune(args: argparse.Namespace) -> int:
     from fclens import report
     from fclens.prune import model_source, parse_write, prune_curve, write_pruned
-    from fclens.report.prune import prune_figure, prune_page
+    from fclens.report.prune import OUTPUTS, prune_figure, prune_page
     from fclens.scanning import read_scan
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -736,27 +743,44 @@ def _run_prune(args: argparse.Namespace) -> int:
         model_source(scan)  # a scan of a module cannot be written: say so before the curves are computed
         methods += [wanted[0]] if wanted[0] not in methods else []
         sparsities += [wanted[1]] if wanted[1] not in sparsities else []
-    correction = {"off": False, "on": True, "both": "both"}[args.bias_correction]
-    curve = prune_curve(scan, methods=methods, sparsities=sparsities, bias_correction=correction, seed=args.seed)
+    correction = BIAS_CORRECTIONS[args.bias_correction]
+    curve = prune_curve(
+        scan, methods=methods, sparsities=sparsities, bias_correction=correction, seed=args.seed
+    )
     out = args.out or Path(f"fclens-prune-{_safe_name(args.scan_dir.resolve().name)}")
     model_name = str((scan.manifest.get("model") or {}).get("name") or "the scanned model")
     written = [
         atomic_write_text(out / "prune.csv", curve.to_csv()),
         atomic_write_text(out / "prune.json", json.dumps(curve.to_dict(), indent=1, allow_nan=False) + "\n"),
-        report.save_figure(prune_figure(curve, title=f"Pruning the final layer of {model_name}"), out / "curves.png"),
+        report.save_figure(
+            prune_figure(curve, title=f"Pruning the final layer of {model_name}"), out / "curves.png"
+        ),
     ]
     if args.html:
-        written.append(atomic_write_text(out / "prune.html", prune_page(curve, args.scan_dir.name, model_name)))
+        written.append(
+            atomic_write_text(out / "prune.html", prune_page(curve, args.scan_dir.name, model_name))
+        )
     if wanted is not None:
         method, sparsity = wanted
         path = out / f"pruned-{method}-{sparsity:g}.safetensors"
-        written.append(write_pruned(scan, method, sparsity, path, bias_correction=bool(correction), seed=args.seed))
+        written.append(
+            write_pruned(scan, method, sparsity, path, bias_correction=bool(correction), seed=args.seed)
+        )
+    removed = report.remove_stale(out, written, OUTPUTS)
     if args.json:
-        _print_json({**curve.to_dict(), "files": [str(p) for p in written]})
+        _print_json(
+            {**curve.to_dict(), "files": [str(p) for p in written], "removed": [str(p) for p in removed]}
+        )
     else:
         print(curve.to_text(), end="")
         print(f"wrote {', '.join(str(p) for p in written)}")
+        _print_removed(removed)
     return 0
+
+
+def _print_removed(removed: list[Path]) -> None:
+    if removed:
+        print(f"removed what an earlier run wrote and this one did not: {', '.join(str(p) for p in removed)}")
 
 
 def _sparsity(text: str) -> float:

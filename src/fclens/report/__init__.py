@@ -16,7 +16,14 @@ from fclens.report.figures import (
     save_figure,
     slope_intercept,
 )
-from fclens.report.files import CHAIN_FILE, DONE_MARKER, MAPS_FILE, node_filename, save_explanation
+from fclens.report.files import (
+    CHAIN_FILE,
+    DONE_MARKER,
+    MAPS_FILE,
+    node_filename,
+    remove_stale,
+    save_explanation,
+)
 from fclens.report.html import default_classes, explanations_page, weights_page
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "node_filename",
     "overlay",
     "r2_histogram",
+    "remove_stale",
     "save_explanation",
     "save_figure",
     "slope_intercept",

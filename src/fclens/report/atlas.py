@@ -27,9 +27,11 @@ from fclens.report.figures import overlay
 from fclens.report.html import Card, _image_uri, _nest, _sign, render
 from fclens.tree import class_trees
 
-__all__ = ["INDEX", "class_page_name", "write_atlas_pages"]
+__all__ = ["INDEX", "PAGES", "class_page_name", "write_atlas_pages"]
 
 INDEX = "index.html"
+PAGES = (INDEX, "class-*.html")
+"""The pages :func:`write_atlas_pages` may write: a rerun removes those it did not write this time."""
 
 
 def class_page_name(k: int) -> str:

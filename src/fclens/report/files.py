@@ -5,6 +5,10 @@ arrays in ``maps.npz`` (not lists of floats in the JSON), and the per-node overl
 when asked for. Every file is written atomically and ``explanation.json`` comes last (an old one is
 removed first): its presence means the image is finished, so a batch that is interrupted and rerun can
 skip exactly the images that have it.
+
+A command that writes a fixed set of files into a folder (``fclens prune``, ``fclens atlas``) clears
+what an earlier run left there and this run did not write (:func:`remove_stale`), so that the folder
+never holds two runs' answers at once.
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ from fclens.report.figures import chain_figure, image_bytes, node_caption, overl
 if TYPE_CHECKING:
     from fclens.explain import Explanation
 
-__all__ = ["CHAIN_FILE", "DONE_MARKER", "MAPS_FILE", "node_filename", "node_slug", "save_explanation"]
+__all__ = [
+    "CHAIN_FILE",
+    "DONE_MARKER",
+    "MAPS_FILE",
+    "node_filename",
+    "node_slug",
+    "remove_stale",
+    "save_explanation",
+]
 
 DONE_MARKER = "explanation.json"
 """Written last by :func:`save_explanation`; a folder holding it is a finished explanation."""
@@ -35,6 +47,8 @@ CHAIN_QUALITY = 80
 """JPEG quality of the chain figure: 180–280 KB for thirteen 224-pixel photos, even of gravel."""
 
 _PATH = re.compile(r"[+-]*")
+_GENERATOR = b'<meta name="generator" content="fclens">'
+"""Every fclens page carries this in its head (templates/base.html.j2)."""
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -101,3 +115,35 @@ def _npz(arrays: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def remove_stale(folder: str | Path, written: list[Path], patterns: tuple[str, ...]) -> list[Path]:
+    """Delete the files of ``folder`` that match ``patterns``, were made by fclens, and are not in
+    ``written`` (this run's); return them.
+
+    A page counts as fclens's if it carries fclens's generator tag, a model file if its metadata names
+    what it was pruned from; any other file (the user's own ``index.html``, say) is left alone.
+    """
+    keep = {Path(path).resolve() for path in written}
+    removed = []
+    for pattern in patterns:
+        for path in sorted(Path(folder).glob(pattern)):
+            if path.resolve() not in keep and path.is_file() and _made_by_fclens(path):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _made_by_fclens(path: Path) -> bool:
+    if path.suffix == ".html":
+        with open(path, "rb") as file:
+            return _GENERATOR in file.read(4096)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(path, framework="numpy") as file:
+                return "fclens_pruned_from" in (file.metadata() or {})
+        except (SafetensorError, OSError):  # not a safetensors file after all: not ours to delete
+            return False
+    return False

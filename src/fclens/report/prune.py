@@ -21,7 +21,11 @@ from fclens.report.html import _figure_uri, render
 if TYPE_CHECKING:
     from fclens.prune import PruneCurve
 
-__all__ = ["METHOD_STYLE", "prune_figure", "prune_page"]
+__all__ = ["METHOD_STYLE", "OUTPUTS", "prune_figure", "prune_page"]
+
+OUTPUTS = ("prune.html", "pruned-*.safetensors")
+"""What ``fclens prune`` writes only when asked (``--html``, ``--write``): a rerun removes those it did
+not write this time, so that no page or model of an earlier run sits beside the new curves."""
 
 METHOD_STYLE = {
     "tree": ("#0072B2", "o"),  # Okabe–Ito blue
