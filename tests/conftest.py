@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--device", default="cpu", help="torch device for tests that run models: cpu, cuda, cuda:N"
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """FCLENS_SKIP_BROWSER=1 skips every browser test, loudly, before any of their fixtures is built."""
+    if os.environ.get("FCLENS_SKIP_BROWSER") == "1":
+        skip = pytest.mark.skip(reason="BROWSER TESTS SKIPPED (FCLENS_SKIP_BROWSER=1)")
+        for item in items:
+            if "browser" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
