@@ -112,11 +112,11 @@ def maps_candidates(classifier: Classifier, batch: torch.Tensor) -> dict[str, Ca
     return {
         "plain forward": forward,
         "capture + every node's maps (activation)": maps_only,
-        "explain(scores=False), activation": lambda: explain(
-            classifier, batch, scores=False, batch_size=size
+        "explain(scores='none'), activation": lambda: explain(
+            classifier, batch, scores="none", batch_size=size
         ),
-        "explain(scores=False), activation + contribution": lambda: explain(
-            classifier, batch, maps=("activation", "contribution"), scores=False, batch_size=size
+        "explain(scores='none'), activation + contribution": lambda: explain(
+            classifier, batch, maps=("activation", "contribution"), scores="none", batch_size=size
         ),
     }
 
@@ -199,7 +199,7 @@ def bench_full(classifier: Classifier, photos: torch.Tensor, repeats: int) -> li
         "fclens explain, activation + masked scores": lambda: explain(classifier, chelsea),
     }
     medians = compare(candidates, repeats, device)
-    nodes = len(explain(classifier, chelsea, scores=False)[0].nodes)
+    nodes = len(explain(classifier, chelsea, scores="none").nodes)
     base, author = (
         medians["plain forward, 1 image"],
         medians[next(n for n in medians if n.startswith("author"))],
@@ -255,7 +255,7 @@ def bench_throughput(classifier: Classifier, count: int, batch_size: int, repeat
         candidates = {
             "pytorch-grad-cam GradCAM loop (class map only)": lambda: gradcam_loop(classifier, paths),
             f"fclens explain(folder), batch {batch_size}, every node's maps": lambda: explain(
-                classifier, directory, scores=False, batch_size=batch_size
+                classifier, directory, scores="none", batch_size=batch_size
             ),
             f"fclens explain(folder), batch {batch_size}, maps + masked scores": lambda: explain(
                 classifier, directory, batch_size=batch_size

@@ -216,7 +216,7 @@ def evidence(seed: int = 0, per_class: int = 40) -> Evidence:
     model = classifier(seed)
     data = make(per_class, seed + 1)
     chosen = data.with_partner
-    explanations = explain(model, data.images[chosen], contrast="runner-up", min_size=MIN_SIZE, scores=False)
+    explanations = explain(model, data.images[chosen], contrast="runner-up", min_size=MIN_SIZE, scores="none")
     rivals = [e.contrast.rival.index for e in explanations]
     targets = [e.target.index for e in explanations]
     with GradCAM(model=model.module, target_layers=[model.module.features[-1]]) as cam:

@@ -113,7 +113,7 @@ def test_explanation_page_shows_the_contrast(
     chelsea: Path,
     tmp_path: Path,
 ) -> None:
-    (cat,) = explain(classifier, chelsea, maps=("activation", "contribution"), contrast="runner-up")
+    cat = explain(classifier, chelsea, maps=("activation", "contribution"), contrast="runner-up")
     path = tmp_path / "contrast.html"
     path.write_text(explanations_page([cat]), encoding="utf-8")
     visit = Visit(browser, path)

@@ -185,24 +185,24 @@ def test_contrast_holds_the_rival_terminal_nodes_in_every_kind(contrasted: list[
 
 
 def test_contrast_with_a_named_class_and_in_json(classifier: Classifier, chelsea: Path) -> None:
-    (explanation,) = explain(classifier, chelsea, contrast="espresso", scores=False)
+    explanation = explain(classifier, chelsea, contrast="espresso", scores="none")
     assert explanation.contrast.rival.name == "espresso" and explanation.contrast.gap < -5
     data = json.loads(explanation.to_json())["contrast"]
     assert data["rival"]["index"] == 967 and len(data["map"]) == 7
     assert data["neurons"][:3] == explanation.contrast.neurons[:3].tolist()
-    (plain,) = explain(classifier, chelsea, scores=False)
+    plain = explain(classifier, chelsea, scores="none")
     assert plain.contrast is None and plain.to_dict()["contrast"] is None
 
 
 def test_contrast_with_the_target_itself_is_refused(classifier: Classifier, chelsea: Path) -> None:
     with pytest.raises(FclensError, match="explained class itself"):
-        explain(classifier, chelsea, target=285, contrast=285, scores=False)
+        explain(classifier, chelsea, target=285, contrast=285, scores="none")
 
 
 def test_contrast_on_a_non_affine_head() -> None:
     classifier = load_model(MLPHead(), preprocessing=SMALL)
     inputs = random_inputs(2, torch.device("cpu"))
-    explanations = explain(classifier, inputs, contrast="runner-up", min_size=8, scores=False)
+    explanations = explain(classifier, inputs, contrast="runner-up", min_size=8, scores="none")
     for explanation in explanations:
         assert explanation.contrast.map.shape == explanation.nodes[0].map.shape
         assert torch.isfinite(explanation.contrast.map).all() and explanation.contrast.map.abs().max() > 0

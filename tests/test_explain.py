@@ -70,7 +70,7 @@ def test_scores_are_probabilities(pair: list[Explanation]) -> None:
 
 @pytest.mark.slow
 def test_curves_for_terminal_nodes_and_the_class(classifier: Classifier, chelsea: Path) -> None:
-    (explanation,) = explain(classifier, chelsea, curves=True)
+    explanation = explain(classifier, chelsea, curves=True)
     ends = {"", explanation.discriminative.path, explanation.confusing.path}
     for node in explanation.nodes:
         has_curves = node.deletion_auc is not None and node.insertion_auc is not None
@@ -97,16 +97,16 @@ def test_json_is_complete_and_strict(pair: list[Explanation]) -> None:
 
 
 def test_targets_by_name_index_and_list(classifier: Classifier, chelsea: Path, coffee: Path) -> None:
-    by_name = explain(classifier, chelsea, target="Egyptian cat", scores=False)
-    by_index = explain(classifier, chelsea, target=285, scores=False)
-    assert by_name[0].target.index == by_index[0].target.index == 285
-    torch.testing.assert_close(by_name[0].discriminative.map, by_index[0].discriminative.map)
-    swapped = explain(classifier, [chelsea, coffee], target=[967, "tabby"], scores=False)
+    by_name = explain(classifier, chelsea, target="Egyptian cat", scores="none")
+    by_index = explain(classifier, chelsea, target=285, scores="none")
+    assert by_name.target.index == by_index.target.index == 285
+    torch.testing.assert_close(by_name.discriminative.map, by_index.discriminative.map)
+    swapped = explain(classifier, [chelsea, coffee], target=[967, "tabby"], scores="none")
     assert [e.target.index for e in swapped] == [967, 281]
     with pytest.raises(FclensError, match="one per image"):
-        explain(classifier, [chelsea, coffee], target=[967], scores=False)
+        explain(classifier, [chelsea, coffee], target=[967], scores="none")
     with pytest.raises(FclensError, match="unknown class"):
-        explain(classifier, chelsea, target="not a class", scores=False)
+        explain(classifier, chelsea, target="not a class", scores="none")
 
 
 @pytest.mark.usefixtures("float32")
@@ -116,7 +116,7 @@ def test_tensor_inputs_give_the_same_explanation(classifier: Classifier, chelsea
     from_batch = explain(classifier, batch, maps=["contribution"])
     from_row = explain(classifier, batch[1], maps=["contribution"])
     assert [e.source for e in from_batch] == ["<tensor 0>", "<tensor 1>"]
-    for a, b in zip(from_paths + from_paths[1:], from_batch + from_row, strict=True):
+    for a, b in zip(from_paths + from_paths[1:], [*from_batch, from_row], strict=True):
         assert (a.target.index, a.target.name) == (b.target.index, b.target.name)
         assert a.target.probability == pytest.approx(b.target.probability, abs=1e-5)
         assert [n.score for n in a.nodes] == pytest.approx([n.score for n in b.nodes], abs=1e-5)
@@ -126,7 +126,7 @@ def test_tensor_inputs_give_the_same_explanation(classifier: Classifier, chelsea
 def test_pil_images_and_arrays(classifier: Classifier, chelsea: Path) -> None:
     with Image.open(chelsea) as picture:
         pixels = np.asarray(picture)
-        explanations = explain(classifier, [picture, pixels, Image.fromarray(pixels)], scores=False)
+        explanations = explain(classifier, [picture, pixels, Image.fromarray(pixels)], scores="none")
     assert [e.target.index for e in explanations] == [explanations[0].target.index] * 3
     assert [e.source for e in explanations] == [str(chelsea), "<array 1>", "<image 2>"]
 
@@ -144,15 +144,15 @@ def test_batching_does_not_change_results(classifier: Classifier, chelsea: Path,
 
 
 def test_seed_is_recorded_only_for_noisy_maps(classifier: Classifier, chelsea: Path) -> None:
-    assert explain(classifier, chelsea, scores=False)[0].seed is None
-    fresh = explain(classifier, chelsea, maps="smooth-gradcam++", scores=False, seed=None)[0]
+    assert explain(classifier, chelsea, scores="none").seed is None
+    fresh = explain(classifier, chelsea, maps="smooth-gradcam++", scores="none", seed=None)
     assert isinstance(fresh.seed, int)
-    again = explain(classifier, chelsea, maps="smooth-gradcam++", scores=False, seed=fresh.seed)[0]
+    again = explain(classifier, chelsea, maps="smooth-gradcam++", scores="none", seed=fresh.seed)
     torch.testing.assert_close(again.discriminative.map, fresh.discriminative.map)
 
 
 def test_target_layer_draws_maps_elsewhere(classifier: Classifier, chelsea: Path) -> None:
-    (explanation,) = explain(
+    explanation = explain(
         classifier, chelsea, maps=["activation", "contribution"], target_layer="blocks.4"
     )
     assert explanation.feature_layer == "blocks.4"
@@ -161,7 +161,7 @@ def test_target_layer_draws_maps_elsewhere(classifier: Classifier, chelsea: Path
 
 
 def test_full_tree(classifier: Classifier, chelsea: Path) -> None:
-    (explanation,) = explain(classifier, chelsea, mode="full", min_size=200, scores=False)
+    explanation = explain(classifier, chelsea, mode="full", min_size=200, scores="none")
     assert any("+" in n.path and "-" in n.path for n in explanation.nodes)
 
 
@@ -183,7 +183,7 @@ def test_bad_options_are_user_errors(
 
 
 def test_a_tree_that_is_never_split(classifier: Classifier, chelsea: Path) -> None:
-    (explanation,) = explain(classifier, chelsea, min_size=2000, curves=True)
+    explanation = explain(classifier, chelsea, min_size=2000, curves=True)
     assert [n.path for n in explanation.nodes] == [""]
     assert explanation.discriminative is None and explanation.confusing is None
     root = explanation.nodes[0]
@@ -206,7 +206,7 @@ def test_negative_branch_contribution_is_shown_as_its_pull_down(pair: list[Expla
 
 
 def test_negative_branch_contribution_score_uses_the_shown_map(classifier: Classifier, chelsea: Path) -> None:
-    (explanation,) = explain(classifier, chelsea, maps="contribution")
+    explanation = explain(classifier, chelsea, maps="contribution")
     node = explanation.confusing
     batch, _ = to_batch(chelsea, classifier.preprocessing)
     with torch.no_grad():

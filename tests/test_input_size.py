@@ -94,10 +94,10 @@ def test_maps_and_scores_at_the_models_size_and_another(small: Classifier, side:
 def test_sizes_may_mix_across_one_call(small: Classifier) -> None:
     """Each run of one size is its own batch; the results keep the order given."""
     a, b = pictures(2, 64), pictures(1, 96)
-    mixed = explain(small, [a[0], b[0], a[1]], scores=False, batch_size=8, min_size=8)
+    mixed = explain(small, [a[0], b[0], a[1]], scores="none", batch_size=8, min_size=8)
     assert [e.map_kinds for e in mixed] == [["activation"]] * 3
     assert [tuple(e.nodes[0].map.shape) for e in mixed] == [(16, 16), (24, 24), (16, 16)]
-    alone = explain(small, b, scores=False, min_size=8)[0]
+    alone = explain(small, b, scores="none", min_size=8)[0]
     torch.testing.assert_close(mixed[1].nodes[0].map, alone.nodes[0].map)
     assert [e.source for e in mixed] == ["<tensor 0>", "<tensor 1>", "<tensor 2>"]
     with pytest.raises(ImageError, match=r"different sizes in one batch, \(3, 64, 64\) and \(3, 96, 96\)"):
@@ -108,7 +108,7 @@ def test_files_are_prepared_at_the_models_size(small: Classifier) -> None:
     """A module that normalises inside itself gets files as RGB in [0, 1] with mean 0, std 1."""
     plain = Preprocessing((64, 64), mean=(0.0,) * 3, std=(1.0,) * 3)
     model = load_model(small.module, class_names=CLASSES, preprocessing=plain)
-    (exp,) = explain(model, sample_image("chelsea"), min_size=8)
+    exp = explain(model, sample_image("chelsea"), min_size=8)
     assert exp.image.size == (64, 64) and exp.nodes[0].map.shape == (16, 16)
     tensor, _ = to_batch(sample_image("chelsea"), plain)
     assert float(tensor.min()) >= 0 and float(tensor.max()) <= 1
@@ -121,9 +121,9 @@ def test_a_size_the_model_cannot_take_is_a_one_line_error() -> None:
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=1, num_classes=3)
     model = load_model(vit, class_names=CLASSES, input_size=(64, 64))
     assert model.head.layout == "tokens"
-    assert len(explain(model, pictures(1, 64), scores=False, min_size=64)) == 1  # its own size works
+    assert len(explain(model, pictures(1, 64), scores="none", min_size=64)) == 1  # its own size works
     with pytest.raises(FclensError) as caught:
-        explain(model, pictures(1, 96), scores=False)
+        explain(model, pictures(1, 96), scores="none")
     message = str(caught.value)
     assert "\n" not in message
     assert "cannot be explained on (3, 96, 96) inputs, only at its input size (3, 64, 64)" in message
@@ -133,4 +133,4 @@ def test_a_size_the_model_cannot_take_is_a_one_line_error() -> None:
     )
     fixed = load_model(flat, class_names=CLASSES, input_size=(64, 64))
     with pytest.raises(FclensError, match=r"only at its input size \(3, 64, 64\): mat1 and mat2 shapes"):
-        explain(fixed, pictures(1, 96), scores=False)
+        explain(fixed, pictures(1, 96), scores="none")

@@ -90,7 +90,7 @@ def assert_contributions_sum_to_logits(
     classifier: Classifier, inputs: torch.Tensor, min_size: int = 20
 ) -> None:
     """mean_xy(contribution map of "+") + mean_xy(map of "−") + b_k = logit_k, and the same for the root."""
-    explanations = explain(classifier, inputs, maps="contribution", scores=False, min_size=min_size)
+    explanations = explain(classifier, inputs, maps="contribution", scores="none", min_size=min_size)
     with torch.no_grad(), evaluating(classifier.module):
         logits = classifier(inputs).cpu().double()
     bias = classifier.head.bias.cpu().double()
@@ -233,7 +233,7 @@ def test_smooth_gradcampp_without_noise_is_its_closed_form(
 def test_smooth_gradcampp_needs_an_affine_head(device: torch.device) -> None:
     classifier = zoo("torchvision:vgg11", device)
     with pytest.raises(FclensError, match="smooth-gradcam"):
-        explain(classifier, random_inputs(1, device), maps="smooth-gradcam++", scores=False, min_size=512)
+        explain(classifier, random_inputs(1, device), maps="smooth-gradcam++", scores="none", min_size=512)
 
 
 # --- every architecture ----------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_every_architecture_gets_finite_informative_maps(name: str, device: torc
     kinds = ["activation", "contribution"] + (["smooth-gradcam++"] if classifier.head.affine else [])
     # About 8 nodes per class whatever D is: the gradient path's cost grows with the node count.
     min_size = max(4, classifier.head.num_features // 8)
-    explanations = explain(classifier, random_inputs(2, device), maps=kinds, scores=False, min_size=min_size)
+    explanations = explain(classifier, random_inputs(2, device), maps=kinds, scores="none", min_size=min_size)
     for explanation in explanations:
         assert len(explanation.nodes) >= 3
         for node in explanation.nodes:

@@ -1,15 +1,14 @@
 """Explain images: for each, the target class's split tree with a heatmap and a score per node.
 
-:func:`explain` ties the pipeline together per batch of images: one forward pass captures the features
-and the top-5 predictions; the target class's tree (:func:`fclens.tree.split_tree` of w_k, cached per
-class) gives the nodes; :mod:`fclens.maps` draws every node of every image at once; :mod:`fclens.scores`
-scores them in batched forwards. The result is one :class:`Explanation` per image, holding plain values
-and CPU tensors only.
+:func:`explain` cuts the images into batches and runs each through :class:`fclens.batch.BatchRunner`,
+the per-batch step the data-set scan calls too (one forward pass, every node map of every image at once,
+batched scoring forwards); this module formats its tensors as one :class:`Explanation` per image, holding
+plain values and CPU tensors only.
 
 Example::
 
     model = fclens.load_model()
-    (exp,) = fclens.explain(model, "cat.jpg")
+    exp = fclens.explain(model, "cat.jpg")                     # one image: one Explanation
     exp.target.name, exp.discriminative.score, exp.confusing.map   # (h, w) tensor
     fclens.report.save_explanation(exp, "out/")                   # files and pages: fclens.report
 
@@ -32,30 +31,19 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fclens.batch import BatchResult, BatchRunner
 from fclens.errors import FclensError
-from fclens.head import Head, find_head
+from fclens.head import find_head
 from fclens.images import ImageInput, iter_image_paths, to_batch
-from fclens.maps import (
-    MAP_KINDS,
-    Capture,
-    NodeBatch,
-    branch_sign,
-    capture,
-    contrast_maps,
-    node_maps,
-    node_membership,
-    oriented,
-)
+from fclens.maps import MAP_KINDS, branch_sign, oriented
 from fclens.models import Classifier, load_model
-from fclens.scores import deletion_insertion, masked_score, upsample_normalised
-from fclens.tree import Node, SplitTree, class_trees
+from fclens.options import EXPLAIN_DEFAULTS, RUNNER_UP, Options
+from fclens.scores import upsample_normalised
+from fclens.tree import Node, SplitTree
 
 __all__ = ["RUNNER_UP", "Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"]
 
 Target = int | str | None
-
-RUNNER_UP = "runner-up"
-"""``contrast=RUNNER_UP``: contrast each image's target with its most probable other class."""
 
 
 @dataclass
@@ -74,7 +62,8 @@ class NodeExplanation:
     ``indices`` are the node's neurons (columns of W), ``mean``/``min``/``max`` statistics of their
     weights w_kj and ``r2`` the node's ALD fit. ``maps`` holds kind → (h, w) float32 CPU heatmap at
     feature resolution, the primary kind first. ``score`` is the author's masked score of the primary
-    map (PAPER.md §5); the AUCs are filled for terminal nodes and the root when curves were asked for.
+    map (PAPER.md §5) where scores were asked for; ``contribution`` the node's share Σ_{j∈node} w_kj z_j of
+    the logit; the AUCs are filled for terminal nodes and the root when curves were asked for.
     """
 
     path: str
@@ -86,6 +75,7 @@ class NodeExplanation:
     r2: float
     maps: dict[str, torch.Tensor]
     score: float | None
+    contribution: float | None = None
     deletion_auc: float | None = None
     insertion_auc: float | None = None
 
@@ -118,6 +108,7 @@ class NodeExplanation:
             "max": self.max,
             "r2": self.r2,
             "score": self.score,
+            "contribution": self.contribution,
             "deletion_auc": self.deletion_auc,
             "insertion_auc": self.insertion_auc,
             "maps": {kind: heat.tolist() for kind, heat in self.maps.items()},
@@ -247,48 +238,65 @@ def explain(
     model: Classifier | nn.Module | str | None,
     images: ImageInput | Sequence[ImageInput],
     target: Target | Sequence[Target] = None,
-    min_size: int = 20,
-    mode: str = "chains",
-    maps: str | Sequence[str] = ("activation",),
-    scores: bool = True,
-    curves: bool = False,
-    seed: int | None = 0,
+    *,
+    options: Options | None = None,
     target_layer: str | None = None,
-    batch_size: int = 16,
-    contrast: Target = None,
-) -> list[Explanation]:
-    """Explain each image by the split tree of its target class: one :class:`Explanation` per image.
+    **option_fields: Any,
+) -> Explanation | list[Explanation]:
+    """Explain images by the split tree of their target class.
+
+    One image (a file path, a PIL image, an (H, W, 3) array or a (3, H, W) tensor) gives one
+    :class:`Explanation`; a list, a folder or an (N, 3, H, W) batch gives a list, one per image, in order.
 
     ``model``: a loaded :class:`~fclens.models.Classifier`, or anything :func:`~fclens.load_model` takes.
-    ``images``: paths (folders are expanded), PIL images, arrays, or preprocessed tensors (3, H, W) /
-    (N, 3, H, W). ``target``: None for the predicted class, a class index or name, or one per image.
-    ``min_size`` and ``mode`` shape the tree (:func:`~fclens.tree.split_tree`). ``maps``: the map kinds
-    (:data:`fclens.maps.MAP_KINDS`); the first is primary and scored. ``curves`` adds deletion/insertion
-    AUCs for the terminal nodes and the whole class. ``seed`` drives noisy kinds (None: a fresh seed,
-    recorded in the result). ``target_layer`` draws the maps on another layer (a module name).
-    ``batch_size`` images go through the model together, and as many masked images per scoring forward.
-    ``contrast``: ``"runner-up"`` (each image's most probable class other than its target), a class index
-    or name, or None; fills :attr:`Explanation.contrast`.
+    ``target``: None for the predicted class, a class index or name, or one per image. ``options``
+    (:class:`~fclens.options.Options`, default :data:`~fclens.options.EXPLAIN_DEFAULTS`) and any of its
+    fields as keywords (``maps``, ``min_size``, ``mode``, ``scores``, ``curves``, ``contrast``, ``seed``,
+    ``batch_size``; a keyword wins over ``options``) say what is computed: the map kinds (the first is
+    primary and scored), the tree's shape, which nodes get the author's masked score ("all", "terminal",
+    "none"), deletion/insertion AUCs for the root and the leaves, and a contrast with the runner-up
+    (:data:`~fclens.options.RUNNER_UP`) or a class, in :attr:`Explanation.contrast`. ``seed`` drives noisy
+    kinds (None: a fresh seed, recorded in :attr:`Explanation.seed`). ``target_layer`` draws the maps at
+    another layer.
     """
+    options = _options(options, option_fields)
     classifier = model if isinstance(model, Classifier) else load_model(model)
-    kinds = _map_kinds(maps)
-    if batch_size < 1:
-        raise FclensError(f"batch_size must be at least 1, got {batch_size}")
+    if any(MAP_KINDS[kind].noisy for kind in options.maps if kind in MAP_KINDS):
+        options = options.but(seed=secrets.randbits(31) if options.seed is None else int(options.seed))
+    else:
+        options = options.but(seed=None)
     head = classifier.head
     if target_layer is not None:
         head = find_head(classifier.module, classifier.preprocessing.input_size, target_layer)
+    runner = BatchRunner(classifier, options, head)
     items = _items(images)
     targets = _targets(classifier, target, len(items))
-    rival = None if contrast in (None, RUNNER_UP) else classifier.class_index(contrast)
-    if any(MAP_KINDS[kind].noisy for kind in kinds):
-        seed = secrets.randbits(31) if seed is None else int(seed)
-    else:
-        seed = None
-    options = _Options(kinds, min_size, mode, scores, curves, seed, batch_size, contrast is not None, rival)
     explanations: list[Explanation] = []
-    for batch in _batches(items, batch_size, classifier.preprocessing.input_size):
-        explanations += _explain_batch(classifier, head, items[batch], targets[batch], options)
-    return explanations
+    for batch in _batches(items, options.batch_size, classifier.preprocessing.input_size):
+        inputs, displays = to_batch([item for _, item in items[batch]], classifier.preprocessing)
+        result = runner(inputs, targets[batch], rival_ends=True)
+        sources = [source for source, _ in items[batch]]
+        explanations += _explanations(runner, result, sources, displays)
+    return explanations[0] if _single(images) else explanations
+
+
+def _options(options: Options | None, fields: dict[str, Any]) -> Options:
+    """``options`` (default :data:`EXPLAIN_DEFAULTS`) with ``fields`` on top; an unknown field is one line."""
+    unknown = sorted(set(fields) - set(Options.__dataclass_fields__))
+    if unknown:
+        raise FclensError(
+            f"explain() got unknown options {', '.join(unknown)}; known: {', '.join(Options.__dataclass_fields__)}"
+        )
+    return (options or EXPLAIN_DEFAULTS).but(**fields)
+
+
+def _single(images: ImageInput | Sequence[ImageInput]) -> bool:
+    """One image asked for: a file (not a folder), a PIL image, an array, or a tensor of one image (3-D)."""
+    if isinstance(images, (str, os.PathLike)):
+        return not os.path.isdir(images)
+    if isinstance(images, torch.Tensor):
+        return images.ndim == 3
+    return isinstance(images, (Image.Image, np.ndarray))
 
 
 def _batches(items: list[tuple[str, ImageInput]], batch_size: int, size: tuple[int, int]) -> list[slice]:
@@ -305,91 +313,36 @@ def _batches(items: list[tuple[str, ImageInput]], batch_size: int, size: tuple[i
     return batches
 
 
-@dataclass(frozen=True)
-class _Options:
-    kinds: list[str]
-    min_size: int
-    mode: str
-    scores: bool
-    curves: bool
-    seed: int | None
-    batch_size: int
-    contrast: bool = False
-    rival: int | None = None  # the contrast class asked for; None: each image's runner-up
-
-
-def _explain_batch(
-    classifier: Classifier,
-    head: Head,
-    items: list[tuple[str, ImageInput]],
-    wanted: list[int | None],
-    options: _Options,
+def _explanations(
+    runner: BatchRunner, result: BatchResult, sources: list[str], displays: list[Image.Image]
 ) -> list[Explanation]:
-    inputs, displays = to_batch([item for _, item in items], classifier.preprocessing)
-    inputs = inputs.to(classifier.device)
-    module = classifier.module
-    captured = _capture(classifier, head, inputs)
-    probabilities = captured.logits.float().softmax(dim=1).cpu()
-    top = probabilities.topk(min(5, probabilities.shape[1]), dim=1)
-    targets = [int(top.indices[i, 0]) if k is None else k for i, k in enumerate(wanted)]
-    # Work per class, not per image: images of a batch often share their class.
-    classes = sorted(set(targets))
-    # The rows come to the CPU in one copy: one device synchronisation per batch, not per class.
-    rows = head.weight[classes].detach().float().cpu().numpy()
-    trees = class_trees(rows, classes, options.min_size, options.mode)
-    facts = [[_facts(node) for node in tree.nodes] for tree in trees]
-    position = [classes.index(k) for k in targets]
-    image_trees = [trees[c] for c in position]
-    on_device = torch.tensor(targets, device=classifier.device)
-    indices = [[node.indices for node in tree.nodes] for tree in trees]
-    membership = node_membership(indices, head.num_features, inputs.device)[torch.tensor(position)]
-    batch = NodeBatch(module, head, inputs, captured, on_device, membership, seed=options.seed or 0)
-    heat = {kind: value.detach() for kind, value in node_maps(batch, options.kinds).items()}
-    contrasts = _contrasts(classifier, batch, probabilities, targets, options) if options.contrast else None
-    del batch, captured  # frees the autograd graph of a non-affine head before scoring
-
-    width = heat[options.kinds[0]].shape[1]  # trees of different classes have different node counts
-    signs = torch.tensor(
-        [
-            [branch_sign(node.path) for node in tree.nodes] + [1] * (width - len(tree.nodes))
-            for tree in image_trees
-        ],
-        device=inputs.device,
-    )
-    primary = oriented(heat[options.kinds[0]], options.kinds[0], signs)
-    scores: dict[tuple[int, int], float] = {}
-    if options.scores:
-        every = _pairs(image_trees, every_node=True)
-        rows = every[:, 0]
-        found = masked_score(
-            module, inputs, primary[rows, every[:, 1]], rows, on_device[rows], options.batch_size
-        )
-        scores = dict(zip(map(tuple, every.tolist()), found.tolist(), strict=True))
-    aucs: dict[tuple[int, int], tuple[float, float]] = {}
-    if options.curves:
-        ends = _pairs(image_trees, every_node=False)
-        rows = ends[:, 0]
-        curves = deletion_insertion(
-            module, inputs, primary[rows, ends[:, 1]], rows, on_device[rows], batch_size=options.batch_size
-        )
-        areas = zip(curves.deletion_auc.tolist(), curves.insertion_auc.tolist(), strict=True)
-        aucs = dict(zip(map(tuple, ends.tolist()), areas, strict=True))
-
-    heat = {kind: value.float().cpu() for kind, value in heat.items()}
+    """The batch's result as one :class:`Explanation` per image, holding CPU values only."""
+    classifier, options = runner.classifier, runner.options
+    head = runner.head
+    heat = {kind: value.float().cpu() for kind, value in result.maps.items()}
+    contributions = result.contributions.cpu()
+    probabilities = result.probabilities.cpu()
+    top_indices, top_values = result.top_indices.cpu(), result.top_values.cpu()
+    nothing = torch.full(result.valid.shape, float("nan"))
+    scores = nothing if result.scores is None else result.scores
+    deletion = nothing if result.deletion_auc is None else result.deletion_auc
+    insertion = nothing if result.insertion_auc is None else result.insertion_auc
+    contrasts = _contrasts(runner, result) if result.rivals is not None else [None] * len(sources)
     layer = head.feature_layer_name if head.affine else head.gradient_layer_name
     explanations = []
-    for i, ((source, _), c, k) in enumerate(zip(items, position, targets, strict=True)):
+    for i, (source, tree, k) in enumerate(zip(sources, result.trees, result.targets.tolist(), strict=True)):
         nodes = [
             NodeExplanation(
-                **known,
-                maps={kind: heat[kind][i, m] for kind in options.kinds},
-                score=scores.get((i, m)),
-                deletion_auc=aucs.get((i, m), (None, None))[0],
-                insertion_auc=aucs.get((i, m), (None, None))[1],
+                **_facts(node),
+                maps={kind: heat[kind][i, m] for kind in options.maps},
+                score=_number(scores[i, m]),
+                contribution=float(contributions[i, m]),
+                deletion_auc=_number(deletion[i, m]),
+                insertion_auc=_number(insertion[i, m]),
             )
-            for m, known in enumerate(facts[c])
+            for m, node in enumerate(tree.nodes)
         ]
-        predictions = zip(top.indices[i].tolist(), top.values[i].tolist(), strict=True)
+        predictions = zip(top_indices[i].tolist(), top_values[i].tolist(), strict=True)
         explanations.append(
             Explanation(
                 source=source,
@@ -397,69 +350,47 @@ def _explain_batch(
                 model_name=classifier.name,
                 top5=[_prediction(classifier, index, chance) for index, chance in predictions],
                 target=_prediction(classifier, k, float(probabilities[i, k])),
-                tree=trees[c],
+                tree=tree,
                 nodes=nodes,
-                map_kinds=list(options.kinds),
-                primary=options.kinds[0],
+                map_kinds=list(options.maps),
+                primary=options.primary,
                 seed=options.seed,
                 feature_layer=layer,
                 class_deletion_auc=nodes[0].deletion_auc,
                 class_insertion_auc=nodes[0].insertion_auc,
-                contrast=None if contrasts is None else contrasts[i],
+                contrast=contrasts[i],
             )
         )
     return explanations
 
 
-def _contrasts(
-    classifier: Classifier,
-    batch: NodeBatch,
-    probabilities: torch.Tensor,
-    targets: list[int],
-    options: _Options,
-) -> list[Contrast]:
-    """Each image's :class:`Contrast` with its rival: from the capture, plus maps of the rival's two ends."""
-    head = batch.head
-    rivals = [_rival(row, k, options.rival) for row, k in zip(probabilities, targets, strict=True)]
-    on_device = torch.tensor(rivals, device=batch.targets.device)
-    maps = contrast_maps(batch.capture, head, batch.targets, on_device).detach().float().cpu()
-    classes = sorted(set(rivals) | set(targets))
-    weight = head.weight.detach().float().cpu()
-    trees = dict(
-        zip(
-            classes,
-            class_trees(weight[classes].numpy(), classes, options.min_size, options.mode),
-            strict=True,
-        )
-    )
-    ends = [(trees[j].discriminative, trees[j].confusing) for j in rivals]
-    present = [[end for end in pair if end is not None] for pair in ends]
-    heat: dict[str, torch.Tensor] = {}
-    if any(present):
-        indices = [[node.indices for node in nodes] for nodes in present]
-        membership = node_membership(indices, head.num_features, batch.inputs.device)
-        rival_batch = NodeBatch(
-            batch.module, head, batch.inputs, batch.capture, on_device, membership, seed=batch.seed
-        )
-        heat = {
-            kind: value.detach().float().cpu()
-            for kind, value in node_maps(rival_batch, options.kinds).items()
-        }
-    prelogits = batch.capture.prelogits.detach().float().cpu()
-    logits = batch.capture.logits.detach().float().cpu()
+def _number(value: torch.Tensor) -> float | None:
+    """A computed value as a float; NaN (not computed) as None."""
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def _contrasts(runner: BatchRunner, result: BatchResult) -> list[Contrast]:
+    """Each image's :class:`Contrast` with its rival: the map, the gap, the pair's neurons, the rival's ends."""
+    classifier, kinds = runner.classifier, runner.options.maps
+    weight = runner.head.weight.detach().float().cpu()
+    prelogits, logits = result.prelogits.cpu(), result.logits.cpu()
+    probabilities = result.probabilities.cpu()
+    maps = result.contrast.float().cpu()
+    ends = {kind: value.float().cpu() for kind, value in (result.rival_ends or {}).items()}
     contrasts = []
-    for i, (k, j) in enumerate(zip(targets, rivals, strict=True)):
-        side = np.intersect1d(_side(trees[k], "-"), _side(trees[j], "+"))
+    for i, (k, j) in enumerate(zip(result.targets.tolist(), result.rivals.tolist(), strict=True)):
+        target_tree, rival_tree = runner.tree(k), runner.tree(j)
+        side = np.intersect1d(_side(target_tree, "-"), _side(rival_tree, "+"))
         columns = torch.as_tensor(side)
         evidence = ((weight[j, columns] - weight[k, columns]) * prelogits[i, columns]).numpy()
         order = np.argsort(-evidence, kind="stable")
-        seen = iter(
-            NodeExplanation(
-                **_facts(node), maps={kind: heat[kind][i, m] for kind in options.kinds}, score=None
-            )
-            for m, node in enumerate(present[i])
+        discriminative, confusing = (
+            None
+            if end is None
+            else NodeExplanation(**_facts(end), maps={kind: ends[kind][i, e] for kind in kinds}, score=None)
+            for e, end in enumerate((rival_tree.discriminative, rival_tree.confusing))
         )
-        discriminative, confusing = (None if end is None else next(seen) for end in ends[i])
         contrasts.append(
             Contrast(
                 rival=_prediction(classifier, j, float(probabilities[i, j])),
@@ -467,7 +398,7 @@ def _contrasts(
                 gap=float(logits[i, j] - logits[i, k]),
                 neurons=side[order],
                 evidence=evidence[order],
-                rival_tree=trees[j],
+                rival_tree=rival_tree,
                 rival_discriminative=discriminative,
                 rival_confusing=confusing,
             )
@@ -475,55 +406,9 @@ def _contrasts(
     return contrasts
 
 
-def _rival(probabilities: torch.Tensor, target: int, asked: int | None) -> int:
-    """The class asked for, or the most probable class other than ``target``."""
-    if asked is None:
-        top = probabilities.topk(min(2, probabilities.numel())).indices.tolist()
-        return next(c for c in top if c != target)
-    if asked == target:
-        raise FclensError(
-            f"the contrast class {asked} is the explained class itself; give another, or runner-up"
-        )
-    return asked
-
-
 def _side(tree: SplitTree, sign: str) -> np.ndarray:
     """The neurons of the root's ``sign`` child; an unsplit tree has only one side, all its neurons."""
     return tree.root.indices if tree.root.is_leaf else tree.node(sign).indices
-
-
-def _capture(classifier: Classifier, head: Head, inputs: torch.Tensor) -> Capture:
-    """The batch's forward pass; an input size that the model cannot take is a one-line FclensError.
-
-    A size other than the model's own is tried, except where the head reads a grid of tokens (ViT,
-    DeiT): its layout was found at the model's size, as were the position embeddings of most.
-    """
-    size = tuple(inputs.shape[2:])
-    if size == classifier.preprocessing.input_size:
-        return capture(classifier.module, head, inputs, graph=not head.affine)
-    if head.layout == "tokens":
-        reason = f"its features are a {head.grid[0]}×{head.grid[1]} grid of tokens at that size"
-    else:
-        try:
-            return capture(classifier.module, head, inputs, graph=not head.affine)
-        except Exception as error:  # the model's own refusal, of whatever type it raises
-            reason = " ".join(str(error).split()) or type(error).__name__
-    height, width = classifier.preprocessing.input_size
-    raise FclensError(
-        f"{classifier.name} cannot be explained on (3, {size[0]}, {size[1]}) inputs, only at its input size "
-        f"(3, {height}, {width}): {reason}; resize the tensor, or pass a path, PIL image or array"
-    )
-
-
-def _pairs(trees: list[SplitTree], every_node: bool) -> torch.Tensor:
-    """(image, node) positions as an (M, 2) long tensor: every node, or only the root and the leaves."""
-    pairs = [
-        (i, m)
-        for i, tree in enumerate(trees)
-        for m, node in enumerate(tree.nodes)
-        if every_node or node.is_leaf or not node.path
-    ]
-    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
 
 def _facts(node: Node) -> dict[str, Any]:
@@ -541,16 +426,6 @@ def _facts(node: Node) -> dict[str, Any]:
 
 def _prediction(classifier: Classifier, index: int, probability: float) -> Prediction:
     return Prediction(index, classifier.class_names[index], probability)
-
-
-def _map_kinds(maps: str | Sequence[str]) -> list[str]:
-    kinds = list(dict.fromkeys([maps] if isinstance(maps, str) else maps))
-    if not kinds:
-        raise FclensError(f"no map kind asked for; choose from {', '.join(MAP_KINDS)}")
-    unknown = [kind for kind in kinds if kind not in MAP_KINDS]
-    if unknown:
-        raise FclensError(f"unknown map kind {unknown[0]!r}; choose from {', '.join(MAP_KINDS)}")
-    return kinds
 
 
 def _items(images: ImageInput | Sequence[ImageInput]) -> list[tuple[str, ImageInput]]:
