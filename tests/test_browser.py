@@ -262,3 +262,28 @@ def test_pages_open_from_a_copy_elsewhere(browser: Any, pages: dict[str, Path], 
         visit.check_clean()
     finally:
         visit.close()
+
+
+def test_prune_page_fits_a_1280_px_window(browser: Any, tmp_path: Path):
+    """The figure is scaled to the page: no horizontal scrolling, every panel in view."""
+    import numpy as np
+
+    from fclens.prune import evaluate
+    from fclens.report.prune import prune_page
+
+    rng = np.random.default_rng(0)
+    w = rng.laplace(size=(8, 60)).astype(np.float32)
+    z = np.abs(rng.normal(size=(80, 60))).astype(np.float32)
+    curve = evaluate(z, w, None, labels=rng.integers(0, 8, 80), methods=["tree", "ald", "magnitude", "random"],
+                     sparsities=[0.5, 0.9, 0.99], bias_correction="both")  # fmt: skip
+    path = tmp_path / "prune.html"
+    path.write_text(prune_page(curve, "scan", "model"), encoding="utf-8")
+    visit = Visit(browser, path, width=1280)
+    try:
+        visit.check_clean()
+        assert visit.overflow() == 0
+        figure = visit.page.locator("#curves figure img").bounding_box()
+        assert figure["x"] >= 0 and figure["x"] + figure["width"] <= 1280
+        visit.screenshot("prune-1280.png", full_page=True)
+    finally:
+        visit.close()

@@ -30,15 +30,16 @@ def atlas_pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
         photos[i] = str(root / f"gone-{i}.jpg")
     photos[1] = str(root / HOSTILE)
     synthetic.write(root / "scan", 240, classes=4, paths=photos)
-    manifest = json.loads((root / "scan" / "manifest.json").read_text())
+    path = next((root / "scan").glob("*manifest.json"))  # _manifest.json from schema version 2 on
+    manifest = json.loads(path.read_text())
     manifest["class_names"][0] = HOSTILE
-    (root / "scan" / "manifest.json").write_text(json.dumps(manifest))
+    path.write_text(json.dumps(manifest))
     write_atlas_pages(atlas(root / "scan", top_k=8), root / "pages")
     return root / "pages"
 
 
 @pytest.fixture
-def index(browser: Any, atlas_pages: Path) -> Iterator[Visit]:  # noqa: F811
+def index(browser: Any, atlas_pages: Path) -> Iterator[Visit]:
     visit = Visit(browser, atlas_pages / "index.html")
     yield visit
     visit.close()
@@ -98,7 +99,7 @@ def test_class_page_draws_the_top_images_and_marks_missing_files(index: Visit, a
     assert_quiet(index)
 
 
-def test_every_class_page_is_clean(browser: Any, atlas_pages: Path) -> None:  # noqa: F811
+def test_every_class_page_is_clean(browser: Any, atlas_pages: Path) -> None:
     for k in range(4):
         visit = Visit(browser, atlas_pages / class_page_name(k))
         try:
@@ -107,8 +108,25 @@ def test_every_class_page_is_clean(browser: Any, atlas_pages: Path) -> None:  # 
             visit.close()
 
 
+def test_a_class_page_fits_1280_px_and_says_what_the_colours_mean(browser: Any, atlas_pages: Path) -> None:
+    visit = Visit(browser, atlas_pages / class_page_name(0), width=1280)
+    try:
+        page = visit.page
+        assert visit.overflow() == 0
+        scales = page.locator("#confusing .colour-scale")
+        assert scales.is_visible() and scales.inner_text().startswith("low") and "high" in scales.inner_text()
+        bar = page.locator("#confusing .colour-bar")
+        assert "linear-gradient" in bar.evaluate("(e) => getComputedStyle(e).backgroundImage")
+        assert bar.bounding_box()["width"] >= 100
+        node = page.locator("dt", has_text="most confusing node").locator("xpath=following-sibling::dd[1]")
+        assert "down the negative chain" in node.inner_text() and "neurons" in node.inner_text()
+        visit.screenshot("atlas-class-1280.png", full_page=True)
+    finally:
+        visit.close()
+
+
 def test_explanation_page_shows_the_contrast(
-    browser: Any,  # noqa: F811
+    browser: Any,
     classifier: Classifier,
     chelsea: Path,
     tmp_path: Path,

@@ -17,6 +17,7 @@ from fclens.cli import main
 from fclens.errors import FclensError
 from fclens.images import Preprocessing
 from fclens.prune import METHODS, evaluate, prune, pruning_ranks
+from fclens.scanning import LocalEngine
 from fclens.tree import split_tree
 
 PER_CLASS = [m for m in METHODS if m not in ("magnitude", "random")]
@@ -294,7 +295,9 @@ def scanned(trained: fclens.Classifier, tmp_path_factory: pytest.TempPathFactory
     for i in range(0, 300, 10):
         noisy[i] = (noisy[i] + 1) % CLASSES
     out = tmp_path_factory.mktemp("prune") / "scan"
-    return fclens.scan(trained, Pairs(images, noisy), out, features=True, workers=0, progress=False)
+    return fclens.scan(
+        trained, Pairs(images, noisy), out, features=True, engine=LocalEngine(workers=0), progress=False
+    )
 
 
 @pytest.mark.slow
@@ -380,7 +383,13 @@ def test_cli_refuses_a_scan_without_features_naming_the_option(
     trained: fclens.Classifier, tmp_path: Path, capsys
 ):
     images, labels = striped_images(8, seed=2)
-    bare = fclens.scan(trained, Pairs(images, labels.tolist()), tmp_path / "bare", workers=0, progress=False)
+    bare = fclens.scan(
+        trained,
+        Pairs(images, labels.tolist()),
+        tmp_path / "bare",
+        engine=LocalEngine(workers=0),
+        progress=False,
+    )
     assert main(["prune", str(bare.directory), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "--features" in err and err.count("\n") == 1
@@ -399,7 +408,7 @@ def test_a_written_pruned_model_predicts_what_the_curve_said(
         p.crop((30, 20, p.width - 40, p.height - 10)) for p in photos
     ]
     scanned = fclens.scan(classifier, Pairs(photos, [282, 967] * 3), tmp_path / "scan", features=True,
-                          workers=0, progress=False)  # fmt: skip
+                          engine=LocalEngine(workers=0), progress=False)  # fmt: skip
     out = tmp_path / "out"
     args = ["prune", str(scanned.directory), "--sparsity", "0.9", "--out", str(out), "--json"]
     assert main([*args, "--write", "tree@0.9", "--bias-correction", "on"]) == 0
@@ -451,8 +460,16 @@ def test_the_figure_draws_one_line_per_method_and_correction_and_the_page_embeds
         (METHOD_STYLE["tree"][0], "o", "-"), (METHOD_STYLE["tree"][0], "o", "--"),
         (METHOD_STYLE["random"][0], "X", "-"), (METHOD_STYLE["random"][0], "X", "--"),
     ]  # fmt: skip
-    labelled = evaluate(z, w, None, labels=rng.integers(0, 6, 60), methods=["tree"], sparsities=[0.5])
-    assert len(prune_figure(labelled).axes) == 3
+    # Ticked at the sparsities asked for and nowhere else; narrow enough for a 1280 px window.
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["0.5", "0.9"]
+    assert figure.get_figwidth() * figure.dpi <= 1200
+    labelled = evaluate(z, w, None, labels=rng.integers(0, 6, 60), methods=["tree"], sparsities=[0.5, 0.95])
+    three = prune_figure(labelled)
+    assert len(three.axes) == 3 and three.get_figwidth() * three.dpi <= 1200
+    legend = three.axes[1].get_legend()  # the dotted line of the unpruned layer says what it is
+    assert [t.get_text() for t in legend.get_texts()] == ["unpruned layer's accuracy"]
+    caption = prune_page(labelled, "s", "m")
+    assert "sparsities measured (0.5, 0.95)" in caption and "middle: top-1 accuracy" in caption
     page = prune_page(unlabelled, "my-scan", "my <model>")
     assert page.count("<tr><td>") == 8 and "data:image/png;base64," in page and "my &lt;model&gt;" in page
     assert "http://" not in page and "https://" not in page

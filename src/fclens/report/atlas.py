@@ -23,11 +23,11 @@ from fclens.images import ImageError, Preprocessing, load_image
 from fclens.io import atomic_write_text
 from fclens.maps import MAP_KINDS, branch_sign
 from fclens.report._common import fmt
-from fclens.report.figures import overlay
+from fclens.report.figures import colour_scale_css, overlay
 from fclens.report.html import Card, _image_uri, _nest, _sign, render
 from fclens.tree import class_trees
 
-__all__ = ["INDEX", "PAGES", "class_page_name", "write_atlas_pages"]
+__all__ = ["INDEX", "PAGES", "class_page_name", "node_in_words", "write_atlas_pages"]
 
 INDEX = "index.html"
 PAGES = (INDEX, "class-*.html")
@@ -188,17 +188,34 @@ def _class_page(found: Atlas, c: ClassAtlas, drawing: _Drawing, tree: Any, prese
         facts=[
             ("images", str(c.n)),
             ("accuracy", fmt(c.accuracy)),
-            ("most confusing node", c.confusing or "none (tree not split)"),
+            ("most confusing node", node_in_words(c.confusing, tree)),
             *(_scan_facts(found)),
         ],
         rivals=rivals,
         tree=card_tree,
-        confusing_node=c.confusing,
+        confusing_node=None if c.confusing is None else _spaced(c.confusing),
         confusing=confusing,
+        colour_scale=colour_scale_css(),
         rival_name=rival_name,
         rival=rival,
         index_href=INDEX,
     )
+
+
+def node_in_words(path: str | None, tree: Any) -> str:
+    """A node as a reader says it: "6 splits down the negative chain (− − − − − −), 13 neurons"."""
+    if path is None:
+        return "none (tree never split)"
+    chains = {"+": "the positive chain", "-": "the negative chain"}
+    where = chains[path[0]] if len(set(path)) == 1 else "the tree"
+    splits = f"{len(path)} split{'' if len(path) == 1 else 's'} down {where} ({_spaced(path)})"
+    sizes = [node.size for node in (tree.nodes if tree is not None else []) if node.path == path]
+    return f"{splits}, {sizes[0]} neurons" if sizes else splits
+
+
+def _spaced(path: str) -> str:
+    """A node path in typographic signs, one apart from the next: "+-" → "+ −"."""
+    return " ".join("−" if sign == "-" else sign for sign in path)
 
 
 def _mean_card(node: Any, means: dict[str, NodeMean]) -> Card:

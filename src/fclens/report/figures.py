@@ -36,6 +36,7 @@ __all__ = [
     "NEG_COLOUR",
     "POS_COLOUR",
     "chain_figure",
+    "colour_scale_css",
     "figure_png",
     "fit_plot",
     "image_bytes",
@@ -125,6 +126,13 @@ def _tinted(
     weight = (alpha * (0.5 + 0.5 * heat))[..., None]
     blended = (1 - weight) * photo + weight * colours
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def colour_scale_css(cmap: str = HEATMAP_CMAP, stops: int = 9) -> str:
+    """The overlays' colour map, low to high, as a CSS ``linear-gradient`` for a page's colour scale."""
+    colours = _lookup_table(cmap)[np.linspace(0, 255, stops).round().astype(np.intp)]
+    hexes = ["#" + "".join(f"{int(v):02x}" for v in colour) for colour in colours]
+    return f"linear-gradient(to right, {', '.join(hexes)})"
 
 
 @lru_cache(maxsize=8)

@@ -1,9 +1,11 @@
 """The pruning curves (:func:`fclens.prune_curve`) as a figure and as a self-contained page.
 
 One line per method, against sparsity on a scale that spreads out the high end (0.9, 0.95, 0.99 are as
-far apart as 0, 0.5, 0.8): agreement with the unpruned layer, accuracy where the scan has labels, and
-the mean KL divergence. Colour-blind safe twice over: Okabe–Ito colours and a distinct marker per
-method; bias-corrected curves are dashed with open markers.
+far apart as 0, 0.5, 0.8), ticked at the sparsities measured and nowhere else: agreement with the
+unpruned layer, accuracy where the scan has labels (the unpruned layer's as a dotted line), and the
+mean KL divergence. Colour-blind safe twice over: Okabe–Ito colours and a distinct marker per method;
+bias-corrected curves are dashed with open markers. The figure is at most ~1,170 px wide, so that the
+page shows it whole in a 1,280 px window.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ METHOD_STYLE = {
     "random": ("#E69F00", "X"),  # orange
 }
 """(colour, marker) of each method, fixed so that every figure draws a method the same way."""
-_TICKS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
+_PANEL_INCHES = 3.5
+"""Width of one panel: three panels and their margin make ~1,170 px at the figures' DPI."""
 
 
 def _nines(s: Any) -> Any:
     """Sparsity → −log10(1 − s): each step 0.9 → 0.99 → 0.999 is one unit."""
-    return -np.log10(1 - np.clip(s, 0, 1 - 1e-9))
+    return -np.log10(1 - np.minimum(s, 1 - 1e-9))
 
 
 def _sparsity(x: Any) -> Any:
@@ -54,7 +57,11 @@ def prune_figure(curve: PruneCurve, title: str | None = None) -> Figure:
     if curve.n_labelled:
         panels.append(("accuracy", "top-1 accuracy"))
     panels.append(("kl", "mean KL(unpruned ‖ pruned), nats"))
-    fig = Figure(figsize=(4.2 * len(panels), 4.6), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(_PANEL_INCHES * len(panels) + 0.2, 4.4), dpi=DPI, layout="constrained")
+    ticks = _sparsities(curve)
+    # A little room beyond the first and last sparsity (on the spread-out scale): no marker on the frame.
+    low, high = float(_nines(ticks[0])), float(_nines(ticks[-1]))
+    margin = max(high - low, 0.3) * 0.08
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     methods = list(dict.fromkeys(p.method for p in curve.points))
     for ax, (field, label) in zip(axes, panels, strict=True):
@@ -79,24 +86,24 @@ def prune_figure(curve: PruneCurve, title: str | None = None) -> Figure:
                     label=method + (" + bias correction" if corrected else ""),
                 )
         if field == "accuracy" and curve.reference_accuracy is not None:
-            ax.axhline(curve.reference_accuracy, color="black", lw=0.8, ls=":", label="unpruned")
+            reference = ax.axhline(curve.reference_accuracy, color="black", lw=1.0, ls=":")
+            ax.legend([reference], ["unpruned layer's accuracy"], loc="best", fontsize=8)
         if field == "kl":
             ax.set_yscale("symlog", linthresh=0.01)
         else:
             ax.set_ylim(-0.02, 1.02)
         ax.set_xscale("function", functions=(_nines, _sparsity))
-        ax.xaxis.set_major_locator(FixedLocator(_TICKS))
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticklabels([f"{t:g}" for t in _TICKS])
-        high = max(p.sparsity for p in curve.points)
-        ax.set_xlim(-0.02, max(0.99, high) + (1 - max(0.99, high)) * 0.3)
-        ax.set_xlabel("sparsity (share of the final layer's weights zeroed)")
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.set_xlim(_sparsity(low - margin), _sparsity(high + margin))
+        ax.set_xlabel("sparsity (share of weights zeroed)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    # As many columns as fit (about 2.8 inches each); with both corrections and room, one per method,
+    # As many columns as fit (about 2.6 inches each); with both corrections and room, one per method,
     # the plain curve above its corrected twin.
-    columns = min(len(labels), max(1, int(fig.get_figwidth() // 2.8)))
+    columns = min(len(labels), max(1, int(fig.get_figwidth() // 2.6)))
     if len(labels) == 2 * len(methods) and len(methods) <= columns:
         columns = len(methods)
     fig.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize=8, frameon=False)
@@ -128,5 +135,23 @@ def prune_page(curve: PruneCurve, scan_name: str, model_name: str) -> str:
         reference=fmt(curve.reference_accuracy, ".4f"),
         pred_agreement=fmt(curve.pred_agreement, ".4f"),
         figure=_figure_uri(prune_figure(curve)),
+        caption=_caption(curve),
         rows=rows,
     )
+
+
+def _caption(curve: PruneCurve) -> str:
+    """What the figure shows, panel by panel (the accuracy panel only for a labelled scan)."""
+    panels = ["left: the share of images whose top-1 class stays the unpruned layer's"]
+    if curve.n_labelled:
+        panels.append("middle: top-1 accuracy against the scan's labels, dotted the unpruned layer's")
+    panels.append("right: the mean KL divergence of the pruned softmax from the unpruned one (log scale)")
+    return (
+        f"Each pruning method at the sparsities measured ({', '.join(f'{s:g}' for s in _sparsities(curve))}), "
+        f"on {curve.n_images} images; {'; '.join(panels)}. One colour and marker per method; dashed with open "
+        "markers: with bias correction. The x axis spreads out the high sparsities (−log10(1 − s))."
+    )
+
+
+def _sparsities(curve: PruneCurve) -> list[float]:
+    return sorted({p.sparsity for p in curve.points})
