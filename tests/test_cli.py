@@ -191,7 +191,9 @@ def test_explain_with_a_tree_that_never_splits(capsys: pytest.CaptureFixture[str
 
 def test_explain_json_for_one_image(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = run(capsys, "explain", "--sample", "coffee", "--out", str(tmp_path), "--json")
-    data = json.loads(out)
+    (row,) = json.loads(out)  # always a list, one object per image, whatever their number
+    assert row["status"] == "ok" and row["source"] == "sample:coffee"
+    data = row["explanation"]
     assert code == 0 and data["prediction"]["name"] == "espresso" and data["target"]["index"] == 967
     assert data["discriminative"].startswith("+") and data["confusing"].startswith("-")
     assert all({"path", "size", "score"} <= set(node) for node in data["nodes"])

@@ -1,10 +1,15 @@
-"""Atomic file writes: an interrupted run never leaves a half-written file that a rerun would trust."""
+"""Writing files: atomically (an interrupted run never leaves a half-written file that a rerun would trust),
+CSV text, and safe file names."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -33,3 +38,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """``rows`` as CSV with a header of ``columns`` (other keys are left out)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a file name: letters, digits, ``-_.`` kept, the rest ``_``, at most 60 characters."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._")
+    return cleaned[:60] or "item"
