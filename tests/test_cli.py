@@ -13,6 +13,7 @@ import pytest
 import timm
 from safetensors.torch import save_file
 
+import fclens
 from fclens.cli import main
 from fclens.images import sample_image
 
@@ -240,3 +241,20 @@ def test_console_entry_point_runs() -> None:
         timeout=300,
     )
     assert done.returncode == 0 and "espresso" in done.stdout
+
+
+def test_samples_make_a_labelled_folder_a_scan_can_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, classifier: fclens.Classifier
+) -> None:
+    """`fclens samples` (and fclens.sample_folder) works from any folder: no clone, no scikit-image."""
+    out = tmp_path / "photos"
+    code, printed, _ = run(capsys, "samples", "--out", str(out), "--count", "6", "--json")
+    doc = json.loads(printed)
+    assert code == 0 and doc["images"] == 6
+    assert set(doc["classes"]) <= set(classifier.class_names)  # the folder names are the labels
+    photos = sorted(out.rglob("*.jpg"))
+    assert len(photos) == 6 and {p.parent.name for p in photos} == set(doc["classes"])
+    assert "CC0" in (out / "ATTRIBUTION.md").read_text()
+    again = fclens.sample_folder(tmp_path / "again", 6)  # seeded: the same call makes the same files
+    assert [p.read_bytes() for p in photos] == [p.read_bytes() for p in sorted(again.rglob("*.jpg"))]
+    assert run(capsys, "samples", "--out", str(out / "ATTRIBUTION.md"))[0] == 2

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from fclens.errors import FclensError
     from fclens.explain import Contrast, Explanation, NodeExplanation, Prediction, explain
     from fclens.head import Head, find_head
-    from fclens.images import ImageError, Preprocessing, load_image, sample_image
+    from fclens.images import ImageError, Preprocessing, load_image, sample_folder, sample_image
     from fclens.maps import MAP_KINDS, register_map
     from fclens.models import Classifier, ModelError, load_model
     from fclens.prune import PruneCurve, PrunePoint, prune, prune_curve
@@ -42,7 +42,7 @@ _SOURCES = {
     "fclens.errors": ("FclensError",),
     "fclens.explain": ("Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"),
     "fclens.head": ("Head", "find_head"),
-    "fclens.images": ("ImageError", "Preprocessing", "load_image", "sample_image"),
+    "fclens.images": ("ImageError", "Preprocessing", "load_image", "sample_folder", "sample_image"),
     "fclens.maps": ("MAP_KINDS", "register_map"),
     "fclens.models": ("Classifier", "ModelError", "load_model"),
     "fclens.prune": ("PruneCurve", "PrunePoint", "prune", "prune_curve"),
@@ -85,6 +85,7 @@ __all__ = [
     "read_scan",
     "register_map",
     "regression_fit",
+    "sample_folder",
     "sample_image",
     "scan",
     "split_tree",

@@ -1,4 +1,4 @@
-"""The ``fclens`` command: weights, tree, survey, explain, and for data sets scan, atlas and prune.
+"""The ``fclens`` command: weights, tree, survey, explain, and for data sets scan, atlas, prune and samples.
 
 Exit codes: 0 done; 2 bad input (one line on stderr; the traceback only with ``--debug``); 3 done, but
 some items (images, models) were skipped — each with its reason in the summary.
@@ -244,6 +244,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="METHOD@SPARSITY",
         help="also save the pruned model as safetensors (e.g. tree@0.9), for load_model(..., weights=)",
     )
+
+    samples = _command(
+        commands,
+        "samples",
+        _run_samples,
+        "write a labelled folder of real photos (crops and mirror images of fclens's two sample photos, "
+        "filed under the ImageNet class each shows) to try scan, atlas and prune on",
+        model_option=False,
+    )
+    samples.add_argument("--out", type=Path, required=True, help="the folder to write (a subfolder a class)")
+    samples.add_argument("--count", type=int, default=100, help="how many photos (default 100)")
+    samples.add_argument("--seed", type=int, default=0, help="seed of the crops (default 0)")
     return parser
 
 
@@ -781,6 +793,21 @@ def _run_prune(args: argparse.Namespace) -> int:
 def _print_removed(removed: list[Path]) -> None:
     if removed:
         print(f"removed what an earlier run wrote and this one did not: {', '.join(str(p) for p in removed)}")
+
+
+# --------------------------------------------------------------------------------------------- samples
+def _run_samples(args: argparse.Namespace) -> int:
+    from fclens.images import SAMPLE_CLASSES, sample_folder
+
+    out = sample_folder(args.out, args.count, seed=args.seed)
+    classes = sorted({path.parent.name for path in out.rglob("*.jpg")})
+    if args.json:
+        _print_json({"out": str(out), "images": args.count, "classes": classes})
+    else:
+        photos = ", ".join(f"{name} → {label}" for name, label in SAMPLE_CLASSES.items())
+        print(f"{args.count} photos in {out} ({photos}; licence in {out / 'ATTRIBUTION.md'})")
+        print(f"next: fclens scan {out} --out scan/ --features && fclens atlas scan/ --out atlas/ --html")
+    return 0
 
 
 def _sparsity(text: str) -> float:
