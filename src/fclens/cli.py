@@ -253,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
         "filed under the ImageNet class each shows) to try scan, atlas and prune on",
         model_option=False,
     )
-    samples.add_argument("--out", type=Path, required=True, help="the folder to write (a subfolder a class)")
+    samples.add_argument("--out", type=Path, required=True, help="where to write them, a folder per class")
     samples.add_argument("--count", type=int, default=100, help="how many photos (default 100)")
     samples.add_argument("--seed", type=int, default=0, help="seed of the crops (default 0)")
     return parser
