@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+import synthetic_scan
 from fclens.ald import ALDFit, fit_ald
+from fclens.cli import main
 from fclens.explain import Explanation, explain
 from fclens.models import Classifier
 from fclens.report import (
@@ -434,20 +436,32 @@ def test_figures_take_dollar_signs_in_names_as_text(
 # Reruns into the same folder
 # ---------------------------------------------------------------------------------------------------------
 def test_an_atlas_rerun_leaves_no_page_of_an_earlier_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    import synthetic_scan
-    from fclens.cli import main
-
+    synthetic_scan.write(tmp_path / "six", 120, classes=6)
     synthetic_scan.write(tmp_path / "four", 80, classes=4)
-    synthetic_scan.write(tmp_path / "two", 40, classes=2)
     out = tmp_path / "atlas"
-    assert main(["atlas", str(tmp_path / "four"), "--out", str(out), "--html"]) == 0
-    pages = {f"class-{k}.html" for k in range(4)} | {"index.html", "atlas.json"}
-    assert {p.name for p in out.iterdir()} == pages
+    assert main(["atlas", str(tmp_path / "six"), "--out", str(out), "--html"]) == 0
+    assert {p.name for p in out.iterdir()} == {f"class-{k}.html" for k in range(6)} | {
+        "index.html",
+        "atlas.json",
+    }
     (out / "class-notes.html").write_text("<p>the user's own page</p>")
-    assert main(["atlas", str(tmp_path / "two"), "--out", str(out), "--html"]) == 0
-    assert {p.name for p in out.iterdir()} == {"class-0.html", "class-1.html", "index.html", "atlas.json",
-                                               "class-notes.html"}  # fmt: skip
+    assert main(["atlas", str(tmp_path / "four"), "--out", str(out), "--html"]) == 0
+    pages = {f"class-{k}.html" for k in range(4)} | {"index.html", "atlas.json", "class-notes.html"}
+    assert {p.name for p in out.iterdir()} == pages  # classes 4 and 5 are gone from the data: their pages too
     capsys.readouterr()
     assert main(["atlas", str(tmp_path / "four"), "--out", str(out)]) == 0  # no --html: no pages at all
     assert {p.name for p in out.iterdir()} == {"atlas.json", "class-notes.html"}
     assert "removed what an earlier run wrote" in capsys.readouterr().out
+
+
+def test_the_atlas_names_a_node_in_words_not_in_dashes():
+    from types import SimpleNamespace
+
+    from fclens.report.atlas import node_in_words
+
+    tree = SimpleNamespace(
+        nodes=[SimpleNamespace(path="------", size=13), SimpleNamespace(path="+", size=40)]
+    )
+    assert node_in_words("------", tree) == "6 splits down the negative chain (− − − − − −), 13 neurons"
+    assert node_in_words("+", tree) == "1 split down the positive chain (+), 40 neurons"
+    assert node_in_words(None, None) == "none (tree never split)"
