@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from fclens.errors import FclensError
@@ -30,7 +29,9 @@ from fclens.maps import (
     capture,
     contrast_maps,
     node_maps,
+    node_rows,
     oriented,
+    stack_rows,
 )
 from fclens.models import Classifier
 from fclens.options import RUNNER_UP, Options
@@ -226,44 +227,26 @@ class BatchRunner:
         rows = []
         for j in rivals.tolist():
             tree, membership = self.tree(j), self._class_membership(j)
-            ends = [tree.discriminative, tree.confusing]
+            ends = (tree.discriminative, tree.confusing)
+            nothing = torch.zeros_like(membership[0])
             rows.append(
-                torch.stack(
-                    [
-                        torch.zeros_like(membership[0]) if end is None else membership[tree.nodes.index(end)]
-                        for end in ends
-                    ]
-                )
+                torch.stack([nothing if end is None else membership[tree.nodes.index(end)] for end in ends])
             )
         rival_batch = NodeBatch(
-            batch.module,
-            batch.head,
-            batch.inputs,
-            batch.capture,
-            rivals,
-            torch.stack(rows).float(),
-            seed=batch.seed,
+            batch.module, batch.head, batch.inputs, batch.capture, rivals, stack_rows(rows), seed=batch.seed
         )
         return {kind: value.detach() for kind, value in node_maps(rival_batch, self.options.maps).items()}
 
     def _class_membership(self, k: int) -> torch.Tensor:
         """Class ``k``'s (nodes, D) boolean node membership on the model's device, built once."""
         if k not in self._membership:
-            tree = self.tree(k)
-            rows = torch.zeros(len(tree.nodes), self.head.num_features, dtype=torch.bool)
-            for m, node in enumerate(tree.nodes):
-                rows[m, torch.as_tensor(np.asarray(node.indices), dtype=torch.long)] = True
-            self._membership[k] = rows.to(self.classifier.device)  # 1 byte an entry: 1000s of classes fit
+            nodes = [node.indices for node in self.tree(k).nodes]
+            self._membership[k] = node_rows(nodes, self.head.num_features, self.classifier.device)
         return self._membership[k]
 
     def _memberships(self, targets: list[int]) -> torch.Tensor:
         """(N, n, D) float membership of each image's target nodes, zero rows past a smaller tree's end."""
-        own = {k: self._class_membership(k) for k in set(targets)}
-        width = max(len(rows) for rows in own.values())
-        padded = {
-            k: torch.nn.functional.pad(rows, (0, 0, 0, width - len(rows))).float() for k, rows in own.items()
-        }
-        return torch.stack([padded[k] for k in targets])
+        return stack_rows([self._class_membership(k) for k in targets])
 
     def _signs(self, result: BatchResult) -> torch.Tensor:
         """(N, n) branch signs of each image's nodes (+1 past a tree's end)."""

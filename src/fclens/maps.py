@@ -49,8 +49,10 @@ __all__ = [
     "contrast_maps",
     "node_maps",
     "node_membership",
+    "node_rows",
     "oriented",
     "register_map",
+    "stack_rows",
 ]
 
 SMOOTH_SAMPLES = 4
@@ -174,19 +176,31 @@ def capture(module: nn.Module, head: Head, inputs: torch.Tensor, graph: bool = F
 # --- nodes of a batch ------------------------------------------------------------------------------------
 
 
+def node_rows(
+    nodes: Sequence[np.ndarray], num_features: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """One image's (or one class's) node membership as bool (n, D): [m, j] is set when neuron j is in node m.
+
+    Boolean, one byte an entry, so a scan can keep the rows of thousands of classes on the device.
+    """
+    rows = torch.zeros(len(nodes), num_features, dtype=torch.bool)
+    for m, indices in enumerate(nodes):
+        rows[m, torch.as_tensor(np.asarray(indices), dtype=torch.long)] = True
+    return rows.to(device)
+
+
+def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-image :func:`node_rows` as float32 (N, n, D); an image with fewer than n nodes gets zero rows
+    (its maps there are zero and are never read)."""
+    width = max((len(part) for part in rows), default=0)
+    return torch.stack([torch.nn.functional.pad(part, (0, 0, 0, width - len(part))).float() for part in rows])
+
+
 def node_membership(
     nodes_per_image: Sequence[Sequence[np.ndarray]], num_features: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Node membership as float32 (N, n, D): entry [i, m, j] is 1 when neuron j is in image i's node m.
-
-    Images with fewer than n nodes get zero rows (their maps are zero and are never read).
-    """
-    width = max((len(nodes) for nodes in nodes_per_image), default=0)
-    mask = torch.zeros(len(nodes_per_image), width, num_features)
-    for i, nodes in enumerate(nodes_per_image):
-        for m, indices in enumerate(nodes):
-            mask[i, m, torch.as_tensor(np.asarray(indices), dtype=torch.long)] = 1.0
-    return mask.to(device)
+    """Node membership as float32 (N, n, D): entry [i, m, j] is 1 when neuron j is in image i's node m."""
+    return stack_rows([node_rows(nodes, num_features, device) for nodes in nodes_per_image])
 
 
 @dataclass
