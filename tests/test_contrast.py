@@ -232,8 +232,8 @@ def test_cli_contrast(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
             "--html",
         ]
     )
-    data = json.loads(capsys.readouterr().out)
-    assert code == 0 and data["contrast"]["rival"]["index"] in CATS
+    (row,) = json.loads(capsys.readouterr().out)
+    assert code == 0 and row["explanation"]["contrast"]["rival"]["index"] in CATS
     assert "Why not" in (tmp_path / "report.html").read_text("utf-8")
     code = main(["explain", "--sample", "chelsea", "--contrast", "espreso", "--out", str(tmp_path)])
     assert code == 2 and "did you mean" in capsys.readouterr().err
