@@ -2,25 +2,25 @@
 
 (a) The paper's regression fit (PAPER.md §2) of every class and part: the author's way (a Python loop
     over classes: sort, log, ``np.polyfit`` per class and part) against fclens's vectorised per-class
-    core, on one thread and on fclens's default thread count (the CPUs this process may use); then
-    (a′) with the marginal means and the joint fit added on both sides, against the public
+    core; then (a′) with the marginal means and the joint fit added on both sides, against the public
     ``fit_ald(W, method="regression")``.
 (b) The per-class maximum-likelihood ALD: ``scipy.stats.laplace_asymmetric.fit`` looped over classes
-    against ``fit_ald(W, method="mle")`` (which also computes KS and the AIC comparison), on one thread
-    and on the default count, and how the two maximised log-likelihoods compare.
+    against ``fit_ald(W, method="mle")`` (which also computes KS and the AIC comparison), and how the
+    two maximised log-likelihoods compare. Everything runs on one thread.
 
 Data: a 1000×2048 float32 matrix built from the embedded EfficientNet-Lite0 classifier (1000×1280):
 each row is the class's 1280 weights followed by 768 of them drawn with a fixed seed, every entry then
 multiplied by (1 + 0.05·N(0, 1)), so the rows keep the real weights' shape and have no exact ties.
 
-(c) Issue 14: is the thread pool worth its lines? A whole layer's ``fit_ald(W)`` (default method "all",
-    default thread count) against the same tiles fitted in a plain loop on the calling thread
-    (``workers=1``: no pool) and against every row at once (one sort of W, one call of each vectorised
-    step, no tiles), on EfficientNet-Lite0's real 1000×1280 head and a random-weight timm resnet50's
-    1000×2048 head; every number of the three fits must be equal bit for bit.
+(c) Issue 14: are the tiles worth their lines? A whole layer's ``fit_ald(W)`` (default method "all": a
+    plain loop over tiles of rows, each sorted and fitted while in the CPU cache) against every row at
+    once (one sort of W, one call of each vectorised step), on EfficientNet-Lite0's real 1000×1280 head
+    and a random-weight timm resnet50's 1000×2048 head; every number of both fits must be equal bit for
+    bit. (At commit a79435e, ``--pool`` timed this beside the thread pool over the tiles that fclens had
+    then; it was removed for losing to the plain loop on the 2-core machine: BENCHMARKS.md.)
 
 Usage: python benchmarks/bench_ald.py [--repeats 11] [--scipy-classes 100] [--out FILE]
-       python benchmarks/bench_ald.py --pool [--repeats 21]
+       python benchmarks/bench_ald.py --tiles [--repeats 21]
 Prints a markdown table; writes nothing unless --out is given.
 """
 
@@ -39,7 +39,7 @@ from typing import Any
 
 # The loops are single-threaded Python. A multi-threaded BLAS (np.polyfit's least squares) leaves a
 # worker spinning after each call, which on a 2-core machine slows whatever is timed next, so BLAS is
-# held to one thread; fclens uses no BLAS here and is timed on one thread and on its default count.
+# held to one thread; fclens uses no BLAS here.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -60,7 +60,6 @@ from fclens.ald import (
     _per_tile,
     _regression_sums,
     _sort_rows,
-    _usable_cpus,
     fit_ald,
 )
 
@@ -112,10 +111,10 @@ def author_joint(weight: np.ndarray, per_class: dict[str, np.ndarray]) -> dict[s
     }
 
 
-def ours_per_class(weight: np.ndarray, workers: int | None) -> tuple[PartFit, PartFit]:
+def ours_per_class(weight: np.ndarray) -> tuple[PartFit, PartFit]:
     """The per-class part of ``fit_ald(method="regression")`` alone: the private core that sorts W a
     tile of rows at a time and fits every class's two parts (no joint fit, no marginal means)."""
-    tiles = _per_tile(weight, regression=True, mle=False, workers=workers)
+    tiles = _per_tile(weight, regression=True, mle=False)
     return _parts(_joined_sums(tiles), np.concatenate([tile.non_finite for tile in tiles]) > 0)
 
 
@@ -175,8 +174,8 @@ def same_numbers(a: ALDFit, b: ALDFit) -> bool:
     )
 
 
-def pool_or_plain(repeats: int) -> str:
-    """(c): ``fit_ald(W)`` on its default threads against no pool and against no tiles, side by side."""
+def tiles_or_at_once(repeats: int) -> str:
+    """(c): ``fit_ald(W)`` (tiles of rows) against every row at once, side by side."""
     import timm
 
     import fclens
@@ -188,34 +187,26 @@ def pool_or_plain(repeats: int) -> str:
         .weight.detach()
         .numpy(),
     }
-    fits: dict[str, Callable[[np.ndarray], ALDFit]] = {
-        "pool": fit_ald,
-        "tiles": lambda w: fit_ald(w, workers=1),
-        "at once": all_rows_at_once,
-    }
-    cpus = _usable_cpus()
+    fits: dict[str, Callable[[np.ndarray], ALDFit]] = {"tiles": fit_ald, "at once": all_rows_at_once}
     rows = [
-        f"| head | `fit_ald(W)`, pool of {cpus} threads | tiles, no pool (`workers=1`) | all rows at once | "
-        "pool's speed-up over no pool | over all at once | same numbers |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| head | `fit_ald(W)`, tiles of rows | all rows at once | tiles' speed-up | same numbers |",
+        "|---|---:|---:|---:|---|",
     ]
     for name, w in heads.items():
         results = {key: fit(w) for key, fit in fits.items()}  # warm-up, and the numbers compared
-        same = all(same_numbers(results["pool"], other) for other in results.values())
+        same = same_numbers(results["tiles"], results["at once"])
         times: dict[str, list[float]] = {key: [] for key in fits}
         for i in range(repeats):
-            order = list(fits)[i % 3 :] + list(fits)[: i % 3]  # each goes first, second and third in turn
-            for key in order:
+            for key in list(fits)[::-1] if i % 2 else fits:  # each goes first in turn
                 times[key].append(timed(fits[key], w)[0])
         med = {key: statistics.median(v) for key, v in times.items()}
         rows.append(
-            f"| {name}, {w.shape[0]}×{w.shape[1]} | {med['pool'] * 1e3:.1f} ms | {med['tiles'] * 1e3:.1f} ms | "
-            f"{med['at once'] * 1e3:.1f} ms | {med['tiles'] / med['pool']:.2f}× | "
-            f"{med['at once'] / med['pool']:.2f}× | {'yes, bit for bit' if same else 'NO'} |"
+            f"| {name}, {w.shape[0]}×{w.shape[1]} | {med['tiles'] * 1e3:.1f} ms | {med['at once'] * 1e3:.1f} ms | "
+            f"{med['at once'] / med['tiles']:.2f}× | {'yes, bit for bit' if same else 'NO'} |"
         )
     setup = (
-        f"Medians of {repeats} interleaved repeats (order rotated), after a warm-up of each; numpy "
-        f"{np.__version__}, {cpus} usable CPUs, load average {os.getloadavg()[0]:.2f} at the end."
+        f"Medians of {repeats} interleaved repeats (order alternated), after a warm-up of each; numpy "
+        f"{np.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end."
     )
     return "\n".join([setup, "", *rows]) + "\n"
 
@@ -230,10 +221,10 @@ def main() -> None:
         help="classes fitted by the scipy loop (its time is extrapolated to all classes)",
     )
     parser.add_argument("--out", type=Path, help="also write the table to this file")
-    parser.add_argument("--pool", action="store_true", help="run (c) instead of (a) and (b)")
+    parser.add_argument("--tiles", action="store_true", help="run (c) instead of (a) and (b)")
     args = parser.parse_args()
-    if args.pool:
-        text = pool_or_plain(args.repeats)
+    if args.tiles:
+        text = tiles_or_at_once(args.repeats)
         print(text)
         if args.out is not None:
             args.out.write_text(text, encoding="utf-8")
@@ -243,28 +234,23 @@ def main() -> None:
     subset = weight[: args.scipy_classes]
     fit_ald(weight)  # warm-up: imports, first-touch allocations
 
-    cpus = _usable_cpus()
-    keys = ("author", "joint", "ours_1", "ours_n", "ours_all", "scipy", "mle_1", "mle_n")
+    keys = ("author", "joint", "ours", "ours_all", "scipy", "mle")
     times: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(args.repeats):
         t, ref = timed(author_per_class, weight)
         times["author"].append(t)
         t, ref_joint = timed(author_joint, weight, ref)
         times["joint"].append(t)
-        t, _ = timed(ours_per_class, weight, 1)
-        times["ours_1"].append(t)
-        t, _ = timed(ours_per_class, weight, None)
-        times["ours_n"].append(t)
+        t, _ = timed(ours_per_class, weight)
+        times["ours"].append(t)
         t, ours = timed(fit_ald, weight, "regression")
         times["ours_all"].append(t)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             t, (params, ll_scipy) = timed(scipy_mle, subset)
         times["scipy"].append(t / len(subset) * N_CLASSES)
-        t, _ = timed(fit_ald, weight, "mle", 1)
-        times["mle_1"].append(t)
         t, mle_fit = timed(fit_ald, weight, "mle")
-        times["mle_n"].append(t)
+        times["mle"].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
     author_all = statistics.median(a + j for a, j in zip(times["author"], times["joint"], strict=True))
 
@@ -284,23 +270,18 @@ def main() -> None:
     diff = ll_ours - ll_scipy
     kappa_rel = np.abs(mle_fit.mle.kappa[: len(subset)] / params[:, 0] - 1)
 
-    threads = f"{cpus} threads" if cpus > 1 else "1 thread"
     rows = [
         "| step | loop (baseline) | fclens, vectorised | speed-up |",
         "|---|---:|---:|---:|",
-        f"| (a) paper's regression fit, per class: 1000 classes × 2 parts, 1 thread | "
-        f"{med['author'] * 1e3:.1f} ms (np.polyfit loop) | {med['ours_1'] * 1e3:.1f} ms (private per-class "
-        f"core) | {med['author'] / med['ours_1']:.1f}× |",
-        f"| (a) the same, {threads} (fclens's default) | {med['author'] * 1e3:.1f} ms | "
-        f"{med['ours_n'] * 1e3:.1f} ms | {med['author'] / med['ours_n']:.1f}× |",
+        f"| (a) paper's regression fit, per class: 1000 classes × 2 parts | "
+        f"{med['author'] * 1e3:.1f} ms (np.polyfit loop) | {med['ours'] * 1e3:.1f} ms (private per-class "
+        f"core) | {med['author'] / med['ours']:.1f}× |",
         f"| (a′) the same + marginal means + joint fit of all 2.05 M weights, i.e. "
-        f'`fit_ald(W, method="regression")`, {threads} | {author_all * 1e3:.1f} ms | '
+        f'`fit_ald(W, method="regression")` | {author_all * 1e3:.1f} ms | '
         f"{med['ours_all'] * 1e3:.1f} ms | {author_all / med['ours_all']:.1f}× |",
-        f"| (b) ALD maximum likelihood, 1000 classes, 1 thread | {med['scipy']:.2f} s (scipy fit loop; "
-        f"{args.scipy_classes} classes timed, extrapolated) | {med['mle_1'] * 1e3:.1f} ms "
-        f'(`fit_ald(W, method="mle", workers=1)`, incl. KS and AIC) | {med["scipy"] / med["mle_1"]:.0f}× |',
-        f"| (b) the same, {threads} | {med['scipy']:.2f} s | {med['mle_n'] * 1e3:.1f} ms | "
-        f"{med['scipy'] / med['mle_n']:.0f}× |",
+        f"| (b) ALD maximum likelihood, 1000 classes | {med['scipy']:.2f} s (scipy fit loop; "
+        f"{args.scipy_classes} classes timed, extrapolated) | {med['mle'] * 1e3:.1f} ms "
+        f'(`fit_ald(W, method="mle")`, incl. KS and AIC) | {med["scipy"] / med["mle"]:.0f}× |',
     ]
     checks = [
         f"- (a) largest relative difference of any per-class a, b, R², κ, λ, m vs the loop: {reg_diff:.1e}; "
@@ -315,7 +296,7 @@ def main() -> None:
         f"Weights: {N_CLASSES}×{N_INPUTS} float32 from EfficientNet-Lite0's classifier (tiled to 2048 "
         f"columns with a fixed seed, ×(1 + 0.05·N(0,1))). Medians of {args.repeats} interleaved repeats. "
         f"numpy {np.__version__}, scipy {scipy.__version__}, Python {platform.python_version()}, "
-        f"{platform.processor() or platform.machine()}, {cpus} usable CPUs."
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs."
     )
     text = "\n".join([setup, "", *rows, "", *checks]) + "\n"
     print(text)

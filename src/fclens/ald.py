@@ -24,16 +24,13 @@ Example::
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import math
 import os
-import queue
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.special
@@ -282,23 +279,19 @@ class ALDFit:
 # ---------------------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------------------
-def fit_ald(weight: Any, method: str = "all", workers: int | None = None) -> ALDFit:
+def fit_ald(weight: Any, method: str = "all") -> ALDFit:
     """Fit an ALD to every class of a final layer's weight matrix (PAPER.md §2, plus an MLE).
 
     ``weight``: C classes × D inputs, a torch tensor or anything numpy can read; a C×D×1×1 (1×1 conv
     classifier) is squeezed to C×D and a 1-D row is one class. ``method``: "all", "regression" (the
     paper's fit only, ``mle`` None) or "mle" (the maximum-likelihood fit only, regression parts None).
-    ``workers``: threads that share the classes (default: the CPUs this process may use); the numbers
-    are the same bit for bit whatever their count.
     """
     if method not in METHODS:
         raise FclensError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
-    if workers is not None and workers < 1:
-        raise FclensError(f"workers must be a positive number of threads; got {workers}")
     w = _as_matrix(weight)
     n_classes, n_inputs = w.shape
     with_regression, with_mle = method in ("all", "regression"), method in ("all", "mle")
-    tiles = _per_tile(w, with_regression, with_mle, workers)
+    tiles = _per_tile(w, with_regression, with_mle)
     non_finite = np.concatenate([tile.non_finite for tile in tiles])
     bad = non_finite > 0
 
@@ -365,46 +358,31 @@ class _Tile(NamedTuple):
     mle: np.ndarray | None
 
 
-def _per_tile(w: np.ndarray, regression: bool, mle: bool, workers: int | None) -> list[_Tile]:
+def _per_tile(w: np.ndarray, regression: bool, mle: bool) -> list[_Tile]:
     """Cut W into tiles of whole rows (about ``_CHUNK`` values each), sort each tile once while it sits
     in the CPU cache, and hand it to the regression sums and/or the MLE. In row order.
 
-    Tiles are independent. The calling thread and ``workers`` − 1 pool threads take the next untaken
-    tile until none is left (numpy releases the GIL in the sort, the logarithm and the sums), so a
-    helper that wakes late just takes fewer tiles; a row's numbers do not depend on which thread took
-    its tile.
+    One thread, a plain loop: on the shared 2-core machine a thread pool over the tiles ran a whole
+    1000×1280 or 1000×2048 layer at 0.79–0.97× this loop's speed, and every row at once (no tiles)
+    took 1.04–1.29× this loop's time (``benchmarks/bench_ald.py --tiles``, BENCHMARKS.md, issue 14).
     """
     n_rows, n = w.shape
     step = max(1, _CHUNK // n)
-    starts = range(0, n_rows, step)
-    done: list[_Tile | None] = [None] * len(starts)
-    untaken: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for i in range(len(starts)):
-        untaken.put(i)
-
-    def take_tiles() -> None:
-        scratch = np.empty((step, n), dtype=w.dtype)  # sorting in place here skips a fresh allocation
-        while True:
-            try:
-                i = untaken.get_nowait()
-            except queue.Empty:
-                return
-            block = w[starts[i] : starts[i] + step]
-            rows = scratch[: len(block)]
-            non_finite = _sort_rows(block, out=rows)
-            done[i] = _Tile(
+    # Each tile is sorted in place in this one buffer: no fresh allocation per tile.
+    scratch = np.empty((min(step, n_rows), n), dtype=w.dtype)
+    tiles = []
+    for start in range(0, n_rows, step):
+        block = w[start : start + step]
+        rows = scratch[: len(block)]
+        non_finite = _sort_rows(block, out=rows)
+        tiles.append(
+            _Tile(
                 non_finite=non_finite,
                 sums=_regression_sums(rows, non_finite) if regression else None,
                 mle=_mle_block(rows) if mle else None,
             )
-
-    helpers = min(workers or _usable_cpus(), len(starts)) - 1
-    jobs = [_thread_pool(helpers).submit(take_tiles) for _ in range(helpers)] if helpers else []
-    take_tiles()
-    for job in jobs:
-        if not job.cancel():  # a helper that has not started by now has nothing left to do
-            job.result()
-    return cast(list[_Tile], done)
+        )
+    return tiles
 
 
 def _sort_rows(block: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -424,22 +402,6 @@ def _sort_rows(block: np.ndarray, out: np.ndarray) -> np.ndarray:
         non_finite[bad] = out.shape[1] - np.count_nonzero(finite, axis=1)
         out[bad] = np.sort(np.where(finite, out[bad], 0), axis=1)
     return non_finite
-
-
-@functools.cache
-def _thread_pool(threads: int) -> ThreadPoolExecutor:
-    """A pool of ``threads`` helper threads kept for the life of the process: a pool made per call
-    measured 1–2 ms slower on 1000×2048 (likely fresh threads' cold memory arenas)."""
-    return ThreadPoolExecutor(threads, thread_name_prefix="fclens-ald")
-
-
-if hasattr(os, "register_at_fork"):  # a forked child inherits the pools but not their threads
-    os.register_at_fork(after_in_child=_thread_pool.cache_clear)
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask where the OS has one."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -594,7 +556,7 @@ def _log_sums(rows: np.ndarray, neg_end: np.ndarray, pos_start: np.ndarray) -> n
             # |value| in the input's precision (exact), its logarithm in float64.
             t = np.log(np.abs(piece), dtype=np.float64)
             terms = (t, t * column[:cols], t * t)
-            # One 1-D reduceat per term: unlike a 2-D one, it lets other threads run meanwhile.
+            # One 1-D reduceat per term over the flattened piece: every run is a contiguous slice of it.
             sums = [np.add.reduceat(term.ravel(), starts[runs]) for term in terms]
             sums[1] += c0 * sums[0]  # the piece's column j is the row's column c0 + j
             out[:, runs] += sums
