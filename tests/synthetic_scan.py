@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from fclens.options import SCAN_DEFAULTS
 from fclens.scanning.schema import SCHEMA_VERSION, scan_schema
+from fclens.scanning.store import HEAD_FILE, MANIFEST
 
 PATHS = ["", "+", "++", "-", "--"]
 NODE_MEANS = {"": 1.0, "+": 3.0, "++": 2.0, "-": -2.0, "--": -1.5}
@@ -115,11 +116,10 @@ def write(
         "feature_grid": list(GRID),
         "preprocessing": {"input_size": [224, 224], "mean": [0.5] * 3, "std": [0.5] * 3},
         "options": SCAN_DEFAULTS.to_dict(),
-        "map_kind": "activation",
         "counts": {"images": rows, "ok": rows, "skipped": 0},
         "complete": True,
     }
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    (directory / MANIFEST).write_text(json.dumps(manifest))
     return columns
 
 
@@ -127,6 +127,6 @@ def _head(directory: Path, classes: int) -> None:
     from safetensors.numpy import save
 
     weight = np.random.default_rng(0).normal(size=(classes, FEATURES)).astype(np.float32)
-    (directory / "head.safetensors").write_bytes(
+    (directory / HEAD_FILE).write_bytes(
         save({"weight": weight, "bias": np.zeros(classes, np.float32)})
     )

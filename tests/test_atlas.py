@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import synthetic_scan as synthetic
 from fclens.atlas import atlas, read_maps
 from fclens.cli import main
 from fclens.errors import FclensError
+from fclens.scanning import read_scan
 
 CLASSES = 6
 
@@ -127,3 +129,83 @@ def test_cli_writes_json_and_pages(
     ]
     assert main(["atlas", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     assert "not a scan" in capsys.readouterr().err
+
+
+# --- a version-1 scan (tests/fixtures/scan-v1, written by fclens 067169c) and an incomplete one ---------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def version_1_scan(root: Path) -> Path:
+    """The version-1 fixture under ``root``, its photos beside it as when it was made (its paths are relative
+    to the folder the scan ran in), its recorded source pointing at them."""
+    shutil.copytree(FIXTURES / "scan-v1", root / "scan-v1")
+    shutil.copytree(FIXTURES / "photos", root / "run" / "photos")
+    manifest = json.loads((root / "scan-v1" / "manifest.json").read_text())
+    manifest["source"] = str(root / "run" / "photos")
+    (root / "scan-v1" / "manifest.json").write_text(json.dumps(manifest))
+    return root / "scan-v1"
+
+
+def drawn_pages(folder: Path) -> str:
+    return "".join(page.read_text() for page in folder.glob("class-*.html"))
+
+
+def test_a_version_1_scan_still_reads_atlases_and_prunes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    directory = version_1_scan(tmp_path)
+    scan = read_scan(directory)
+    options = scan.manifest.options
+    assert (options.maps, options.min_size, options.scores, options.contrast) == (
+        ("activation",),
+        4,
+        "terminal",
+        "runner-up",
+    )
+    assert scan.manifest.schema_version == 1 and scan.class_names == ["tabby", "espresso", "other"]
+    assert scan.features().shape == (6, 16) and scan.grid == (8, 8)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not where the scan ran: its relative paths are found from the source
+    assert main(["atlas", str(directory), "--out", "atlas", "--html", "--top-k", "2"]) == 0
+    pages = drawn_pages(elsewhere / "atlas")
+    assert "not shown:" not in pages and pages.count("data:image/") >= 4
+    assert main(["prune", str(directory), "--out", "prune", "--sparsity", "0.5", "--methods", "tree"]) == 0
+    assert "6 images (6 labelled)" in capsys.readouterr().out
+
+
+def test_an_incomplete_scan_is_read_with_a_one_line_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    directory = version_1_scan(tmp_path)
+    (directory / "part-00001.parquet").unlink()  # killed before the last shard: no grid recorded yet
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest.update(complete=False, feature_grid=None, shards=["part-00000.parquet"])
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.chdir(tmp_path)
+    for command in (
+        ["atlas", str(directory), "--out", "a"],
+        ["atlas", str(directory), "--out", "b", "--html"],
+    ):
+        assert main(command) == 0
+        warning = capsys.readouterr().err
+        assert (
+            "incomplete scan (6 of 7 images)" in warning and "Rerun the same `fclens scan` command" in warning
+        )
+        assert len(warning.strip().splitlines()) == 1
+    assert "not shown:" not in drawn_pages(tmp_path / "b")
+    assert main(["prune", str(directory), "--out", "p", "--sparsity", "0.5", "--methods", "tree"]) == 0
+    assert "incomplete scan (6 of 7 images)" in capsys.readouterr().err
+
+
+def test_atlas_of_a_folder_of_images_says_to_scan_it_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    shutil.copytree(FIXTURES / "photos", tmp_path / "photos")
+    assert main(["atlas", str(tmp_path / "photos"), "--out", str(tmp_path / "atlas")]) == 2
+    message = capsys.readouterr().err
+    assert (
+        "is a folder of images, not a scan" in message and "--out SCAN`, then `fclens atlas SCAN`" in message
+    )
+    assert f"--out {tmp_path / 'photos'}" not in message

@@ -60,7 +60,7 @@ def test_scan_and_atlas_find_the_designed_partners(tmp_path: Path) -> None:
         ka.classifier(), ka.KnownAnswersDataset(data), tmp_path / "scan", min_size=ka.MIN_SIZE, workers=0,
         batch_size=32, progress=False,
     )  # fmt: skip
-    assert scanned.manifest["counts"]["ok"] == len(data)
+    assert scanned.manifest.counts["ok"] == len(data)
     found = atlas(scanned, top_k=5)
     assert [c.index for c in found.classes] == list(range(len(ka.CLASS_NAMES)))
     holds_partner = set(data.with_partner.tolist())

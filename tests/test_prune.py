@@ -417,7 +417,7 @@ def test_a_written_pruned_model_predicts_what_the_curve_said(
     assert str(written) in doc["files"]
     point = next(p for p in doc["points"] if p["method"] == "tree")
 
-    reloaded = fclens.load_model(scanned.manifest["model"]["source"], weights=written)
+    reloaded = fclens.load_model(scanned.manifest.model["source"], weights=written)
     layer = reloaded.head.layer.weight.detach().reshape(scanned.weight.shape).numpy()
     mask = prune(scanned.weight, 0.9, "tree")
     np.testing.assert_array_equal(layer != 0, mask)  # exactly the curve's weights were zeroed

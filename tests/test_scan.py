@@ -56,8 +56,8 @@ def test_a_folder_gives_one_row_per_image_with_labels_from_its_subfolders(scanne
     assert rows["chelsea-2.jpg"]["target"] == 282  # the label, not the prediction
     assert rows["broken.jpg"]["status"] == "skipped" and "truncated" in rows["broken.jpg"]["reason"]
     assert rows["notes.png"]["status"] == "skipped" and rows["notes.png"]["pred"] is None
-    assert scanned.manifest["counts"] == {"images": 10, "ok": 8, "skipped": 2}
-    assert scanned.manifest["complete"] is True
+    assert scanned.manifest.counts == {"images": 10, "ok": 8, "skipped": 2}
+    assert scanned.manifest.complete is True
     assert scanned.class_names[282] == "tiger cat"
 
 
@@ -113,7 +113,7 @@ def test_the_table_reads_without_fclens(scanned: fclens.Scan) -> None:
     frame = pl.read_parquet(shards)
     assert frame.height == 10 and frame["node_map"].dtype == pl.List(pl.List(pl.Float16))
     manifest = json.loads((scanned.directory / MANIFEST).read_text())
-    assert manifest["schema_version"] == 1 and len(manifest["class_names"]) == 1000
+    assert manifest["schema_version"] == 2 and len(manifest["class_names"]) == 1000
     assert manifest["feature_grid"] == [7, 7] and manifest["model"]["head_sha256"]
 
 
@@ -140,10 +140,10 @@ def test_an_interrupted_scan_resumes_without_losing_or_repeating_an_image(
     with pytest.raises(KeyboardInterrupt):
         scan(classifier, Interrupting(photos, stop_at=9), out, **options)
     first = {path.name: path.read_bytes() for path in out.glob("part-*.parquet")}
-    assert len(first) == 2 and not read_scan(out).manifest["complete"]
+    assert len(first) == 2 and not read_scan(out).manifest.complete
     done = scan(classifier, Interrupting(photos), out, **options)
     assert done.table.column("index").to_pylist() == list(range(12))
-    assert done.manifest["complete"] and done.manifest["counts"]["ok"] == 12
+    assert done.manifest.complete and done.manifest.counts["ok"] == 12
     assert all((out / name).read_bytes() == data for name, data in first.items())  # finished shards kept
     again = scan(classifier, Interrupting(photos), out, **options)  # nothing left to do
     assert again.table.num_rows == 12
@@ -154,10 +154,10 @@ def test_another_model_or_options_into_the_same_directory_is_refused(
 ) -> None:
     out = tmp_path / "scan"
     scan(classifier, Interrupting(photos), out, workers=0, progress=False)
-    with pytest.raises(ScanError, match=r"differs in: options.*--force"):
+    with pytest.raises(ScanError, match=r"min_size: 20 then, 10 now.*--force"):
         scan(classifier, Interrupting(photos), out, workers=0, min_size=10, progress=False)
     redone = scan(classifier, Interrupting(photos), out, workers=0, min_size=10, force=True, progress=False)
-    assert redone.manifest["options"]["min_size"] == 10 and redone.table.num_rows == 12
+    assert redone.manifest.options.min_size == 10 and redone.table.num_rows == 12
 
 
 def test_a_list_gives_paths_relative_to_itself_and_labels_by_name_or_index(
@@ -206,7 +206,7 @@ def test_a_non_affine_head_is_scanned_with_gradient_maps(tmp_path: Path) -> None
     images = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     data = [(image, i % 6) for i, image in enumerate(images)]
     result = scan(model, data, tmp_path / "scan", workers=0, min_size=8, progress=False)
-    assert result.manifest["model"]["pooling"] == "token" and result.grid == (14, 14)
+    assert result.manifest.model["pooling"] == "token" and result.grid == (14, 14)
     row = result.ok().to_pylist()[0]
     share = dict(zip(row["node_path"], row["node_contribution"], strict=True))
     assert share["+"] + share["-"] + result.bias[row["target"]] == pytest.approx(row["logit_target"], abs=1e-3)
@@ -218,7 +218,7 @@ def test_cli_scan_reports_skipped_images_and_exit_3(folder: Path, tmp_path: Path
     printed = capsys.readouterr().out
     assert "broken.jpg: skipped: truncated" in printed and "scanned 8 of 10 images (2 skipped)" in printed
     assert main(["scan", str(folder), "--out", str(tmp_path / "scan"), "--min-size", "10"]) == 2
-    assert "differs in: options" in capsys.readouterr().err
+    assert "min_size: 20 then, 10 now" in capsys.readouterr().err
 
 
 def test_cli_scan_bad_input_is_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

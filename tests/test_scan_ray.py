@@ -75,8 +75,8 @@ def test_ray_engine_on_two_nodes_writes_the_local_engines_rows(
         ray_address=cluster.address,
         progress=False,
     )
-    assert remote.manifest["counts"] == local.manifest["counts"] == {"images": 26, "ok": 24, "skipped": 2}
-    assert remote.manifest["complete"] and remote.manifest["feature_grid"] == local.manifest["feature_grid"]
+    assert remote.manifest.counts == local.manifest.counts == {"images": 26, "ok": 24, "skipped": 2}
+    assert remote.manifest.complete and remote.manifest.feature_grid == local.manifest.feature_grid
     ours, theirs = rows(tmp_path / "ray"), rows(tmp_path / "local")
     for column in (
         "index",
@@ -142,7 +142,7 @@ def test_a_model_actor_lost_mid_scan_costs_no_image_and_repeats_none(
     )
     assert marker.exists()  # an actor did die
     assert sorted(result.table.column("index").to_pylist()) == list(range(26))  # each image exactly once
-    assert result.manifest["complete"] and result.manifest["counts"] == {"images": 26, "ok": 24, "skipped": 2}
+    assert result.manifest.complete and result.manifest.counts == {"images": 26, "ok": 24, "skipped": 2}
 
 
 @pytest.mark.slow

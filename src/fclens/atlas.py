@@ -13,8 +13,8 @@ the model gives b. The scan keeps the five most probable classes of each image (
 so b's probability counts as 0 on an image where b is not among them: a lower bound, exact for every
 rival that matters (a rival outside an image's top 5 has less than a fifth of the mass left).
 
-The aggregation is columnar, in pyarrow compute, one shard at a time: each shard is read with only the
-columns needed (never the maps), reduced to per-class partial sums and top-k candidates, and merged
+The aggregation is columnar, in pyarrow compute, one batch of rows at a time: the scan's one reader
+(:meth:`fclens.scanning.Scan.batches`) reads only the columns needed (never the maps), each batch reduced to per-class partial sums and top-k candidates, and merged
 into accumulators whose size depends on the classes, not on the images. pyarrow is what the scan is
 written with, so the atlas needs no other engine; ``benchmarks/bench_atlas.py`` measures it beside
 DuckDB on the same table. Maps are read back only for the few images an HTML page draws.
@@ -23,17 +23,20 @@ DuckDB on the same table. Maps are read back only for the few images an HTML pag
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 
 from fclens.errors import FclensError
+
+if TYPE_CHECKING:
+    from fclens.scanning.store import Manifest, Scan
 
 __all__ = ["Atlas", "AtlasImage", "ClassAtlas", "NodeMean", "Pair", "Rival", "atlas", "read_maps"]
 
@@ -45,11 +48,11 @@ LOWEST = 10
 """Classes listed as the least accurate."""
 
 _AGGREGATED = [
-    "index", "path", "status", "label", "pred", "top5", "top5_prob", "target", "rival",
+    "index", "path", "label", "pred", "top5", "top5_prob", "target", "rival",
     "logit_target", "logit_rival", "node_path", "node_size", "node_contribution",
 ]  # fmt: skip
 _PICKED = [
-    "index", "path", "status", "target", "rival", "logit_target", "logit_rival", "node_path", "node_contribution",
+    "index", "path", "target", "rival", "logit_target", "logit_rival", "node_path", "node_contribution",
 ]  # fmt: skip
 """The columns of each pass: the totals, then the top images (never the maps)."""
 
@@ -146,15 +149,22 @@ class Atlas:
     ``pairs`` are the confusion pairs over the data set, each direction on its own, most confusing first.
     """
 
-    directory: Path
-    manifest: dict[str, Any]
+    scan: Scan
     classes: list[ClassAtlas]
     pairs: list[Pair]
     top_k: int
 
     @property
+    def directory(self) -> Path:
+        return self.scan.directory
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.scan.manifest
+
+    @property
     def class_names(self) -> list[str]:
-        return list(self.manifest["class_names"])
+        return list(self.manifest.class_names)
 
     @property
     def labelled(self) -> bool:
@@ -170,7 +180,7 @@ class Atlas:
         names = self.class_names
         return {
             "scan": str(self.directory),
-            "model": self.manifest.get("model", {}).get("name"),
+            "model": self.manifest.model.get("name"),
             "top_k": self.top_k,
             "classes": [c.to_dict() for c in self.classes],
             "pairs": [
@@ -191,26 +201,28 @@ class Atlas:
         }
 
 
-def atlas(scan: Any, top_k: int = 8) -> Atlas:
-    """The atlas of a scan (a :class:`fclens.scanning.Scan` or its directory), ``top_k`` images per list."""
+def atlas(scan: Scan | str | os.PathLike[str], top_k: int = 8) -> Atlas:
+    """The atlas of a scan (a :class:`fclens.scanning.Scan` or its directory), ``top_k`` images per list.
+
+    A scan that did not finish gives the atlas of the rows it holds, with an ``IncompleteScanWarning``.
+    """
     if top_k < 1:
         raise FclensError(f"top_k must be at least 1, got {top_k}")
-    directory = Path(scan.directory if hasattr(scan, "directory") else scan)
-    from fclens.scanning import read_scan
-
-    manifest = read_scan(directory).manifest
-    names = list(manifest["class_names"])
-    shards = _shard_paths(directory)
+    scan = _opened(scan)
+    if not scan.dataset.files:
+        raise FclensError(f"{scan.directory} holds no rows yet; rerun the scan that writes it to finish it")
+    scan.warn_if_incomplete()
+    names = scan.class_names
     totals = _Totals()
-    for table in _ok_rows(shards, _AGGREGATED):
+    for table in scan.batches(_AGGREGATED, ok_only=True):
         totals.add(table)
     summary = totals.finish(names)
     confusing = {k: summary.confusing(k) for k in summary.classes}
     top_rival = {k: found[0].index for k, found in summary.rivals.items() if found}
     picks = _Picks(top_k)
-    for table in _ok_rows(shards, _PICKED):
+    for table in scan.batches(_PICKED, ok_only=True):
         picks.add(table, confusing, top_rival)
-    kept = {which: picks.grouped(which) for which in ("confusing", "rival")}
+    kept = {which: picks.grouped(which, scan.locate) for which in ("confusing", "rival")}
     classes = [
         ClassAtlas(
             index=k,
@@ -225,21 +237,18 @@ def atlas(scan: Any, top_k: int = 8) -> Atlas:
         )
         for k, row in sorted(summary.classes.items())
     ]
-    return Atlas(directory, manifest, classes, summary.pairs, top_k)
+    return Atlas(scan, classes, summary.pairs, top_k)
 
 
-def read_maps(directory: str | os.PathLike[str], indices: set[int]) -> dict[int, dict[str, Any]]:
+def read_maps(scan: Scan | str | os.PathLike[str], indices: set[int]) -> dict[int, dict[str, Any]]:
     """``node_path``, ``node_map`` (n, h·w) and ``contrast_map`` (h·w) float32 of the rows with these indices.
 
-    One pass over the shards, keeping only those rows: what the pages draw, never the whole table.
+    One filtered read: only those rows' maps, what the pages draw, never the whole table.
     """
-    wanted = pa.array(sorted(indices), pa.int64())
+    wanted = ds.field("index").isin(pa.array(sorted(indices), pa.int64()))
     found: dict[int, dict[str, Any]] = {}
-    columns = ["index", "status", "node_path", "node_map", "contrast_map"]
-    for table in _ok_rows(_shard_paths(Path(directory)), columns):
-        table = table.filter(pc.is_in(table.column("index"), wanted))
-        if not table.num_rows:
-            continue
+    columns = ["index", "node_path", "node_map", "contrast_map"]
+    for table in _opened(scan).batches(columns, ok_only=True, filter=wanted):
         counts = pc.list_value_length(table.column("node_path")).to_numpy()
         maps = _floats(pc.list_flatten(pc.list_flatten(table.column("node_map"))))
         maps = np.split(maps.reshape(counts.sum(), -1), np.cumsum(counts)[:-1])
@@ -258,20 +267,10 @@ def _floats(values: Any) -> np.ndarray:
 # --- the passes ----------------------------------------------------------------------------------------
 
 
-def _shard_paths(directory: Path) -> list[Path]:
-    from fclens.scanning.store import shard_paths
+def _opened(scan: Scan | str | os.PathLike[str]) -> Scan:
+    from fclens.scanning.store import Scan, read_scan
 
-    shards = shard_paths(directory)
-    if not shards:
-        raise FclensError(f"{directory} holds no rows yet; run or finish `fclens scan ... --out {directory}`")
-    return shards
-
-
-def _ok_rows(shards: list[Path], columns: list[str]) -> Iterator[pa.Table]:
-    """Each shard's ``ok`` rows with only ``columns``: the unit of memory of every pass."""
-    for shard in shards:
-        table = pq.read_table(shard, columns=columns).combine_chunks()
-        yield table.filter(pc.equal(table.column("status"), "ok"))
+    return scan if isinstance(scan, Scan) else read_scan(scan)
 
 
 def _flat(table: pa.Table, lists: list[str], keep: list[str]) -> pa.Table:
@@ -469,11 +468,11 @@ class _Picks:
             rows, [("strength", "descending"), ("index", "ascending")], self.top_k
         )
 
-    def grouped(self, which: str) -> dict[int, list[AtlasImage]]:
-        """The kept images of one list by class, strongest first."""
+    def grouped(self, which: str, locate: Callable[[str], Path]) -> dict[int, list[AtlasImage]]:
+        """The kept images of one list by class, strongest first, each where ``locate`` finds its file."""
         grouped: dict[int, list[AtlasImage]] = {}
         for row in [] if self.kept[which] is None else self.kept[which].to_pylist():
             grouped.setdefault(row["k"], []).append(
-                AtlasImage(row["index"], row["path"], row["strength"], row["rival"])
+                AtlasImage(row["index"], str(locate(row["path"])), row["strength"], row["rival"])
             )
         return grouped

@@ -17,7 +17,8 @@ import hashlib
 import io
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -696,21 +697,31 @@ def _run_scan(args: argparse.Namespace) -> int:
         actors=args.actors,
         force=args.force,
     )
-    counts = result.manifest["counts"]
+    counts = result.manifest.counts
     if args.json:
-        _print_json({"out": str(args.out), "counts": counts, "complete": result.manifest["complete"]})
+        _print_json({"out": str(args.out), "counts": counts, "complete": result.manifest.complete})
     else:
-        skipped = result.table.filter(_skipped_mask(result.table))
+        import pyarrow.dataset as ds
+
+        skipped = result.rows(["index", "path", "reason"], filter=ds.field("status") == "skipped")
         for path, reason in zip(skipped.column("path").to_pylist(), skipped.column("reason").to_pylist(), strict=True):
             print(f"{path}: skipped: {reason}")
         print(f"scanned {counts['ok']} of {counts['images']} images ({counts['skipped']} skipped) into {args.out}")
     return EXIT_PARTIAL if counts["skipped"] else 0
 
 
-def _skipped_mask(table: Any) -> Any:
-    import pyarrow.compute as pc
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings while a command reads a scan (an incomplete scan's above all) as one line on stderr each."""
+    import warnings
 
-    return pc.equal(table.column("status"), "skipped")
+    def show(message: Warning | str, *_: Any, **__: Any) -> None:
+        print(f"fclens: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
 
 
 # ----------------------------------------------------------------------------------------------- atlas
@@ -719,7 +730,8 @@ def _run_atlas(args: argparse.Namespace) -> int:
     from fclens.atlas import atlas
     from fclens.report.atlas import PAGES
 
-    found = atlas(args.scan_dir, top_k=args.top_k)
+    with _one_line_warnings():
+        found = atlas(args.scan_dir, top_k=args.top_k)
     data = found.to_dict()
     written = [atomic_write_text(args.out / "atlas.json", json.dumps(data, indent=1, allow_nan=False) + "\n")]
     if args.html:
@@ -756,11 +768,12 @@ def _run_prune(args: argparse.Namespace) -> int:
         methods += [wanted[0]] if wanted[0] not in methods else []
         sparsities += [wanted[1]] if wanted[1] not in sparsities else []
     correction = BIAS_CORRECTIONS[args.bias_correction]
-    curve = prune_curve(
-        scan, methods=methods, sparsities=sparsities, bias_correction=correction, seed=args.seed
-    )
+    with _one_line_warnings():
+        curve = prune_curve(
+            scan, methods=methods, sparsities=sparsities, bias_correction=correction, seed=args.seed
+        )
     out = args.out or Path(f"fclens-prune-{_safe_name(args.scan_dir.resolve().name)}")
-    model_name = str((scan.manifest.get("model") or {}).get("name") or "the scanned model")
+    model_name = str(scan.manifest.model.get("name") or "the scanned model")
     written = [
         atomic_write_text(out / "prune.csv", curve.to_csv()),
         atomic_write_text(out / "prune.json", json.dumps(curve.to_dict(), indent=1, allow_nan=False) + "\n"),

@@ -327,12 +327,13 @@ def prune_curve(
 
     if isinstance(scan, (str, os.PathLike)):
         scan = read_scan(scan)
+    scan.warn_if_incomplete()
     features = scan.features()
-    ok = scan.ok()
-    labels = ok.column("label").to_numpy(zero_copy_only=False) if "label" in ok.column_names else None
-    pred = ok.column("pred").to_numpy(zero_copy_only=False) if "pred" in ok.column_names else None
+    ok = scan.rows(["index", "label", "pred"], ok_only=True)
+    labels = ok.column("label").to_numpy(zero_copy_only=False)
+    pred = ok.column("pred").to_numpy(zero_copy_only=False)
     if min_size is None:
-        min_size = int(scan.manifest.get("tree", {}).get("min_size", 20))
+        min_size = scan.manifest.options.min_size
     return evaluate(
         features,
         scan.weight,
@@ -512,14 +513,14 @@ def write_pruned(
         scan = read_scan(scan)
     _check_sparsity(sparsity)
     source = model_source(scan)
-    classifier = load_model(source, weights=scan.manifest["model"].get("weights"))
+    classifier = load_model(source, weights=scan.manifest.model.get("weights"))
     layer = classifier.head.layer
     w = scan.weight.astype(np.float32)
     loaded = layer.weight.detach().reshape(w.shape).cpu().numpy()
     if loaded.shape != w.shape or not np.allclose(loaded, w, rtol=0, atol=1e-6):
         raise FclensError(f"{source} as loaded now does not have the final layer this scan recorded")
     if min_size is None:
-        min_size = int(scan.manifest.get("tree", {}).get("min_size", 20))
+        min_size = scan.manifest.options.min_size
     mask = _mask(pruning_ranks(w, method, seed=seed, min_size=min_size), method, sparsity)
     with torch.no_grad():
         layer.weight.mul_(torch.from_numpy(mask).reshape(layer.weight.shape).to(layer.weight))
@@ -538,7 +539,7 @@ def write_pruned(
 def model_source(scan: Scan) -> str:
     """The source the scanned model can be reloaded from (its manifest's ``model.source``); FclensError
     for a model that was passed as a module."""
-    source = (scan.manifest.get("model") or {}).get("source")
+    source = scan.manifest.model.get("source")
     if not source:
         raise FclensError(
             "the scanned model was passed as a module, so fclens cannot reload it to write a pruned copy; "

@@ -80,12 +80,10 @@ class _Drawing:
 def write_atlas_pages(found: Atlas, out: str | Path) -> list[Path]:
     """Write ``index.html`` and ``class-<k>.html`` for every class into ``out``; return the paths."""
     out = Path(out)
-    manifest = found.manifest
-    settings = dict(manifest["preprocessing"])
+    settings = found.manifest.preprocessing
     preprocessing = Preprocessing(**{key: value for key, value in settings.items() if value is not None})
     drawn = {i.index for c in found.classes for i in (*c.confusing_images, *c.rival_images)}
-    grid = tuple(int(v) for v in manifest["feature_grid"])
-    drawing = _Drawing(preprocessing, (grid[0], grid[1]), read_maps(found.directory, drawn) if drawn else {})
+    drawing = _Drawing(preprocessing, found.scan.grid, read_maps(found.scan, drawn) if drawn else {})
     trees = _trees(found)
     written = []
     present = {c.index for c in found.classes}
@@ -99,12 +97,10 @@ def write_atlas_pages(found: Atlas, out: str | Path) -> list[Path]:
 
 def _trees(found: Atlas) -> dict[int, Any]:
     """The split tree of every class present, from the scanned final layer with the scan's settings."""
-    from fclens.scanning import read_scan
-
-    weight = read_scan(found.directory).weight
+    weight = found.scan.weight
     classes = [c.index for c in found.classes]
-    tree = found.manifest.get("tree") or found.manifest["options"]
-    grown = class_trees(weight[classes], classes, int(tree["min_size"]), str(tree["mode"]))
+    options = found.manifest.options
+    grown = class_trees(weight[classes], classes, options.min_size, options.mode)
     return dict(zip(classes, grown, strict=True))
 
 
@@ -147,7 +143,7 @@ def _index_page(found: Atlas) -> str:
     ]
     return render(
         "atlas-index.html.j2",
-        title=f"fclens atlas: {found.manifest.get('model', {}).get('name', 'a model')} on a scan",
+        title=f"fclens atlas: {found.manifest.model.get('name', 'a model')} on a scan",
         facts=_scan_facts(found),
         rows=rows,
         pairs=pairs,
@@ -168,7 +164,7 @@ def _class_page(found: Atlas, c: ClassAtlas, drawing: _Drawing, tree: Any, prese
         }
         for r in c.rivals
     ]
-    kind = str(found.manifest.get("map_kind", "activation"))
+    kind = found.manifest.options.primary
     confusing = [
         drawing.shot(
             i, _node_map(drawing.maps.get(i.index), c.confusing, kind), f"pull {fmt(i.strength, '.4g')}"
@@ -246,11 +242,14 @@ def _errors(count: int | None) -> str:
 
 def _scan_facts(found: Atlas) -> list[tuple[str, str]]:
     manifest = found.manifest
-    counts = manifest.get("counts", {})
+    scanned = str(manifest.counts.get("ok", "?"))
+    if not manifest.complete:
+        held = found.scan.dataset.count_rows()
+        scanned += f" (incomplete scan: {held} of {manifest.counts.get('images', '?')} images)"
     return [
-        ("model", str(manifest.get("model", {}).get("name", "?"))),
+        ("model", str(manifest.model.get("name", "?"))),
         ("scan", str(found.directory)),
-        ("images scanned", str(counts.get("ok", "?"))),
+        ("images scanned", scanned),
         ("classes present", str(len(found.classes))),
-        ("map kind", str(manifest.get("map_kind", "?"))),
+        ("map kind", manifest.options.primary),
     ]

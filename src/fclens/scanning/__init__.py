@@ -23,12 +23,11 @@ from torch.utils.data import Dataset
 
 from fclens.errors import FclensError
 from fclens.models import Classifier, load_model
-from fclens.options import SCAN_DEFAULTS, Options
+from fclens.options import SCAN_DEFAULTS
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.local import Decoding, default_workers, run_local
-from fclens.scanning.schema import SCHEMA_VERSION
 from fclens.scanning.sources import LABEL_MODES, Item, resolve_source
-from fclens.scanning.store import Scan, ScanError, ScanWriter, file_sha256, head_sha256, read_scan
+from fclens.scanning.store import Manifest, Scan, ScanError, ScanWriter, read_scan
 
 __all__ = ["ENGINES", "Scan", "ScanError", "read_scan", "scan"]
 
@@ -82,7 +81,7 @@ def scan(
     head = classifier.head
     weight = head.weight.detach().float().cpu().numpy()
     bias = head.bias.detach().float().cpu().numpy() if head.bias is not None else np.zeros(len(weight), np.float32)
-    manifest = _manifest(classifier, options, identity, weight, bias, len(items))
+    manifest = Manifest.of(classifier, options, identity, weight, bias, len(items))
     scanner = BatchScanner(classifier, options)
     writer = ScanWriter(out, manifest, (weight, bias), scanner.schema, force=force, shard_rows=shard_rows)
     pending = writer.pending(items)
@@ -122,60 +121,6 @@ def _items(source: Any, classifier: Classifier, labels: str) -> tuple[list[Item]
     raise FclensError(
         f"cannot scan a {type(source).__name__}; give a folder, a .csv/.parquet list or a torch Dataset"
     )
-
-
-def _manifest(
-    classifier: Classifier,
-    options: Options,
-    identity: str,
-    weight: Any,
-    bias: Any,
-    count: int,
-) -> dict[str, Any]:
-    from fclens import __version__
-
-    head = classifier.head
-    weights = classifier.weights
-    model = {
-        "name": classifier.name,
-        "source": classifier.source,
-        "weights": None if weights is None else str(Path(weights).resolve()),
-        "weights_sha256": None if weights is None else file_sha256(weights),
-        "head_sha256": head_sha256(weight, bias),
-        "final_layer": head.layer_name,
-        "feature_layer": head.feature_layer_name if head.affine else head.gradient_layer_name,
-        "pooling": head.pooling,
-    }
-    preprocessing = classifier.preprocessing
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "fclens_version": __version__,
-        "model": model,
-        "source": identity,
-        "class_names": list(classifier.class_names),
-        "num_features": int(head.num_features),
-        "feature_grid": None,
-        "preprocessing": {
-            "input_size": list(preprocessing.input_size),
-            "mean": list(preprocessing.mean),
-            "std": list(preprocessing.std),
-            "interpolation": preprocessing.interpolation,
-            "crop_pct": preprocessing.crop_pct,
-            "crop_mode": preprocessing.crop_mode,
-        },
-        "options": options.to_dict(),
-        "tree": {"min_size": options.min_size, "mode": options.mode},
-        "map_kind": options.primary,
-        "features": options.features,
-        "scores": options.scores,
-        "fingerprint": {
-            "model": [classifier.name, model["weights_sha256"], model["head_sha256"]],
-            "source": identity,
-            "options": options.to_dict(),
-            "schema": SCHEMA_VERSION,
-        },
-        "counts": {"images": count, "ok": 0, "skipped": 0},
-    }
 
 
 def _progress(total: int, done: int, enabled: bool) -> Any:

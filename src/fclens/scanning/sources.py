@@ -37,22 +37,29 @@ LABEL_MODES = ("auto", "none")
 """``auto``: labels from class-name subfolders or a list's ``label`` column; ``none``: no labels."""
 
 _LIST_SUFFIXES = (".csv", ".parquet")
+_CLOSE = 0.7
+"""How alike (difflib's ratio) a class name must be to a label to be offered as what was meant."""
+_LIST_CLASSES = 'python -c "import fclens; print(fclens.load_model().class_names)"'
 
 
 @dataclass(frozen=True)
 class Item:
-    """One image of a source: its position, where it is, and its class index when known."""
+    """One image of a source: its position, where it is (a file's absolute, normalised path, so that any
+    later reader finds it from any working directory), and its class index when known."""
 
     index: int
     path: str
     label: int | None = None
 
 
-def resolve_source(source: str | os.PathLike[str], class_names: Sequence[str], labels: str = "auto") -> list[Item]:
+def resolve_source(
+    source: str | os.PathLike[str], class_names: Sequence[str], labels: str = "auto"
+) -> list[Item]:
     """The items of a folder (searched recursively) or of a CSV/Parquet list with a ``path`` column.
 
     In a folder, an image inside a subfolder gets the subfolder's class (its first level below the folder);
     images directly in the folder have no label. A list's relative paths are relative to the list file.
+    Paths come back absolute and normalised (``..`` resolved, symbolic links kept).
     """
     if labels not in LABEL_MODES:
         raise FclensError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
@@ -69,13 +76,15 @@ def resolve_source(source: str | os.PathLike[str], class_names: Sequence[str], l
 def _folder_items(folder: Path, class_names: Sequence[str], with_labels: bool) -> list[Item]:
     files = iter_image_paths(folder)
     if not files:
-        raise FclensError(f"{folder}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise FclensError(
+            f"{folder}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     matcher = _LabelMatcher(class_names)
     items = []
     for position, file in enumerate(files):
         parts = file.relative_to(folder).parts
         label = matcher(parts[0], "subfolder") if with_labels and len(parts) > 1 else None
-        items.append(Item(position, str(file), label))
+        items.append(Item(position, os.path.abspath(file), label))
     return items
 
 
@@ -87,20 +96,29 @@ def _list_items(path: Path, class_names: Sequence[str], with_labels: bool) -> li
     try:
         if path.suffix.lower() == ".csv":
             table = pa_csv.read_csv(
-                path, convert_options=pa_csv.ConvertOptions(column_types={"path": pa.string(), "label": pa.string()})
+                path,
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={"path": pa.string(), "label": pa.string()}
+                ),
             )
         else:
             table = pq.read_table(path)
     except (OSError, pa.ArrowException) as error:
-        raise FclensError(f"{path}: cannot read the list ({_first_line(error)}); check that it is a valid "
-                          f"{path.suffix[1:].upper()} file") from None
+        raise FclensError(
+            f"{path}: cannot read the list ({_first_line(error)}); check that it is a valid "
+            f"{path.suffix[1:].upper()} file"
+        ) from None
     if "path" not in table.column_names:
         raise FclensError(
             f"{path}: the list has no 'path' column (columns: {', '.join(table.column_names) or 'none'}); "
             "add a header line with 'path' and optionally 'label'"
         )
     paths = table.column("path").to_pylist()
-    given = table.column("label").to_pylist() if with_labels and "label" in table.column_names else [None] * len(paths)
+    given = (
+        table.column("label").to_pylist()
+        if with_labels and "label" in table.column_names
+        else [None] * len(paths)
+    )
     matcher = _LabelMatcher(class_names)
     items = []
     for position, (file, label) in enumerate(zip(paths, given, strict=True)):
@@ -108,7 +126,7 @@ def _list_items(path: Path, class_names: Sequence[str], with_labels: bool) -> li
             raise FclensError(f"{path}: row {position + 1} has an empty path; every row needs one")
         file = Path(str(file))
         label = None if label is None or str(label).strip() == "" else matcher(label, "label")
-        items.append(Item(position, str(file if file.is_absolute() else path.parent / file), label))
+        items.append(Item(position, os.path.abspath(path.parent / file), label))
     if not items:
         raise FclensError(f"{path}: the list has no rows")
     return items
@@ -147,10 +165,13 @@ class _LabelMatcher:
                 return self.exact[text]
             if _loose(text) in self.loose:
                 return self.loose[_loose(text)]
-            close = difflib.get_close_matches(_loose(text), list(self.loose), n=3, cutoff=0.5)
-            hint = ", ".join(repr(self.names[self.loose[c]]) for c in close) or "none close"
+            close = difflib.get_close_matches(_loose(text), list(self.loose), n=3, cutoff=_CLOSE)
+            if close:
+                hint = "closest: " + ", ".join(repr(self.names[self.loose[c]]) for c in close)
+            else:
+                hint = f"no class name is close; list them with `{_LIST_CLASSES}` (naming your model)"
             raise FclensError(
-                f"{what} {text!r} matches no class of the model (closest: {hint}); rename it to a class "
+                f"{what} {text!r} matches no class of the model ({hint}); rename it to a class "
                 "name or index, or pass --labels none"
             )
         if not 0 <= index < len(self.names):
@@ -190,4 +211,6 @@ def decode_dataset_item(image: Any, preprocessing: Preprocessing) -> torch.Tenso
         return preprocessing(image_from_array(image))
     if isinstance(image, Image.Image):
         return preprocessing(image)
-    raise ImageError(f"a {type(image).__name__} is not an image; yield a PIL image, an array, a path or a tensor")
+    raise ImageError(
+        f"a {type(image).__name__} is not an image; yield a PIL image, an array, a path or a tensor"
+    )

@@ -1,10 +1,15 @@
 """A scan directory: the manifest, the final layer, and Parquet shards written atomically as they complete.
 
 The directory is the interface between the scan and everything that reads it (the atlas, pruning, a
-user's DuckDB or Polars query), so it is plain: ``manifest.json``, ``head.safetensors`` and
-``part-NNNNN.parquet`` (README.md, "Scan a data set"). A shard appears whole or not at all (written beside its
-name, then renamed), and the set of finished images is read back from the shards themselves, so a scan
-killed at any moment resumes without losing an image or writing one twice.
+user's pandas, DuckDB or Polars query), so it is plain: ``_manifest.json``, ``_head.safetensors`` and
+``part-NNNNN.parquet`` (README.md, "Scan a data set"). The leading ``_`` keeps the manifest and the head
+out of Parquet dataset discovery, so ``pd.read_parquet("scan/")`` reads the rows. A shard appears whole or
+not at all (written beside its name, then renamed), and the set of finished images is read back from the
+shards themselves, so a scan killed at any moment resumes without losing an image or writing one twice.
+
+:class:`Manifest` is the one reading of ``_manifest.json`` (version 1 scans, named ``manifest.json`` and
+``head.safetensors``, are converted on reading); :meth:`Scan.rows` and :meth:`Scan.batches` are the one
+reader of the rows, built on ``pyarrow.dataset`` so that a pass reads only the columns it needs.
 """
 
 from __future__ import annotations
@@ -13,26 +18,42 @@ import hashlib
 import json
 import os
 import re
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from fclens.errors import FclensError
 from fclens.io import atomic_write_bytes, atomic_write_text
-from fclens.options import Options
+from fclens.options import RUNNER_UP, Options
 from fclens.scanning.schema import SCHEMA_VERSION, scan_schema
 from fclens.scanning.sources import Item
 
-__all__ = ["HEAD_FILE", "MANIFEST", "Scan", "ScanError", "ScanWriter", "read_scan", "shard_paths"]
+__all__ = [
+    "HEAD_FILE",
+    "MANIFEST",
+    "IncompleteScanWarning",
+    "Manifest",
+    "Scan",
+    "ScanError",
+    "ScanWriter",
+    "read_scan",
+    "shard_paths",
+]
 
-MANIFEST = "manifest.json"
-HEAD_FILE = "head.safetensors"
+MANIFEST = "_manifest.json"
+HEAD_FILE = "_head.safetensors"
+_V1_NAMES = ("manifest.json", "head.safetensors")
+"""Where a version-1 scan keeps its manifest and head (read, never written)."""
 _SHARD = re.compile(r"part-(\d{5,})\.parquet")
 
 
@@ -40,10 +61,155 @@ class ScanError(FclensError):
     """A scan directory that cannot be written, resumed or read (one-line message)."""
 
 
+class IncompleteScanWarning(UserWarning):
+    """A reader works on a scan that did not finish: its results cover only the rows present."""
+
+
 def shard_paths(directory: Path) -> list[Path]:
     """The finished shards, in the order they were written."""
     found = [path for path in directory.glob("part-*.parquet") if _SHARD.fullmatch(path.name)]
     return sorted(found, key=lambda path: int(_SHARD.fullmatch(path.name).group(1)))
+
+
+@dataclass
+class Manifest:
+    """What a scan directory holds and how it was made: one record, read and written in one place.
+
+    ``model``: the scanned model's identity (name, source, weights and their digest, the final layer's
+    digest and names, pooling). ``source``: what identifies the images (a folder or list's absolute path,
+    or a dataset's type and size). ``options``: the scan's :class:`fclens.options.Options` (batch size
+    aside). ``counts``: ``images`` in the source, ``ok`` and ``skipped`` rows written so far.
+    """
+
+    model: dict[str, Any]
+    source: str
+    class_names: list[str]
+    num_features: int
+    preprocessing: dict[str, Any]
+    options: Options
+    feature_grid: tuple[int, int] | None = None
+    counts: dict[str, int] = field(default_factory=lambda: {"images": 0, "ok": 0, "skipped": 0})
+    complete: bool = False
+    shards: list[str] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+    fclens_version: str = ""
+
+    @classmethod
+    def of(
+        cls, classifier: Any, options: Options, source: str, weight: np.ndarray, bias: np.ndarray, images: int
+    ) -> Manifest:
+        """The manifest of a new scan of ``images`` images of ``source`` by ``classifier``."""
+        from fclens import __version__
+
+        head, weights, preprocessing = classifier.head, classifier.weights, classifier.preprocessing
+        model = {
+            "name": classifier.name,
+            "source": classifier.source,
+            "weights": None if weights is None else str(Path(weights).resolve()),
+            "weights_sha256": None if weights is None else file_sha256(weights),
+            "head_sha256": head_sha256(weight, bias),
+            "final_layer": head.layer_name,
+            "feature_layer": head.feature_layer_name if head.affine else head.gradient_layer_name,
+            "pooling": head.pooling,
+        }
+        return cls(
+            model=model,
+            source=source,
+            class_names=list(classifier.class_names),
+            num_features=int(head.num_features),
+            preprocessing={
+                "input_size": list(preprocessing.input_size),
+                "mean": list(preprocessing.mean),
+                "std": list(preprocessing.std),
+                "interpolation": preprocessing.interpolation,
+                "crop_pct": preprocessing.crop_pct,
+                "crop_mode": preprocessing.crop_mode,
+            },
+            options=options,
+            counts={"images": images, "ok": 0, "skipped": 0},
+            fclens_version=__version__,
+        )
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What was scanned and how: a rerun into the directory must match it to resume."""
+        model = [self.model.get("name"), self.model.get("weights_sha256"), self.model.get("head_sha256")]
+        return {
+            "model": model,
+            "source": self.source,
+            "options": self.options.to_dict(),
+            "schema version": self.schema_version,
+        }
+
+    def differences(self, now: Manifest) -> list[str]:
+        """Each way ``now`` differs from this earlier scan, both values named: "min_size: 20 then, 10 now"."""
+        before, after = self.fingerprint, now.fingerprint
+        found = []
+        for key in before:
+            if key == "options":
+                old, new = before[key], after[key]
+                found += [
+                    f"{name}: {old.get(name)!r} then, {new.get(name)!r} now"
+                    for name in dict.fromkeys([*old, *new])
+                    if old.get(name) != new.get(name)
+                ]
+            elif before[key] != after[key]:
+                found.append(f"{key}: {before[key]!r} then, {after[key]!r} now")
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``_manifest.json`` (schema version 2)."""
+        return {
+            "schema_version": self.schema_version,
+            "fclens_version": self.fclens_version,
+            "model": self.model,
+            "source": self.source,
+            "class_names": self.class_names,
+            "num_features": self.num_features,
+            "feature_grid": None if self.feature_grid is None else list(self.feature_grid),
+            "preprocessing": self.preprocessing,
+            "options": self.options.to_dict(),
+            "counts": self.counts,
+            "complete": self.complete,
+            "shards": self.shards,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Manifest:
+        """A manifest from its JSON, version 1 converted: its map kind, scores and tree become Options."""
+        if values.get("schema_version") == 1:
+            values = _from_version_1(values)
+        grid = values.get("feature_grid")
+        return cls(
+            model=dict(values.get("model") or {}),
+            source=str(values.get("source") or ""),
+            class_names=list(values["class_names"]),
+            num_features=int(values.get("num_features") or 0),
+            preprocessing=dict(values.get("preprocessing") or {}),
+            options=Options.from_dict(values["options"]),
+            feature_grid=None if grid is None else (int(grid[0]), int(grid[1])),
+            counts={key: int(value or 0) for key, value in (values.get("counts") or {}).items()},
+            complete=bool(values.get("complete")),
+            shards=list(values.get("shards") or []),
+            schema_version=int(values["schema_version"]),
+            fclens_version=str(values.get("fclens_version") or ""),
+        )
+
+
+def _from_version_1(values: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept the options up to three times (``options``, ``tree``, ``map_kind``/``features``/
+    ``scores``, the last with None for none); the earliest scans lack ``options``. One Options from them."""
+    tree = values.get("tree") or {}
+    options = dict(values.get("options") or {})
+    options.setdefault("maps", [values.get("map_kind") or "activation"])
+    options.setdefault("min_size", tree.get("min_size", 20))
+    options.setdefault("mode", tree.get("mode", "chains"))
+    options.setdefault("features", bool(values.get("features")))
+    options.setdefault("scores", values.get("scores"))
+    options["scores"] = options["scores"] or "none"
+    options["contrast"] = RUNNER_UP
+    options["maps"] = tuple(options["maps"])
+    return {**values, "options": options}
 
 
 class ScanWriter:
@@ -56,7 +222,7 @@ class ScanWriter:
     def __init__(
         self,
         directory: str | os.PathLike[str],
-        manifest: dict[str, Any],
+        manifest: Manifest,
         head: tuple[np.ndarray, np.ndarray],
         schema: pa.Schema,
         force: bool = False,
@@ -88,21 +254,21 @@ class ScanWriter:
             raise ScanError(
                 f"cannot write to {self.directory}: {error.strerror or error}; choose another --out"
             ) from None
-        path = self.directory / MANIFEST
-        if not path.is_file():
+        path = _manifest_path(self.directory)
+        if path is None:
             if shard_paths(self.directory):
-                raise ScanError(f"{self.directory} holds shards but no manifest; use another --out, or --force")
+                raise ScanError(
+                    f"{self.directory} holds shards but no manifest; use another --out, or --force"
+                )
             return
         if force:
-            for shard in shard_paths(self.directory):
-                shard.unlink()
+            for stale in [*shard_paths(self.directory), *(self.directory / name for name in _V1_NAMES)]:
+                stale.unlink(missing_ok=True)
             return
-        earlier = _read_manifest(path)
-        if earlier.get("fingerprint") != self.manifest["fingerprint"]:
-            before, now = earlier.get("fingerprint") or {}, self.manifest["fingerprint"]
-            differ = sorted(key for key in set(before) | set(now) if before.get(key) != now.get(key))
+        differences = _read_manifest(path).differences(self.manifest)
+        if differences:
             raise ScanError(
-                f"{self.directory} holds another scan (it differs in: {', '.join(differ) or 'schema'}); "
+                f"{self.directory} holds another scan ({'; '.join(differences)}); "
                 "use another --out, or --force to start over"
             )
 
@@ -150,23 +316,26 @@ class ScanWriter:
         """Write what is queued; the scan is complete when every one of the source's ``total`` images is in."""
         self.flush()
         if grid is not None:
-            self.manifest["feature_grid"] = list(grid)
+            self.manifest.feature_grid = (int(grid[0]), int(grid[1]))
         self._write_manifest(complete=len(self.done) >= total, total=total)
 
     def _write_manifest(self, complete: bool, total: int | None = None) -> None:
-        self.manifest["counts"] = {
-            "images": total if total is not None else self.manifest.get("counts", {}).get("images"),
+        manifest = self.manifest
+        manifest.counts = {
+            "images": manifest.counts.get("images", 0) if total is None else total,
             **self.counts,
         }
-        self.manifest["complete"] = complete
-        self.manifest["shards"] = [path.name for path in shard_paths(self.directory)]
-        atomic_write_text(self.directory / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
+        manifest.complete = complete
+        manifest.shards = [path.name for path in shard_paths(self.directory)]
+        atomic_write_text(self.directory / MANIFEST, json.dumps(manifest.to_dict(), indent=1) + "\n")
 
 
 def _head_bytes(weight: np.ndarray, bias: np.ndarray) -> bytes:
     from safetensors.numpy import save
 
-    return save({"weight": np.ascontiguousarray(weight, np.float32), "bias": np.ascontiguousarray(bias, np.float32)})
+    return save(
+        {"weight": np.ascontiguousarray(weight, np.float32), "bias": np.ascontiguousarray(bias, np.float32)}
+    )
 
 
 def head_sha256(weight: np.ndarray, bias: np.ndarray) -> str:
@@ -184,11 +353,31 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _manifest_path(directory: Path) -> Path | None:
+    """The manifest of the scan in ``directory`` (version 2's name, else version 1's), or None."""
+    for name in (MANIFEST, _V1_NAMES[0]):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _read_manifest(path: Path) -> Manifest:
     try:
-        return json.loads(path.read_text("utf-8"))
+        values = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as error:
-        raise ScanError(f"{path}: cannot read the manifest ({error}); use another --out, or --force") from None
+        raise ScanError(
+            f"{path}: cannot read the manifest ({error}); use another --out, or --force"
+        ) from None
+    version = values.get("schema_version") if isinstance(values, dict) else None
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ScanError(
+            f"{path.parent} has scan schema version {version}; this fclens reads up to {SCHEMA_VERSION}: "
+            "upgrade fclens"
+        )
+    try:
+        return Manifest.from_dict(values)
+    except (KeyError, TypeError, ValueError, FclensError) as error:
+        raise ScanError(f"{path}: the manifest is damaged ({error}); rerun the scan with --force") from None
 
 
 # --- reading ------------------------------------------------------------------------------------------
@@ -196,40 +385,84 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 @dataclass
 class Scan:
-    """A scan directory, read: its manifest, its final layer and its rows (sorted by ``index``)."""
+    """A scan directory, read: its :class:`Manifest`, its final layer and its rows.
+
+    Read rows with :meth:`rows` (a table of the columns asked for) or :meth:`batches` (the same, a
+    bounded piece at a time); ``table`` loads every column of every row, maps included.
+    """
 
     directory: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     _head: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.manifest["class_names"])
+        return list(self.manifest.class_names)
 
     @property
     def has_features(self) -> bool:
-        return bool(self.manifest["options"]["features"])
+        return self.manifest.options.features
 
-    @property
+    @cached_property
     def grid(self) -> tuple[int, int]:
-        """The feature grid (h, w) of the maps."""
-        h, w = self.manifest["feature_grid"]
-        return int(h), int(w)
+        """The feature grid (h, w) of the maps: the manifest's, or for a scan that never finished (whose
+        manifest has none yet) the one whose h·w is a shard's map size at the input's aspect ratio."""
+        if self.manifest.feature_grid is not None:
+            return self.manifest.feature_grid
+        sizes = self.rows(["contrast_map"], ok_only=True).column("contrast_map")
+        if not len(sizes):
+            raise ScanError(f"{self.directory} holds no scanned image yet; rerun the scan to finish it")
+        area = int(pc.list_value_length(sizes)[0].as_py())
+        height, width = self.manifest.preprocessing.get("input_size") or (1, 1)
+        h = max(1, round((area * height / width) ** 0.5))
+        return (h, area // h) if area % h == 0 else (area, 1)
+
+    @cached_property
+    def dataset(self) -> ds.Dataset:
+        """The shards as one ``pyarrow.dataset`` (no manifest or head in it): read with columns and filters."""
+        shards = shard_paths(self.directory)
+        if not shards:
+            return ds.dataset([], schema=scan_schema(self.manifest.options), format="parquet")
+        return ds.dataset([str(shard) for shard in shards], format="parquet")
+
+    def rows(
+        self,
+        columns: Sequence[str] | None = None,
+        *,
+        ok_only: bool = False,
+        filter: ds.Expression | None = None,
+    ) -> pa.Table:
+        """The rows (sorted by ``index`` when it is among ``columns``) with only ``columns`` (None: all).
+
+        ``ok_only`` keeps the images that were scanned; ``filter`` is any ``pyarrow.dataset`` expression.
+        """
+        table = self.dataset.to_table(columns=_names(columns), filter=_where(ok_only, filter))
+        return table.sort_by("index") if "index" in table.column_names else table
+
+    def batches(
+        self, columns: Sequence[str], *, ok_only: bool = False, filter: ds.Expression | None = None
+    ) -> Iterator[pa.Table]:
+        """The same rows a bounded piece at a time, in no set order: the unit of memory of a pass."""
+        for batch in self.dataset.to_batches(columns=_names(columns), filter=_where(ok_only, filter)):
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch])
 
     @cached_property
     def table(self) -> pa.Table:
-        """Every row of every shard, sorted by the images' position in the source."""
-        shards = shard_paths(self.directory)
-        if not shards:
-            return scan_schema(Options.from_dict(self.manifest["options"])).empty_table()
-        return pa.concat_tables([pq.read_table(shard) for shard in shards]).sort_by("index")
+        """Every column of every row, sorted by the images' position in the source. This loads all the
+        maps into memory: for a large scan prefer :meth:`rows` with the columns you need."""
+        return self.rows()
 
     def ok(self) -> pa.Table:
-        """The rows of the images that were scanned (status ``ok``)."""
+        """Every column of the rows of the images that were scanned (status ``ok``); see ``table``."""
         return self.table.filter(pc.equal(self.table.column("status"), "ok"))
 
-    def to_pandas(self) -> Any:
-        return self.table.to_pandas()
+    def to_pandas(self, columns: Sequence[str] | None = None) -> Any:
+        """The rows as a pandas DataFrame; integer columns stay integers (nullable) where rows are skipped."""
+        import pandas as pd
+
+        nullable = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+        return self.rows(columns).to_pandas(types_mapper=nullable.get)
 
     @property
     def weight(self) -> np.ndarray:
@@ -242,10 +475,10 @@ class Scan:
         return self._layer()["bias"]
 
     def features(self) -> np.ndarray:
-        """z, the pooled input of the final layer, of every ``ok`` row: (N_ok, D) float32."""
+        """z, the pooled input of the final layer, of every ``ok`` row by ``index``: (N_ok, D) float32."""
         if not self.has_features:
             raise ScanError(f"{self.directory} was scanned without features; rescan with --features")
-        column = self.ok().column("features").combine_chunks()
+        column = self.rows(["index", "features"], ok_only=True).column("features").combine_chunks()
         return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), -1)
 
     def node_maps(self, row: int) -> np.ndarray:
@@ -258,26 +491,76 @@ class Scan:
         values = self.table.column("contrast_map")[row].values
         return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(self.grid)
 
+    def locate(self, path: str) -> Path:
+        """Where a row's image is now. Version 2 stores absolute paths; version 1 stored them relative to
+        the scan's working directory, so those are tried from here, then from the folders above the
+        recorded source and above the scan directory. The path as given when nothing is found."""
+        given = Path(path)
+        if given.is_absolute() or given.exists():
+            return given
+        source = Path(self.manifest.source)
+        for base in (*source.parents, *self.directory.resolve().parents):
+            if (base / given).exists():
+                return base / given
+        return given
+
+    def incomplete(self) -> str | None:
+        """For a scan that did not finish, a one-line note of how much it holds and how to finish it."""
+        if self.manifest.complete:
+            return None
+        return (
+            f"{self.directory} is an incomplete scan ({self.dataset.count_rows()} of "
+            f"{self.manifest.counts.get('images', '?')} images); results cover those only. Rerun the same "
+            "`fclens scan` command to finish it"
+        )
+
+    def warn_if_incomplete(self) -> None:
+        """Warn (:class:`IncompleteScanWarning`) that a reader works on part of the data set."""
+        note = self.incomplete()
+        if note is not None:
+            warnings.warn(note, IncompleteScanWarning, stacklevel=3)
+
     def _layer(self) -> dict[str, np.ndarray]:
         if not self._head:
             from safetensors.numpy import load
 
-            self._head.update(load((self.directory / HEAD_FILE).read_bytes()))
+            name = HEAD_FILE if (self.directory / HEAD_FILE).is_file() else _V1_NAMES[1]
+            self._head.update(load((self.directory / name).read_bytes()))
         return self._head
 
 
+def _names(columns: Sequence[str] | None) -> list[str] | None:
+    return None if columns is None else list(dict.fromkeys(columns))
+
+
+def _where(ok_only: bool, filter: ds.Expression | None) -> ds.Expression | None:
+    ok = ds.field("status") == "ok" if ok_only else None
+    if ok is None or filter is None:
+        return filter if ok is None else ok
+    return ok & filter
+
+
 def read_scan(directory: str | os.PathLike[str]) -> Scan:
-    """Open a scan directory written by :func:`fclens.scan` (finished or not)."""
+    """Open a scan directory written by :func:`fclens.scan` (finished or not; schema version 1 or 2)."""
     directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise ScanError(f"{directory} is not a scan (no {MANIFEST}); run `fclens scan SOURCE --out {directory}` first")
+    path = _manifest_path(directory)
+    if path is None:
+        raise ScanError(_not_a_scan(directory))
     manifest = _read_manifest(path)
-    version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise ScanError(
-            f"{directory} has scan schema version {version}; this fclens reads up to {SCHEMA_VERSION}: upgrade fclens"
-        )
-    if not (directory / HEAD_FILE).is_file():
+    if not any((directory / name).is_file() for name in (HEAD_FILE, _V1_NAMES[1])):
         raise ScanError(f"{directory} has no {HEAD_FILE}; the scan is incomplete: rerun it")
     return Scan(directory, manifest)
+
+
+def _not_a_scan(directory: Path) -> str:
+    """Why ``directory`` cannot be read, and the commands that make it readable."""
+    from fclens.images import IMAGE_EXTENSIONS
+
+    if directory.is_dir():
+        entries = islice((p for p in directory.rglob("*") if p.is_file()), 2000)
+        if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries):
+            return (
+                f"{directory} is a folder of images, not a scan; scan it first: "
+                f"`fclens scan {directory} --out SCAN`, then `fclens atlas SCAN`"
+            )
+    return f"{directory} is not a scan (no {MANIFEST}); make one with `fclens scan SOURCE --out {directory}`"
