@@ -241,3 +241,54 @@ def test_a_datasets_labels_are_matched_or_ignored(
     unlabelled = scan(classifier, Interrupting(photos), tmp_path / "none", labels="none", workers=0, progress=False)
     assert unlabelled.table.column("label").null_count == 12
     assert unlabelled.table.column("target").to_pylist() == unlabelled.table.column("pred").to_pylist()
+
+
+def test_the_directory_reads_as_the_readme_shows_with_integers_kept(scanned: fclens.Scan) -> None:
+    import pandas as pd
+    import pyarrow.dataset
+
+    directory = str(scanned.directory)
+    frame = pd.read_parquet(f"{directory}/", dtype_backend="numpy_nullable")
+    assert len(frame) == 10 and frame["pred"].dtype == "Int32" and frame["pred"].isna().sum() == 2
+    rows = duckdb.sql(f"select target, avg(prob) from '{directory}/*.parquet' group by target").fetchall()
+    assert {target for target, _ in rows} - {None} == {282, 967}
+    assert pl.read_parquet(f"{directory}/*.parquet").height == 10
+    table = pyarrow.dataset.dataset(f"{directory}/", format="parquet").to_table(columns=["index", "pred"])
+    assert table.num_rows == 10
+    ours = scanned.to_pandas()
+    assert [str(ours[name].dtype) for name in ("pred", "target", "rival", "label")] == ["Int32"] * 4
+    assert ours["pred"].isna().sum() == 2 and all(Path(path).is_absolute() for path in ours["path"])
+
+
+@pytest.mark.slow
+def test_images_of_a_relative_list_are_found_from_another_directory(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "lists").mkdir()
+    photos = Path("..") / "photos"
+    (tmp_path / "photos").symlink_to(folder)
+    (tmp_path / "lists" / "list.csv").write_text(
+        f"path,label\n{photos}/Tiger_Cat/chelsea-0.jpg,tiger cat\n{photos}/espresso/coffee-1.jpg,espresso\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["scan", "lists/list.csv", "--out", "S", "--workers", "0"]) == 0
+    paths = read_scan("S").rows(["index", "path"]).column("path").to_pylist()
+    where = tmp_path / "photos"
+    assert paths == [str(where / "Tiger_Cat" / "chelsea-0.jpg"), str(where / "espresso" / "coffee-1.jpg")]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["atlas", "../S", "--out", "A", "--html", "--top-k", "1"]) == 0
+    pages = "".join(page.read_text() for page in Path("A").glob("class-*.html"))
+    assert "not shown:" not in pages and "data:image/" in pages
+
+
+def test_a_label_folder_with_no_close_class_says_how_to_list_the_classes(
+    classifier: fclens.Classifier, tmp_path: Path
+) -> None:
+    (tmp_path / "photos" / "kitty_cats").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "kitty_cats" / "a.jpg")
+    with pytest.raises(FclensError) as refused:
+        scan(classifier, tmp_path / "photos", tmp_path / "scan", progress=False)
+    message = str(refused.value)
+    assert "no class name is close" in message and "fclens.load_model().class_names" in message
+    assert "closest" not in message
