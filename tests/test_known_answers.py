@@ -14,7 +14,7 @@ import torch
 
 import known_answers as ka
 from fclens.atlas import atlas
-from fclens.scanning import scan
+from fclens.scanning import LocalEngine, scan
 
 
 def test_the_data_set_is_seeded_and_its_boxes_are_apart() -> None:
@@ -57,7 +57,7 @@ def test_scan_and_atlas_find_the_designed_partners(tmp_path: Path) -> None:
     model is confident, so the partner must be the runner-up of most images to lead the soft confusion)."""
     data = ka.make(30, seed=2, partner_share=0.8)
     scanned = scan(
-        ka.classifier(), ka.KnownAnswersDataset(data), tmp_path / "scan", min_size=ka.MIN_SIZE, workers=0,
+        ka.classifier(), ka.KnownAnswersDataset(data), tmp_path / "scan", min_size=ka.MIN_SIZE, engine=LocalEngine(workers=0),
         batch_size=32, progress=False,
     )  # fmt: skip
     assert scanned.manifest.counts["ok"] == len(data)

@@ -16,8 +16,12 @@ from PIL import Image, ImageOps
 import fclens
 from fclens.cli import main
 from fclens.errors import FclensError
-from fclens.scanning import ScanError, read_scan, scan
+from fclens.options import SCAN_DEFAULTS
+from fclens.scanning import LocalEngine, ScanError, read_scan, scan
 from fclens.scanning.store import MANIFEST
+
+IN_PROCESS = LocalEngine(workers=0)
+"""Decoding in the test's own process: no worker start-up for a dozen images."""
 
 
 def make_photo_folder(root: Path, copies: int = 4) -> Path:
@@ -42,7 +46,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def scanned(classifier: fclens.Classifier, folder: Path, tmp_path_factory: pytest.TempPathFactory) -> fclens.Scan:
     out = tmp_path_factory.mktemp("scan") / "scan"
-    return scan(classifier, folder, out, batch_size=4, workers=2, features=True, scores="terminal", progress=False)
+    engine = LocalEngine(workers=2)
+    return scan(classifier, folder, out, batch_size=4, engine=engine, features=True, scores="terminal", progress=False)
 
 
 def test_a_folder_gives_one_row_per_image_with_labels_from_its_subfolders(scanned: fclens.Scan) -> None:
@@ -136,7 +141,7 @@ def test_an_interrupted_scan_resumes_without_losing_or_repeating_an_image(
     classifier: fclens.Classifier, photos: torch.Tensor, tmp_path: Path
 ) -> None:
     out = tmp_path / "scan"
-    options = {"batch_size": 2, "workers": 0, "shard_rows": 4, "progress": False}
+    options = {"batch_size": 2, "engine": IN_PROCESS, "shard_rows": 4, "progress": False}
     with pytest.raises(KeyboardInterrupt):
         scan(classifier, Interrupting(photos, stop_at=9), out, **options)
     first = {path.name: path.read_bytes() for path in out.glob("part-*.parquet")}
@@ -153,10 +158,10 @@ def test_another_model_or_options_into_the_same_directory_is_refused(
     classifier: fclens.Classifier, photos: torch.Tensor, tmp_path: Path
 ) -> None:
     out = tmp_path / "scan"
-    scan(classifier, Interrupting(photos), out, workers=0, progress=False)
+    scan(classifier, Interrupting(photos), out, engine=IN_PROCESS, progress=False)
     with pytest.raises(ScanError, match=r"min_size: 20 then, 10 now.*--force"):
-        scan(classifier, Interrupting(photos), out, workers=0, min_size=10, progress=False)
-    redone = scan(classifier, Interrupting(photos), out, workers=0, min_size=10, force=True, progress=False)
+        scan(classifier, Interrupting(photos), out, engine=IN_PROCESS, min_size=10, progress=False)
+    redone = scan(classifier, Interrupting(photos), out, engine=IN_PROCESS, min_size=10, force=True, progress=False)
     assert redone.manifest.options.min_size == 10 and redone.table.num_rows == 12
 
 
@@ -165,7 +170,7 @@ def test_a_list_gives_paths_relative_to_itself_and_labels_by_name_or_index(
 ) -> None:
     listing = folder / "list.csv"
     listing.write_text("path,label\nTiger_Cat/chelsea-0.jpg,tiger cat\nespresso/coffee-0.jpg,967\nmissing.jpg,\n")
-    result = scan(classifier, listing, tmp_path / "scan", workers=0, progress=False)
+    result = scan(classifier, listing, tmp_path / "scan", engine=IN_PROCESS, progress=False)
     rows = result.table.to_pylist()
     assert [row["label"] for row in rows] == [282, 967, None]
     assert rows[2]["status"] == "skipped" and "no such file" in rows[2]["reason"]
@@ -195,7 +200,7 @@ def test_a_subfolder_that_names_no_class_is_refused_unless_labels_none(
     (tmp_path / "photos" / "Tiger_Cat").rename(tmp_path / "photos" / "tiger_kats")
     with pytest.raises(FclensError, match=r"subfolder 'tiger_kats' matches no class.*'tiger cat'"):
         scan(classifier, tmp_path / "photos", tmp_path / "scan", progress=False)
-    result = scan(classifier, tmp_path / "photos", tmp_path / "scan", labels="none", workers=0, progress=False)
+    result = scan(classifier, tmp_path / "photos", tmp_path / "scan", labels="none", engine=IN_PROCESS, progress=False)
     assert result.table.column("label").null_count == result.table.num_rows
 
 
@@ -205,7 +210,7 @@ def test_a_non_affine_head_is_scanned_with_gradient_maps(tmp_path: Path) -> None
     model = fclens.load_model(module, class_names=[f"c{i}" for i in range(6)])
     images = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     data = [(image, i % 6) for i, image in enumerate(images)]
-    result = scan(model, data, tmp_path / "scan", workers=0, min_size=8, progress=False)
+    result = scan(model, data, tmp_path / "scan", engine=IN_PROCESS, min_size=8, progress=False)
     assert result.manifest.model["pooling"] == "token" and result.grid == (14, 14)
     row = result.ok().to_pylist()[0]
     share = dict(zip(row["node_path"], row["node_contribution"], strict=True))
@@ -235,12 +240,99 @@ def test_cli_scan_bad_input_is_exit_2_with_one_line(tmp_path: Path, capsys: pyte
 def test_a_datasets_labels_are_matched_or_ignored(
     classifier: fclens.Classifier, photos: torch.Tensor, tmp_path: Path
 ) -> None:
-    labelled = scan(classifier, Interrupting(photos), tmp_path / "labelled", workers=0, progress=False)
+    labelled = scan(classifier, Interrupting(photos), tmp_path / "labelled", engine=IN_PROCESS, progress=False)
     assert labelled.table.column("label").to_pylist() == [282, 967] * 6
     assert labelled.table.column("path").to_pylist()[:2] == ["<dataset 0>", "<dataset 1>"]
-    unlabelled = scan(classifier, Interrupting(photos), tmp_path / "none", labels="none", workers=0, progress=False)
+    unlabelled = scan(classifier, Interrupting(photos), tmp_path / "none", labels="none", engine=IN_PROCESS, progress=False)
     assert unlabelled.table.column("label").null_count == 12
     assert unlabelled.table.column("target").to_pylist() == unlabelled.table.column("pred").to_pylist()
+
+
+def test_an_interrupted_scan_keeps_its_queued_rows_and_the_rerun_says_what_it_found(
+    classifier: fclens.Classifier, photos: torch.Tensor, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "scan"
+    options = {"batch_size": 2, "engine": IN_PROCESS, "shard_rows": 100}  # no shard is full before the stop
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        scan(classifier, Interrupting(photos, stop_at=9), out, **options)
+    assert str(interrupt.value) == f"interrupted: 8 of 12 images kept in {out}; rerun to continue"
+    assert read_scan(out).table.column("index").to_pylist() == list(range(8))
+    capsys.readouterr()
+    done = scan(classifier, Interrupting(photos), out, **options)
+    assert "resuming: 8 of 12 images already scanned" in capsys.readouterr().err
+    assert done.table.column("index").to_pylist() == list(range(12))
+    scan(classifier, Interrupting(photos), out, **options)
+    assert capsys.readouterr().err.strip() == "scan is complete: 12 images (12 ok, 0 skipped); nothing to do"
+
+
+def test_scan_options_come_from_options_or_keywords_and_what_a_scan_cannot_store_is_one_line(
+    classifier: fclens.Classifier, photos: torch.Tensor, tmp_path: Path
+) -> None:
+    options = SCAN_DEFAULTS.but(min_size=10, maps="contribution")
+    result = scan(classifier, Interrupting(photos), tmp_path / "scan", options=options, features=True,
+                  engine=IN_PROCESS, progress=False)  # fmt: skip
+    assert result.manifest.options.primary == "contribution" and result.manifest.options.min_size == 10
+    assert result.manifest.options.features and result.has_features
+    for wrong, message in (
+        ({"workers": 0}, r"unknown keywords workers; options are .*engine=LocalEngine\(workers=…\)"),
+        ({"maps": ("activation", "contribution")}, "a scan stores one map kind"),
+        ({"curves": True}, "a scan draws no deletion/insertion curves"),
+        ({"contrast": 3}, "a scan always contrasts with the runner-up"),
+    ):
+        with pytest.raises(FclensError, match=message):
+            scan(classifier, Interrupting(photos), tmp_path / "other", **wrong)
+
+
+def test_cli_rerun_of_a_finished_scan_says_it_is_complete_and_prints_no_totals(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    make_photo_folder(tmp_path / "photos", copies=1)
+    command = ["scan", str(tmp_path / "photos"), "--out", str(tmp_path / "scan"), "--workers", "0"]
+    assert main(command) == 3
+    assert "scanned 2 of 4 images (2 skipped)" in capsys.readouterr().out
+    assert main(command) == 3
+    printed = capsys.readouterr()
+    assert printed.err == "scan is complete: 4 images (2 ok, 2 skipped); nothing to do\n" and printed.out == ""
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_finished_images_as_ctrl_c_does(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import re
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = make_photo_folder(tmp_path / "photos", copies=10)
+    for photo in [path for path in folder.glob("*/*.jpg") if path.name != "broken.jpg"]:
+        for copy in range(3):  # 82 files, 80 of them images
+            shutil.copyfile(photo, photo.with_name(f"{photo.stem}-copy{copy}.jpg"))
+    out = tmp_path / "scan"
+    command = ["scan", str(folder), "--out", str(out), "--workers", "0", "--batch-size", "1"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "fclens", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and any(out.iterdir())) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the directory appears once the scan has started (and its handler is in place)
+        time.sleep(1)  # some images are scanned meanwhile; the test holds whatever their number
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    found = re.fullmatch(r"fclens: interrupted: (\d+) of 82 images kept in \S+; rerun to continue", last)
+    assert found, err
+    kept = int(found.group(1))
+    assert read_scan(out).table.num_rows == kept
+    assert main([*command, "--batch-size", "32"]) == 3  # the batch size is not part of what was scanned
+    printed = capsys.readouterr()
+    assert (f"resuming: {kept} of 82 images already scanned" in printed.err) == (kept > 0)
+    assert "scanned 80 of 82 images (2 skipped)" in printed.out
+    assert sorted(read_scan(out).table.column("index").to_pylist()) == list(range(82))
 
 
 def test_the_directory_reads_as_the_readme_shows_with_integers_kept(scanned: fclens.Scan) -> None:

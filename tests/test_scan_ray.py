@@ -17,7 +17,7 @@ from torch import nn
 
 import fclens
 from fclens.errors import FclensError
-from fclens.scanning import scan
+from fclens.scanning import LocalEngine, RayEngine, scan
 from test_scan import make_photo_folder
 
 MIB = 1 << 20
@@ -64,15 +64,15 @@ def flat(column: list) -> np.ndarray:
 def test_ray_engine_on_two_nodes_writes_the_local_engines_rows(
     cluster: Any, photos: Path, classifier: fclens.Classifier, tmp_path: Path
 ) -> None:
-    local = scan(classifier, photos, tmp_path / "local", batch_size=4, workers=1, progress=False)
+    local = scan(
+        classifier, photos, tmp_path / "local", batch_size=4, engine=LocalEngine(workers=1), progress=False
+    )
     remote = scan(  # one model actor per CPU: one on each node
         classifier,
         photos,
         tmp_path / "ray",
         batch_size=4,
-        workers=1,
-        engine="ray",
-        ray_address=cluster.address,
+        engine=RayEngine(address=cluster.address, workers=1),
         progress=False,
     )
     assert remote.manifest.counts == local.manifest.counts == {"images": 26, "ok": 24, "skipped": 2}
@@ -135,9 +135,7 @@ def test_a_model_actor_lost_mid_scan_costs_no_image_and_repeats_none(
         photos,
         tmp_path / "scan",
         batch_size=4,
-        engine="ray",
-        ray_address=cluster.address,
-        actors=1,
+        engine=RayEngine(address=cluster.address, actors=1),
         progress=False,
     )
     assert marker.exists()  # an actor did die
@@ -165,7 +163,7 @@ def test_a_ray_dataset_is_scanned_in_its_row_order_with_its_labels(
             [{"path": path, "label": "espresso" if "espresso/" in path else None} for path in paths]
         )
         result = scan(
-            classifier, dataset, tmp_path / "scan", batch_size=4, engine="ray", actors=1, progress=False
+            classifier, dataset, tmp_path / "scan", batch_size=4, engine=RayEngine(actors=1), progress=False
         )
     finally:
         ray.shutdown()
@@ -178,7 +176,7 @@ def test_more_actors_than_the_cluster_holds_is_one_line(
     cluster: Any, photos: Path, classifier: fclens.Classifier, tmp_path: Path
 ) -> None:
     with pytest.raises(FclensError) as error:
-        scan(classifier, photos, tmp_path / "scan", engine="ray", ray_address=cluster.address, actors=3)
+        scan(classifier, photos, tmp_path / "scan", engine=RayEngine(address=cluster.address, actors=3))
     assert str(error.value) == (
         "3 model actors asked for, but the Ray cluster has 2 CPUs; use --actors 2 or fewer"
     )
@@ -189,7 +187,7 @@ def test_without_ray_the_ray_engine_is_one_line_saying_how_to_install_it(
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     with pytest.raises(FclensError) as error:
-        scan(classifier, photos, tmp_path / "scan", engine="ray", progress=False)
+        scan(classifier, photos, tmp_path / "scan", engine=RayEngine(), progress=False)
     assert str(error.value) == "the ray engine needs Ray: pip install 'fclens[ray]'"
 
 

@@ -25,7 +25,18 @@ from typing import Any
 from fclens import __version__
 from fclens.errors import FclensError
 from fclens.io import atomic_write_text
-from fclens.options import BIAS_CORRECTIONS, PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES
+from fclens.options import (
+    BIAS_CORRECTIONS,
+    EXPLAIN_DEFAULTS,
+    MAP_KIND_NAMES,
+    PRUNE_DEFAULT_METHODS,
+    PRUNE_METHODS,
+    PRUNE_SPARSITIES,
+    SCAN_DEFAULTS,
+    SCORED_NODES,
+    TREE_MODES,
+    Options,
+)
 
 EXIT_BAD_INPUT = 2
 EXIT_PARTIAL = 3
@@ -43,8 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fclens: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("fclens: interrupted; finished work is kept, rerun to continue", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # a scan says how much it kept; other commands keep finished files
+        print(
+            f"fclens: {interrupt or 'interrupted; finished work is kept, rerun to continue'}", file=sys.stderr
+        )
         return 130
     except Exception as error:
         if args.debug:
@@ -170,26 +183,52 @@ def _parser() -> argparse.ArgumentParser:
         _run_scan,
         "scan a data set into one Parquet table: each image's prediction, rival, tree, node maps and contrast",
     )
-    scan.add_argument("source", type=Path, metavar="SOURCE", help="a folder of images, or a .csv/.parquet list")
-    scan.add_argument("--out", type=Path, required=True, help="the scan directory (manifest + Parquet shards)")
+    scan.add_argument(
+        "source", type=Path, metavar="SOURCE", help="a folder of images, or a .csv/.parquet list"
+    )
+    scan.add_argument(
+        "--out", type=Path, required=True, help="the scan directory (manifest + Parquet shards)"
+    )
     scan.add_argument(
         "--labels",
         choices=("auto", "none"),
         default="auto",
         help="auto: class-name subfolders or the list's label column (default); none: no labels",
     )
-    _tree_options(scan)
-    scan.add_argument("--map", dest="map_kind", default="activation", help="the map kind stored per node (default activation)")
-    scan.add_argument("--features", action="store_true", help="store the final layer's pooled input (for fclens prune)")
+    _tree_options(scan, SCAN_DEFAULTS)
     scan.add_argument(
-        "--scores", choices=("terminal", "all"), help="add the author's masked scores (one forward per node)"
+        "--map",
+        dest="maps",
+        choices=MAP_KIND_NAMES,
+        default=SCAN_DEFAULTS.primary,
+        help=f"the map kind stored per node (default {SCAN_DEFAULTS.primary})",
     )
-    scan.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    scan.add_argument("--workers", type=int, help="decode processes (default: the usable CPUs, at most 8)")
+    scan.add_argument(
+        "--features", action="store_true", help="store the final layer's pooled input (for fclens prune)"
+    )
+    scan.add_argument(
+        "--scores",
+        choices=SCORED_NODES,
+        default=SCAN_DEFAULTS.scores,
+        help=f"nodes that get the author's masked score, one forward each (default {SCAN_DEFAULTS.scores})",
+    )
+    scan.add_argument(
+        "--batch-size",
+        type=int,
+        default=SCAN_DEFAULTS.batch_size,
+        help=f"images per forward pass (default {SCAN_DEFAULTS.batch_size})",
+    )
     scan.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
-    scan.add_argument("--ray-address", help="join this Ray cluster (e.g. auto); default: a local Ray")
-    scan.add_argument("--actors", type=int, help="ray engine: model actors (default: one per GPU, else one per CPU)")
-    scan.add_argument("--force", action="store_true", help="start over in a directory that holds another scan")
+    scan.add_argument(
+        "--workers",
+        type=int,
+        help="decode processes, or ray: decode tasks beside GPU actors (default: the CPUs)",
+    )
+    scan.add_argument("--ray-address", help="ray: join this Ray cluster (e.g. auto); default: a local Ray")
+    scan.add_argument("--actors", type=int, help="ray: model actors (default: one per GPU, else one per CPU)")
+    scan.add_argument(
+        "--force", action="store_true", help="start over in a directory that holds another scan"
+    )
 
     atlas = _command(
         commands,
@@ -284,18 +323,18 @@ def _command(
     return command
 
 
-def _tree_options(command: argparse.ArgumentParser) -> None:
+def _tree_options(command: argparse.ArgumentParser, defaults: Options = EXPLAIN_DEFAULTS) -> None:
     command.add_argument(
         "--min-size",
         type=_at_least_two,
-        default=20,
-        help="nodes with fewer weights are not split (default 20, the author's)",
+        default=defaults.min_size,
+        help=f"nodes with fewer weights are not split (default {defaults.min_size}, the author's)",
     )
     command.add_argument(
         "--mode",
-        choices=("chains", "full"),
-        default="chains",
-        help="chains: the author's + and − chains (default); full: a full binary tree",
+        choices=TREE_MODES,
+        default=defaults.mode,
+        help=f"chains: the author's + and − chains; full: a full binary tree (default {defaults.mode})",
     )
 
 
@@ -676,38 +715,58 @@ def _explain_line(row: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------ scan
 def _run_scan(args: argparse.Namespace) -> int:
-    from fclens.scanning import scan
+    from fclens.scanning import LocalEngine, RayEngine, scan
 
     if args.batch_size < 1:
         raise FclensError("--batch-size must be at least 1")
+    if args.engine == "ray":
+        engine = RayEngine(address=args.ray_address, actors=args.actors, workers=args.workers)
+    elif args.ray_address or args.actors is not None:
+        raise FclensError("--ray-address and --actors are for --engine ray")
+    else:
+        engine = LocalEngine(workers=args.workers)
+    before = _finished_counts(args.out) if not args.force else None
     result = scan(
         _load(args),
         args.source,
         args.out,
+        engine=engine,
         labels=args.labels,
+        force=args.force,
         batch_size=args.batch_size,
-        workers=args.workers,
         min_size=args.min_size,
         mode=args.mode,
-        map_kind=args.map_kind,
+        maps=args.maps,
         features=args.features,
         scores=args.scores,
-        engine=args.engine,
-        ray_address=args.ray_address,
-        actors=args.actors,
-        force=args.force,
     )
     counts = result.manifest.counts
     if args.json:
         _print_json({"out": str(args.out), "counts": counts, "complete": result.manifest.complete})
-    else:
+    elif before != counts:  # the same counts in a scan that was already complete: scan() said so, nothing ran
         import pyarrow.dataset as ds
 
         skipped = result.rows(["index", "path", "reason"], filter=ds.field("status") == "skipped")
-        for path, reason in zip(skipped.column("path").to_pylist(), skipped.column("reason").to_pylist(), strict=True):
+        for path, reason in zip(
+            skipped.column("path").to_pylist(), skipped.column("reason").to_pylist(), strict=True
+        ):
             print(f"{path}: skipped: {reason}")
-        print(f"scanned {counts['ok']} of {counts['images']} images ({counts['skipped']} skipped) into {args.out}")
+        print(
+            f"scanned {counts['ok']} of {counts['images']} images ({counts['skipped']} skipped) into {args.out}"
+        )
     return EXIT_PARTIAL if counts["skipped"] else 0
+
+
+def _finished_counts(directory: Path) -> dict[str, Any] | None:
+    """The counts of a complete scan in ``directory`` (None if there is none): a rerun that leaves them
+    unchanged had nothing to do."""
+    from fclens.scanning import ScanError, read_scan
+
+    try:
+        manifest = read_scan(directory).manifest
+    except ScanError:
+        return None
+    return dict(manifest.counts) if manifest.complete else None
 
 
 @contextmanager

@@ -97,6 +97,20 @@ class Classifier:
         )
         raise FclensError(f"unknown class {target!r}{hint}")
 
+    def to(self, device: str | torch.device) -> Classifier:
+        """Move the module and every tensor cached from it (the head's weight and bias) to ``device``.
+
+        ``module.to`` alone leaves the head's cached weight where it was, and a map or a node score then
+        mixes devices. Returns this classifier.
+        """
+        self.device = torch.device(device)
+        self.module.to(self.device)
+        head = self.__dict__.get("head")
+        if head is not None:
+            bias = None if head.bias is None else head.bias.to(self.device)
+            self.__dict__["head"] = replace(head, weight=head.weight.to(self.device), bias=bias)
+        return self
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a preprocessed batch (N, 3, H, W)."""
         return self.module(images.to(self.device))

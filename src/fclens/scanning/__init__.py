@@ -8,30 +8,46 @@
 Layers, each one job: :mod:`.sources` (folders, lists, Datasets → numbered items; labels matched to the
 model's classes), :mod:`.core` (one preprocessed batch → rows: the part both engines share),
 :mod:`.store` (manifest, final layer, atomic shards, resume, reading), and the engines that only move
-batches: :mod:`.local` (DataLoader workers) and :mod:`.ray_engine` (Ray Data; imported only when asked for).
+batches behind one protocol (:class:`Engine`), fed by :mod:`.decoding`: :class:`LocalEngine` (DataLoader
+workers) and :class:`RayEngine` (Ray Data; Ray is imported only when it runs).
 The package is called ``scanning`` so that the function :func:`fclens.scan` is never shadowed by it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from fclens.errors import FclensError
 from fclens.models import Classifier, load_model
-from fclens.options import SCAN_DEFAULTS
+from fclens.options import RUNNER_UP, SCAN_DEFAULTS, Options
 from fclens.scanning.core import BatchScanner
-from fclens.scanning.local import Decoding, default_workers, run_local
+from fclens.scanning.decoding import Decoder, Decoding
+from fclens.scanning.local import LocalEngine
+from fclens.scanning.ray_engine import RayEngine, dataset_items
 from fclens.scanning.sources import LABEL_MODES, Item, resolve_source
 from fclens.scanning.store import Manifest, Scan, ScanError, ScanWriter, read_scan
 
-__all__ = ["ENGINES", "Scan", "ScanError", "read_scan", "scan"]
+__all__ = ["Engine", "LocalEngine", "RayEngine", "Scan", "ScanError", "read_scan", "scan"]
 
-ENGINES = ("local", "ray")
+
+class Engine(Protocol):
+    """What moves a scan's batches: decode ``decoding``'s items, scan them with ``scanner`` (the per-batch
+    core), hand every row to ``writer`` and call ``on_batch`` with the number of images each batch held."""
+
+    def run(
+        self, scanner: BatchScanner, decoding: Decoding, writer: ScanWriter, on_batch: Callable[[int], None]
+    ) -> None: ...
 
 
 def scan(
@@ -39,67 +55,143 @@ def scan(
     source: str | os.PathLike[str] | Dataset | Any,
     out: str | os.PathLike[str],
     *,
+    options: Options | None = None,
+    engine: Engine | None = None,
     labels: str = "auto",
-    batch_size: int = 64,
-    workers: int | None = None,
-    min_size: int = 20,
-    mode: str = "chains",
-    map_kind: str = "activation",
-    features: bool = False,
-    scores: str | None = None,
-    seed: int = 0,
-    engine: str = "local",
-    ray_address: str | None = None,
-    actors: int | None = None,
     force: bool = False,
     device: str | None = None,
     progress: bool = True,
     shard_rows: int = 1024,
+    **option_fields: Any,
 ) -> Scan:
     """Scan ``source`` with ``model`` into the directory ``out``, resuming what an earlier run finished.
 
     ``source``: a folder (searched recursively; subfolders named after classes give labels), a CSV or
     Parquet list with a ``path`` and optionally a ``label`` column, a torch Dataset yielding (image,
-    label), or with ``engine="ray"`` a Ray Dataset with ``path`` (and ``label``) columns. ``labels``:
-    "auto" or "none". ``min_size``/``mode`` shape each target class's tree as in :func:`fclens.explain`;
-    ``map_kind`` is the map stored per node; ``features`` stores the final layer's input z (what pruning
-    needs); ``scores`` adds the author's masked scores ("terminal" or "all": one forward per node).
-    ``workers`` decode processes (default: the usable CPUs, at most 8). Returns the scan, read back.
+    label), or a Ray Dataset with ``path`` (and ``label``) columns. ``labels``: "auto" or "none".
+    ``options`` (default :data:`fclens.options.SCAN_DEFAULTS`), overridden field by field by keywords
+    (``min_size=``, ``maps="contribution"``, ``features=True``, ``scores="terminal"``, ``batch_size=``…):
+    a scan stores one map kind, contrasts with the runner-up and draws no curves. ``engine``:
+    :class:`LocalEngine` (default) or :class:`RayEngine`. ``device``: where a model loaded from a name
+    runs, or where a given classifier is moved. ``progress``: a bar on stderr when it is a terminal, and
+    a line saying what a rerun found. Ctrl-C or SIGTERM keeps every finished image and raises
+    KeyboardInterrupt saying how many; a rerun continues. Returns the scan, read back.
     """
-    if engine not in ENGINES:
-        raise FclensError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    options = _scan_options(options, option_fields)
+    engine = LocalEngine() if engine is None else engine
     if labels not in LABEL_MODES:
         raise FclensError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
-    if workers is not None and workers < 0:
-        raise FclensError(f"workers must be 0 or more, got {workers}")
-    options = SCAN_DEFAULTS.but(
-        min_size=min_size, mode=mode, maps=(map_kind,), features=features, scores=scores or "none",
-        batch_size=batch_size, seed=seed,
-    )  # fmt: skip
-    classifier = model if isinstance(model, Classifier) else load_model(model, device=device or "cpu")
+    if isinstance(model, Classifier):
+        classifier = model if device is None else model.to(device)
+    else:
+        classifier = load_model(model, device=device or "cpu")
     items, dataset, identity = _items(source, classifier, labels)
     head = classifier.head
     weight = head.weight.detach().float().cpu().numpy()
-    bias = head.bias.detach().float().cpu().numpy() if head.bias is not None else np.zeros(len(weight), np.float32)
+    bias = (
+        head.bias.detach().float().cpu().numpy()
+        if head.bias is not None
+        else np.zeros(len(weight), np.float32)
+    )
     manifest = Manifest.of(classifier, options, identity, weight, bias, len(items))
     scanner = BatchScanner(classifier, options)
-    writer = ScanWriter(out, manifest, (weight, bias), scanner.schema, force=force, shard_rows=shard_rows)
-    pending = writer.pending(items)
-    bar = _progress(len(items), len(items) - len(pending), progress)
-    try:
-        names = classifier.class_names if labels == "auto" else None
-        decoding = Decoding(pending, classifier.preprocessing, dataset, names)
-        if engine == "ray":
-            from fclens.scanning.ray_engine import run_ray
-
-            run_ray(scanner, decoding, writer, address=ray_address, actors=actors, workers=workers,
-                    on_batch=bar.update)
-        else:
-            run_local(scanner, decoding, writer, default_workers() if workers is None else workers, bar.update)
-    finally:
-        bar.close()
-        writer.close(len(items), scanner.grid)
+    with _sigterm_interrupts():
+        writer = ScanWriter(out, manifest, (weight, bias), scanner.schema, force=force, shard_rows=shard_rows)
+        pending = writer.pending(items)
+        if progress:
+            _say_what_was_found(writer, len(items), len(pending))
+        names = tuple(classifier.class_names) if labels == "auto" else None
+        decoding = Decoding(pending, Decoder(classifier.preprocessing, dataset, names))
+        bar = _progress_bar(len(items), len(items) - len(pending), progress and bool(pending))
+        try:
+            engine.run(scanner, decoding, writer, bar.update)
+        except KeyboardInterrupt:
+            writer.close(len(items), head.grid)  # the queued rows too: a shard is written whole or not at all
+            raise KeyboardInterrupt(
+                f"interrupted: {len(writer.done)} of {len(items)} images kept in {out}; rerun to continue"
+            ) from None
+        finally:
+            bar.close()
+        writer.close(len(items), head.grid)
     return read_scan(out)
+
+
+def _scan_options(options: Options | None, fields: dict[str, Any]) -> Options:
+    """``options`` (or the scan's defaults) with ``fields`` replaced; what a scan cannot store is refused."""
+    known = Options.__dataclass_fields__
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise FclensError(
+            f"scan() got unknown keywords {', '.join(unknown)}; options are {', '.join(known)} "
+            "(engine settings go in engine=LocalEngine(workers=…) or RayEngine(…))"
+        )
+    chosen = (options or SCAN_DEFAULTS).but(**fields)
+    if len(chosen.maps) != 1:
+        raise FclensError(f"a scan stores one map kind; got maps={', '.join(chosen.maps)}: choose one")
+    if chosen.curves:
+        raise FclensError("a scan draws no deletion/insertion curves; use fclens.explain for them")
+    if chosen.contrast != RUNNER_UP:
+        raise FclensError(f"a scan always contrasts with the runner-up; got contrast={chosen.contrast!r}")
+    return chosen
+
+
+def _say_what_was_found(writer: ScanWriter, total: int, pending: int) -> None:
+    """On a rerun, one line on stderr: how much was already scanned, or that nothing is left to do."""
+    if not pending:
+        counts = writer.counts
+        print(
+            f"scan is complete: {total} images ({counts['ok']} ok, {counts['skipped']} skipped); nothing to do",
+            file=sys.stderr,
+        )
+    elif pending < total:
+        print(f"resuming: {total - pending} of {total} images already scanned", file=sys.stderr)
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler's or ``kill``'s stop) interrupts the scan as Ctrl-C does, so finished work is kept.
+
+    Only the main thread can install a handler; elsewhere SIGTERM keeps its own handling.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    earlier = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, earlier)
+
+
+def _progress_bar(total: int, done: int, enabled: bool) -> Any:
+    """A tqdm bar on stderr (images/s, ETA), shown only when stderr is a terminal.
+
+    A terminal that reports no size (``script``, some IDE and container consoles say 0×0) made tqdm print
+    nothing at all: such a terminal gets 80×24, the size ``shutil.get_terminal_size`` falls back to.
+    """
+    from tqdm import tqdm
+
+    columns, lines = shutil.get_terminal_size()
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        columns, lines = size.columns or columns, size.lines or lines
+    except (AttributeError, OSError, ValueError):  # not a terminal (or no file descriptor): tqdm stays off
+        pass
+    return tqdm(
+        total=total,
+        initial=done,
+        desc="scan",
+        unit="img",
+        disable=None if enabled else True,
+        smoothing=0.1,
+        ncols=columns,
+        nrows=lines,
+        file=sys.stderr,
+    )
 
 
 def _items(source: Any, classifier: Classifier, labels: str) -> tuple[list[Item], Any, str]:
@@ -114,16 +206,8 @@ def _items(source: Any, classifier: Classifier, labels: str) -> tuple[list[Item]
         items = [Item(i, f"<dataset {i}>") for i in range(count)]
         return items, source, f"dataset:{type(source).__name__}:{count}"
     if type(source).__module__.startswith("ray."):
-        from fclens.scanning.ray_engine import dataset_items
-
         items = dataset_items(source, classifier.class_names, labels)
         return items, None, f"ray-dataset:{len(items)}"
     raise FclensError(
         f"cannot scan a {type(source).__name__}; give a folder, a .csv/.parquet list or a torch Dataset"
     )
-
-
-def _progress(total: int, done: int, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=done, desc="scan", unit="img", disable=None if enabled else True, smoothing=0.1)

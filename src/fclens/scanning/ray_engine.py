@@ -1,8 +1,8 @@
 """The Ray engine: the scan as Ray Data batch inference, on a local Ray or on a cluster.
 
-Pending items → ``from_arrow`` → ``map_batches(_decode)`` (the local engine's
-:class:`~fclens.scanning.local.Decoding`: a preprocessed image per row, or the reason it could not be
-read) → ``map_batches(_ModelActor)`` on a pool of model actors, each of which builds one
+Pending items → ``from_arrow`` → ``map_batches(_decode)`` (the scan's
+:class:`~fclens.scanning.decoding.Decoder`, which the local engine runs too: a preprocessed image per row,
+or the reason it could not be read) → ``map_batches(_ModelActor)`` on a pool of model actors, each of which builds one
 :class:`~fclens.scanning.core.BatchScanner`, the core that the local engine calls too → the driver hands
 every block of rows to :class:`~fclens.scanning.store.ScanWriter`, which writes shards atomically and
 resumes. So the rows are the local engine's rows, wherever they were computed.
@@ -16,7 +16,7 @@ Between the two stages an image travels as the raw bytes of its float32 tensor w
 Arrow columns (null for a file that could not be decoded), so nothing depends on Ray's tensor types.
 Ray Data restarts a model actor that dies and retries its batch; the writer keeps each image once.
 
-Ray is optional (``pip install 'fclens[ray]'``) and imported only inside these functions.
+Ray is optional (``pip install 'fclens[ray]'``) and imported only when a :class:`RayEngine` runs.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ import pyarrow as pa
 import torch
 
 from fclens.errors import FclensError
+from fclens.models import Classifier
 from fclens.options import Options
 from fclens.scanning.core import BatchScanner
-from fclens.scanning.local import Decoding, collate
-from fclens.scanning.schema import skipped_rows
+from fclens.scanning.decoding import Decoder, Decoding, batch_rows, collate
 from fclens.scanning.sources import Item, match_label
 from fclens.scanning.store import ScanWriter
 
-__all__ = ["dataset_items", "run_ray"]
+__all__ = ["RayEngine", "dataset_items"]
 
 _NEEDS_RAY = "the ray engine needs Ray: pip install 'fclens[ray]'"
 
@@ -63,60 +63,68 @@ def _ray() -> Any:
     return ray
 
 
-def run_ray(
-    scanner: BatchScanner,
-    decoding: Decoding,
-    writer: ScanWriter,
-    *,
-    address: str | None = None,
-    actors: int | None = None,
-    workers: int | None = None,
-    on_batch: Callable[[int], None] = lambda count: None,
-) -> None:
-    """Scan ``decoding``'s items with Ray Data and hand the rows to ``writer`` as they arrive.
+class RayEngine:
+    """Scan with Ray Data: decode tasks feed a pool of model actors; the driver writes the rows.
 
     ``address``: None starts a local Ray for this scan (shut down after); "auto" or "ray://…" joins a
     running cluster, which is left running. A Ray already initialised in this process is used as it is.
     ``actors``: model actors (default: one per GPU of the cluster, else one per CPU). ``workers``:
-    decode tasks at a time beside GPU actors (default: as many as the free CPUs allow). A torch Dataset
-    that the items index travels to the decode tasks with ``decoding``.
+    decode tasks at a time beside GPU actors (default: as many as the free CPUs allow).
     """
-    ray = _ray()
-    if actors is not None and actors < 1:
-        raise FclensError(f"actors must be 1 or more, got {actors}")
-    if not decoding.items:
-        return
-    with _connected(ray, address):
-        count, gpus = _pool(ray.cluster_resources(), actors)
-        classifier, options = scanner.classifier, scanner.options
-        rows = (
-            ray.data.from_arrow(_item_blocks(decoding.items, options.batch_size))
-            .map_batches(
-                _decode,
-                batch_size=options.batch_size,
-                batch_format="pyarrow",
-                fn_kwargs={
-                    "decoding": Decoding([], decoding.preprocessing, decoding.dataset, decoding.class_names)
-                },
-                # a capped task pool is never fused into CPU actors, whose CPUs it would then wait for
-                compute=ray.data.TaskPoolStrategy(size=workers) if workers and gpus else None,
+
+    def __init__(
+        self, address: str | None = None, actors: int | None = None, workers: int | None = None
+    ) -> None:
+        if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or actors < 1):
+            raise FclensError(f"actors must be a whole number, 1 or more; got {actors!r}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+            raise FclensError(f"workers must be a whole number, 0 or more; got {workers!r}")
+        self.address, self.actors, self.workers = address, actors, workers
+
+    def __repr__(self) -> str:
+        return f"RayEngine(address={self.address!r}, actors={self.actors!r}, workers={self.workers!r})"
+
+    def run(
+        self,
+        scanner: BatchScanner,
+        decoding: Decoding,
+        writer: ScanWriter,
+        on_batch: Callable[[int], None],
+    ) -> None:
+        """Scan ``decoding``'s items with Ray Data and hand the rows to ``writer`` as they arrive.
+
+        The decoder (and a torch Dataset that the items index) travels to the decode tasks; the
+        classifier travels to each model actor, which moves it to its GPU when it has one.
+        """
+        ray = _ray()
+        if not decoding.items:
+            return
+        with _connected(ray, self.address):
+            count, gpus = _pool(ray.cluster_resources(), self.actors)
+            classifier, options = scanner.classifier, scanner.options
+            rows = (
+                ray.data.from_arrow(_item_blocks(decoding.items, options.batch_size))
+                .map_batches(
+                    _decode,
+                    batch_size=options.batch_size,
+                    batch_format="pyarrow",
+                    fn_kwargs={"decoder": decoding.decoder},
+                    # a capped task pool is never fused into CPU actors, whose CPUs it would then wait for
+                    compute=ray.data.TaskPoolStrategy(size=self.workers) if self.workers and gpus else None,
+                )
+                .map_batches(
+                    _ModelActor,
+                    batch_size=options.batch_size,
+                    batch_format="pyarrow",
+                    fn_constructor_args=(classifier, options, gpus > 0),
+                    compute=ray.data.ActorPoolStrategy(size=count),
+                    num_gpus=1 if gpus else None,
+                )
             )
-            .map_batches(
-                _ModelActor,
-                batch_size=options.batch_size,
-                batch_format="pyarrow",
-                fn_constructor_args=(classifier, options, gpus > 0),
-                compute=ray.data.ActorPoolStrategy(size=count),
-                num_gpus=1 if gpus else None,
-            )
-        )
-        for block in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for batch in block.to_batches():
-                writer.add(batch)
-            grid = (block.schema.metadata or {}).get(b"fclens_grid")
-            if grid is not None:
-                scanner.grid = tuple(int(side) for side in grid.decode().split(","))
-            on_batch(block.num_rows)
+            for block in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for batch in block.to_batches():
+                    writer.add(batch)
+                on_batch(block.num_rows)
 
 
 def _pool(resources: dict[str, float], actors: int | None) -> tuple[int, int]:
@@ -170,11 +178,10 @@ def _items_of(batch: pa.Table) -> list[Item]:
     ]
 
 
-def _decode(batch: pa.Table, decoding: Decoding) -> pa.Table:
+def _decode(batch: pa.Table, decoder: Decoder) -> pa.Table:
     """A decode task: each item's preprocessed image as bytes and shape, or why it was skipped."""
     torch.set_num_threads(1)  # one task is one core
-    decoding = Decoding(_items_of(batch), decoding.preprocessing, decoding.dataset, decoding.class_names)
-    records = [decoding[position] for position in range(len(decoding))]
+    records = [decoder(item) for item in _items_of(batch)]
     images = [
         None if tensor is None else tensor.numpy().astype(np.float32, copy=False) for _, tensor, _ in records
     ]
@@ -194,11 +201,8 @@ def _decode(batch: pa.Table, decoding: Decoding) -> pa.Table:
 class _ModelActor:
     """A model actor: the classifier (on this actor's GPU when it has one) and one BatchScanner for it."""
 
-    def __init__(self, classifier: Any, options: Options, cuda: bool) -> None:
-        if cuda:
-            classifier.device = torch.device("cuda")
-            classifier.module.to(classifier.device)
-        self.scanner = BatchScanner(classifier, options)
+    def __init__(self, classifier: Classifier, options: Options, cuda: bool) -> None:
+        self.scanner = BatchScanner(classifier.to("cuda") if cuda else classifier, options)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         records = [
@@ -211,18 +215,7 @@ class _ModelActor:
                 strict=True,
             )
         ]
-        decoded, inputs, skipped, reasons = collate(records)
-        parts = []
-        if inputs is not None:
-            parts.append(self.scanner(inputs, decoded))
-        if skipped:
-            parts.append(skipped_rows(skipped, reasons, self.scanner.schema))
-        table = pa.Table.from_batches(parts, schema=self.scanner.schema)
-        if self.scanner.grid is None:
-            return table
-        return table.replace_schema_metadata(
-            {**table.schema.metadata, b"fclens_grid": ",".join(map(str, self.scanner.grid)).encode()}
-        )
+        return pa.Table.from_batches(batch_rows(self.scanner, collate(records)), schema=self.scanner.schema)
 
 
 def _array(data: bytes, shape: list[int]) -> np.ndarray:
