@@ -288,7 +288,7 @@ def fit_ald(weight: Any, method: str = "all") -> ALDFit:
     """
     if method not in METHODS:
         raise FclensError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
-    w = _as_matrix(weight)
+    w = as_matrix(weight)
     n_classes, n_inputs = w.shape
     with_regression, with_mle = method in ("all", "regression"), method in ("all", "mle")
     tiles = _per_tile(w, with_regression, with_mle)
@@ -692,7 +692,7 @@ def as_numpy(x: Any) -> np.ndarray:
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
 
 
-def _as_matrix(weight: Any) -> np.ndarray:
+def as_matrix(weight: Any) -> np.ndarray:
     """``weight`` as a float C×D matrix: 1-D → 1×D, C×D×1×1 → C×D; anything else is a ValueError."""
     w = as_numpy(weight)
     if w.ndim == 4 and w.shape[2:] == (1, 1):

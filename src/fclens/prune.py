@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from fclens.ald import _as_matrix, fit_ald
+from fclens.ald import as_matrix, fit_ald
 from fclens.errors import FclensError
 from fclens.io import atomic_write_bytes, atomic_write_text
 from fclens.options import PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES
@@ -191,7 +191,7 @@ def prune(weight: Any, sparsity: float, method: str = "magnitude", seed: int = 0
     docstring for each method). ``seed`` drives ``random``; ``min_size`` is the split trees' (``tree`` only).
     """
     _check_sparsity(sparsity)
-    w = _as_matrix(weight)
+    w = as_matrix(weight)
     mask = _mask(pruning_ranks(w, method, seed=seed, min_size=min_size), method, sparsity)
     mask = mask.reshape(tuple(weight.shape) if hasattr(weight, "shape") else np.shape(weight))
     torch = sys.modules.get("torch")  # a tensor can only come from a process that imported torch
@@ -384,7 +384,7 @@ def evaluate(
         raise FclensError(f"bias_correction must be False, True or 'both', got {bias_correction!r}")
     corrections = [False, True] if bias_correction == "both" else [bool(bias_correction)]
 
-    w = _as_matrix(weight).astype(np.float32)
+    w = as_matrix(weight).astype(np.float32)
     z = np.ascontiguousarray(features, dtype=np.float32)
     if z.ndim != 2 or z.shape[1] != w.shape[1]:
         raise FclensError(f"features have shape {z.shape}; the layer takes {w.shape[1]} inputs per image")

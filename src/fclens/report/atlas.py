@@ -24,7 +24,7 @@ from fclens.io import atomic_write_text
 from fclens.maps import MAP_KINDS, branch_sign
 from fclens.report._common import fmt
 from fclens.report.figures import colour_scale_css, overlay
-from fclens.report.html import Card, _image_uri, _nest, _sign, render
+from fclens.report.html import Card, branch_class, image_uri, nest_cards, render
 from fclens.tree import class_trees
 
 __all__ = ["INDEX", "PAGES", "class_page_name", "node_in_words", "write_atlas_pages"]
@@ -74,7 +74,7 @@ class _Drawing:
             return Shot(image.index, image.path, None, caption, f"not shown: {picture}")
         if heat is None:
             return Shot(image.index, image.path, None, caption, "not shown: the scan has no map for this row")
-        return Shot(image.index, image.path, _image_uri(overlay(picture, heat.reshape(self.grid))), caption)
+        return Shot(image.index, image.path, image_uri(overlay(picture, heat.reshape(self.grid))), caption)
 
 
 def write_atlas_pages(found: Atlas, out: str | Path) -> list[Path]:
@@ -176,7 +176,9 @@ def _class_page(found: Atlas, c: ClassAtlas, drawing: _Drawing, tree: Any, prese
         drawing.shot(i, _contrast(drawing.maps.get(i.index)), f"logit gap {fmt(i.strength, '.4g')}")
         for i in c.rival_images
     ]
-    card_tree = None if tree is None else _nest(tree.nodes, lambda node: _mean_card(node, means), tree)[0]
+    card_tree = (
+        None if tree is None else nest_cards(tree.nodes, lambda node: _mean_card(node, means), tree)[0]
+    )
     return render(
         "atlas-class.html.j2",
         title=f"{c.name} (#{c.index}): what the data set says",
@@ -219,7 +221,7 @@ def _mean_card(node: Any, means: dict[str, NodeMean]) -> Card:
     value = "n/a" if mean is None else fmt(mean.mean_contribution, ".4g")
     facts = [f"{node.size} neurons", f"mean {value}"]
     details = f"mean contribution to the logit over the class's images: {value}"
-    return Card(node.path, node.label, _sign(node.path), facts, details)
+    return Card(node.path, node.label, branch_class(node.path), facts, details)
 
 
 def _node_map(row: dict[str, Any] | None, path: str | None, kind: str) -> np.ndarray | None:

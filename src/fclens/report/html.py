@@ -165,8 +165,8 @@ def weights_page(
                 "index": k,
                 "name": class_names[k],
                 "anchor": f"class-{k}",
-                "fit": _figure_uri(fit_plot(matrix[k], class_names[k])),
-                "tree": _nest(tree.nodes, _weights_card, tree)[0],
+                "fit": figure_uri(fit_plot(matrix[k], class_names[k])),
+                "tree": nest_cards(tree.nodes, _weights_card, tree)[0],
             }
         )
     return render(
@@ -176,8 +176,8 @@ def weights_page(
         shape=(fit.n_classes, fit.n_inputs),
         paper=_paper_facts(fit),
         beyond=_beyond_facts(fit),
-        histogram=_figure_uri(r2_histogram(fit)),
-        scatter=_figure_uri(slope_intercept(fit, class_names)),
+        histogram=figure_uri(r2_histogram(fit)),
+        scatter=figure_uri(slope_intercept(fit, class_names)),
         rows=_class_rows(fit, class_names, set(plotted)),
         mle=fit.mle is not None,
         sections=sections,
@@ -208,7 +208,7 @@ def _explanation_view(number: int, explanation: Explanation, kinds: list[str]) -
 
     def card(node: NodeExplanation) -> Card:
         images = [
-            _image_uri(overlay(image, node.shown(kind))) if kind in explanation.map_kinds else None
+            image_uri(overlay(image, node.shown(kind))) if kind in explanation.map_kinds else None
             for kind in kinds
         ]
         details = " | ".join(
@@ -224,9 +224,9 @@ def _explanation_view(number: int, explanation: Explanation, kinds: list[str]) -
             ]
         )
         facts = [f"{node.size} neurons", f"score {fmt(node.score)}"]
-        return Card(node.path, node.label, _sign(node.path), facts, details, images)
+        return Card(node.path, node.label, branch_class(node.path), facts, details, images)
 
-    tree, by_path = _nest(explanation.nodes, card, explanation.tree)
+    tree, by_path = nest_cards(explanation.nodes, card, explanation.tree)
     ends = (explanation.discriminative, explanation.confusing)  # None when the root was never split
     contrast = explanation.contrast
     target = explanation.target
@@ -236,8 +236,8 @@ def _explanation_view(number: int, explanation: Explanation, kinds: list[str]) -
         anchor=f"image-{number + 1}-{_slug(explanation.source)}",
         source=explanation.source,
         model_name=explanation.model_name,
-        photo=_image_uri(image),
-        thumbnail=_image_uri(thumbnail),
+        photo=image_uri(image),
+        thumbnail=image_uri(thumbnail),
         top5=[
             {
                 "name": p.name,
@@ -285,7 +285,7 @@ def _contrast_view(
     return ContrastView(
         rival={"name": rival.name, "index": rival.index, "probability": rival.probability},
         gap=fmt(contrast.gap, ".4g"),
-        picture=_image_uri(overlay(image, contrast.shown())),
+        picture=image_uri(overlay(image, contrast.shown())),
         pairs=[
             ("Most discriminative", target_ends[0], rival_ends[0]),
             ("Most confusing", target_ends[1], rival_ends[1]),
@@ -310,10 +310,12 @@ def _computed(*facts: tuple[str, float | int | None]) -> list[tuple[str, str]]:
 def _weights_card(node: Node) -> Card:
     facts = [f"n = {node.size}", f"R² {fmt(node.r2)}"]
     details = f"mean {fmt(node.mean, '.4g')}, min {fmt(node.min, '.4g')}, max {fmt(node.max, '.4g')}"
-    return Card(node.path, node.label, _sign(node.path), facts, details)
+    return Card(node.path, node.label, branch_class(node.path), facts, details)
 
 
-def _nest(nodes: Iterable[Any], make: Callable[[Any], Card], tree: SplitTree) -> tuple[Card, dict[str, Card]]:
+def nest_cards(
+    nodes: Iterable[Any], make: Callable[[Any], Card], tree: SplitTree
+) -> tuple[Card, dict[str, Card]]:
     """The root card and every card by path, for pre-order ``nodes`` (anything with a ``path``).
 
     Cards are linked parent → children by path; ``tree``'s two terminal nodes get their badge.
@@ -330,7 +332,7 @@ def _nest(nodes: Iterable[Any], make: Callable[[Any], Card], tree: SplitTree) ->
     return cards[""], cards
 
 
-def _sign(path: str) -> str:
+def branch_class(path: str) -> str:
     """CSS class of a node: where it sits relative to the two chains."""
     return "root" if not path else "pos" if path[-1] == "+" else "neg"
 
@@ -440,12 +442,12 @@ def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _image_uri(image: Image.Image) -> str:
+def image_uri(image: Image.Image) -> str:
     """A photo or overlay as a JPEG data URI: a tenth of a PNG's size, and these pictures are photos."""
     return _data_uri(image_bytes(image, "JPEG"), "image/jpeg")
 
 
-def _figure_uri(fig: Figure) -> str:
+def figure_uri(fig: Figure) -> str:
     return _data_uri(figure_png(fig), "image/png")
 
 

@@ -18,7 +18,7 @@ from matplotlib.ticker import FixedLocator, NullLocator
 
 from fclens.report._common import fmt
 from fclens.report.figures import DPI
-from fclens.report.html import _figure_uri, render
+from fclens.report.html import figure_uri, render
 
 if TYPE_CHECKING:
     from fclens.prune import PruneCurve
@@ -134,7 +134,7 @@ def prune_page(curve: PruneCurve, scan_name: str, model_name: str) -> str:
         curve=curve,
         reference=fmt(curve.reference_accuracy, ".4f"),
         pred_agreement=fmt(curve.pred_agreement, ".4f"),
-        figure=_figure_uri(prune_figure(curve)),
+        figure=figure_uri(prune_figure(curve)),
         caption=_caption(curve),
         rows=rows,
     )
