@@ -21,6 +21,7 @@ Ray is optional (``pip install 'fclens[ray]'``) and imported only when a :class:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -99,7 +100,7 @@ class RayEngine:
         ray = _ray()
         if not decoding.items:
             return
-        with _connected(ray, self.address):
+        with _quiet_ray(), _connected(ray, self.address):
             count, gpus = _pool(ray.cluster_resources(), self.actors)
             classifier, options = scanner.classifier, scanner.options
             rows = (
@@ -137,6 +138,49 @@ def _pool(resources: dict[str, float], actors: int | None) -> tuple[int, int]:
             f"use --actors {available} or fewer"
         )
     return actors or max(available, 1), gpus
+
+
+_HARMLESS = {
+    # a local Ray started for one scan has token authentication on by default, and says so at every start
+    "ray._private.authentication.authentication_token_setup": "Token authentication is enabled for this Ray",
+    # the scan turns Ray Data's progress bars off on purpose: its own bar counts images
+    "ray.data._internal.progress": "Progress bars disabled",
+}
+"""Ray's log records that a scan drops: logger → how the message begins (notes about what the scan chose)."""
+
+
+class _Drop(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
+@contextmanager
+def _quiet_ray() -> Iterator[None]:
+    """For the scan's duration: drop the :data:`_HARMLESS` notes, and Ray Data's INFO lines (execution start,
+    plan, finish), which the scan's bar replaces; its warnings and errors still show. Restored after.
+
+    Not dropped, because it is written by Ray's C++ core, not Python's logging: Ray Data's own
+    ``core_worker.cc`` line "... has constructor arguments in the object store and max_restarts > 0",
+    which Ray Data prints for any actor pool (ray-project/ray#57733, open): it passes references into
+    every model actor's constructor. Here it is harmless: Ray Data holds them for the whole execution, and
+    a lost model actor is restarted (tests/test_scan_ray.py kills one mid-scan).
+    """
+    dropped = [(logging.getLogger(name), _Drop(start)) for name, start in _HARMLESS.items()]
+    data = logging.getLogger("ray.data")
+    level = data.level
+    for logger, rule in dropped:
+        logger.addFilter(rule)
+    data.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        data.setLevel(level)
+        for logger, rule in dropped:
+            logger.removeFilter(rule)
 
 
 @contextmanager
