@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from photos import make_photo_folder  # noqa: E402
 
 import fclens  # noqa: E402
+from fclens.scanning import Engine, LocalEngine  # noqa: E402
 
 
 class _Files(Dataset):
@@ -63,11 +64,11 @@ def floor(classifier: fclens.Classifier, paths: list[Path], batch_size: int, wor
     return len(paths) / (time.perf_counter() - start)
 
 
-def scanned(classifier: fclens.Classifier, folder: Path, out: Path, batch_size: int, workers: int, **options) -> float:
+def scanned(classifier: fclens.Classifier, folder: Path, out: Path, batch_size: int, engine: Engine, **options) -> float:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     result = fclens.scan(
-        classifier, folder, out, labels="none", batch_size=batch_size, workers=workers, progress=False, **options
+        classifier, folder, out, labels="none", batch_size=batch_size, engine=engine, progress=False, **options
     )
     elapsed = time.perf_counter() - start
     return result.manifest["counts"]["ok"] / elapsed
@@ -95,13 +96,13 @@ def speed(args: argparse.Namespace, work: Path) -> None:
     for source in args.models.split(","):
         classifier = load(source, args.device)
         floor(classifier, paths[: args.batch_size], args.batch_size, args.workers)  # warm-up
-        scanned(classifier, folder, work / "warm", args.batch_size, args.workers)
+        scanned(classifier, folder, work / "warm", args.batch_size, LocalEngine(workers=args.workers))
         floors, scans = [], []
         for _ in range(args.repeats):
             floors.append(floor(classifier, paths, args.batch_size, args.workers))
-            scans.append(scanned(classifier, folder, work / "scan", args.batch_size, args.workers))
+            scans.append(scanned(classifier, folder, work / "scan", args.batch_size, LocalEngine(workers=args.workers)))
         size = bytes_per_image(work / "scan")
-        scanned(classifier, folder, work / "features", args.batch_size, args.workers, features=True)
+        scanned(classifier, folder, work / "features", args.batch_size, LocalEngine(workers=args.workers), features=True)
         with_features = bytes_per_image(work / "features")
         f, s = statistics.median(floors), statistics.median(scans)
         print(f"| {source} | floor: DataLoader + timm transform + forward | {f:.1f} | 1.00× | |")
@@ -132,7 +133,7 @@ def memory(args: argparse.Namespace, work: Path) -> None:
     thread.start()
     start = time.perf_counter()
     fclens.scan(classifier, folder, work / "long", labels="none", batch_size=args.batch_size,
-                workers=args.workers, progress=False)
+                engine=LocalEngine(workers=args.workers), progress=False)
     elapsed = time.perf_counter() - start
     done.set()
     thread.join()

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import fclens
 from bench_scan import scanned
+from fclens.scanning import LocalEngine, RayEngine
 from photos import make_photo_folder
 
 
@@ -46,12 +47,10 @@ def main() -> None:
     os.environ.setdefault("RAY_worker_niceness", "0")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 200 << 20})
     cluster.add_node(num_cpus=1, object_store_memory=200 << 20)
-    engines = {"local": {}} | {
-        f"ray, {n} actor{'s' if n > 1 else ''}": {
-            "engine": "ray",
-            "ray_address": cluster.address,
-            "actors": n,
-        }
+    engines = {"local": LocalEngine(workers=args.workers)} | {
+        f"ray, {n} actor{'s' if n > 1 else ''}": RayEngine(
+            address=cluster.address, actors=n, workers=args.workers
+        )
         for n in map(int, args.actors.split(","))
     }
     try:
@@ -59,14 +58,12 @@ def main() -> None:
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} images, "
             f"batch {args.batch_size}, {args.workers} decode workers; Ray cluster: 2 nodes × 1 CPU"
         )
-        for options in engines.values():  # warm-up: page cache, imports, Ray's worker pool
-            scanned(classifier, folder, work / "warm", args.batch_size, args.workers, **options)
+        for engine in engines.values():  # warm-up: page cache, imports, Ray's worker pool
+            scanned(classifier, folder, work / "warm", args.batch_size, engine)
         runs: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(args.repeats):
-            for name, options in engines.items():
-                runs[name].append(
-                    scanned(classifier, folder, work / "scan", args.batch_size, args.workers, **options)
-                )
+            for name, engine in engines.items():
+                runs[name].append(scanned(classifier, folder, work / "scan", args.batch_size, engine))
     finally:
         cluster.shutdown()
     local = statistics.median(runs["local"])
