@@ -89,7 +89,7 @@ def test_contributions_and_contrast_add_up_to_the_logits(scanned: fclens.Scan) -
 def test_rows_match_explain_on_the_same_images(scanned: fclens.Scan, classifier: fclens.Classifier) -> None:
     ok = scanned.ok().to_pylist()
     targets = [row["target"] for row in ok]
-    explanations = fclens.explain(classifier, [row["path"] for row in ok], target=targets, scores=True)
+    explanations = fclens.explain(classifier, [row["path"] for row in ok], target=targets, scores="all")
     positions = [i for i, row in enumerate(scanned.table.to_pylist()) if row["status"] == "ok"]
     for row, position, exp in zip(ok, positions, explanations, strict=True):
         assert row["node_path"] == [node.path for node in exp.nodes]
@@ -384,3 +384,15 @@ def test_a_label_folder_with_no_close_class_says_how_to_list_the_classes(
     message = str(refused.value)
     assert "no class name is close" in message and "fclens.load_model().class_names" in message
     assert "closest" not in message
+
+
+def test_classifier_to_moves_the_module_and_the_heads_cached_weight() -> None:
+    """What a Ray actor on a GPU relies on (here the "meta" device stands in for a GPU on a CPU machine)."""
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)
+    )
+    model = fclens.load_model(module, class_names=list("abcd"), input_size=32)
+    assert model.head.weight.device.type == "cpu"  # found, and cached, on the CPU
+    assert model.to("meta") is model and model.device.type == "meta"
+    assert {p.device.type for p in model.module.parameters()} == {"meta"}
+    assert model.head.weight.device.type == model.head.bias.device.type == "meta"

@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--seed", type=int, default=0, help="seed of the noisy smooth-gradcam++ maps (default 0)"
     )
-    explain.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    _batch_size_option(explain, EXPLAIN_DEFAULTS)
     explain.add_argument(
         "--target-layer", help="module name to draw maps from (default: found automatically)"
     )
@@ -212,12 +212,7 @@ def _parser() -> argparse.ArgumentParser:
         default=SCAN_DEFAULTS.scores,
         help=f"nodes that get the author's masked score, one forward each (default {SCAN_DEFAULTS.scores})",
     )
-    scan.add_argument(
-        "--batch-size",
-        type=int,
-        default=SCAN_DEFAULTS.batch_size,
-        help=f"images per forward pass (default {SCAN_DEFAULTS.batch_size})",
-    )
+    _batch_size_option(scan, SCAN_DEFAULTS)
     scan.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
     scan.add_argument(
         "--workers",
@@ -335,6 +330,15 @@ def _tree_options(command: argparse.ArgumentParser, defaults: Options = EXPLAIN_
         choices=TREE_MODES,
         default=defaults.mode,
         help=f"chains: the author's + and − chains; full: a full binary tree (default {defaults.mode})",
+    )
+
+
+def _batch_size_option(command: argparse.ArgumentParser, defaults: Options) -> None:
+    command.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"images per forward pass (default {defaults.batch_size})",
     )
 
 
@@ -717,8 +721,6 @@ def _explain_line(row: dict[str, Any]) -> str:
 def _run_scan(args: argparse.Namespace) -> int:
     from fclens.scanning import LocalEngine, RayEngine, scan
 
-    if args.batch_size < 1:
-        raise FclensError("--batch-size must be at least 1")
     if args.engine == "ray":
         engine = RayEngine(address=args.ray_address, actors=args.actors, workers=args.workers)
     elif args.ray_address or args.actors is not None:
