@@ -1,0 +1,207 @@
+"""The head floor: the one evaluator, the prior-aware loss, re-fits and post-hoc adjustments of a final layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fclens
+import feature_scan
+from fclens.edits.evaluate import evaluate_head
+from fclens.edits.layer import FinalLayer, as_final_layer
+from fclens.edits.prior import PriorLoss, adjust_head, class_prior, fit_head
+from fclens.errors import FclensError
+from fclens.scanning import LocalEngine, read_scan, scan
+from test_scan import make_photo_folder
+
+CLASSES, DIM = 6, 8
+MEANS = feature_scan.class_means(CLASSES, DIM, spread=0.7)
+TAIL = feature_scan.long_tail(CLASSES, largest=300, imbalance=100)  # 300 … 3 images per class
+BALANCED = np.full(CLASSES, 200)
+
+
+def gaussian_scan(
+    directory: Path, counts: np.ndarray, prior: np.ndarray, seed: int = 1, **kwargs: int
+) -> Path:
+    """A scan of ``counts`` images per class, scanned by the Bayes layer for ``prior``."""
+    feature_scan.write(directory, MEANS, counts, feature_scan.bayes_layer(MEANS, prior), seed=seed, **kwargs)
+    return directory
+
+
+def written(directory: Path) -> dict[str, np.ndarray]:
+    """The labels (−1: none) and the scanned layer's predictions of a scan, by index."""
+    rows = read_scan(directory).rows(["index", "label", "pred"])
+    label = np.array([-1 if v is None else v for v in rows.column("label").to_pylist()])
+    return {"label": label, "pred": rows.column("pred").to_numpy()}
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A long-tailed training scan, a balanced one, and a balanced evaluation scan of the same classes."""
+    root = tmp_path_factory.mktemp("gaussian")
+    tail_prior = TAIL / TAIL.sum()
+    return {
+        "tail": gaussian_scan(root / "tail", TAIL, tail_prior, seed=1),
+        "balanced": gaussian_scan(root / "balanced", BALANCED, BALANCED / BALANCED.sum(), seed=2),
+        "eval": gaussian_scan(root / "eval", BALANCED, tail_prior, seed=3, unlabelled=7),
+    }
+
+
+@pytest.fixture(scope="module")
+def photo_scan(classifier: fclens.Classifier, tmp_path_factory: pytest.TempPathFactory) -> fclens.Scan:
+    """The embedded model's scan, with features, of crops of the two sample photos."""
+    folder = make_photo_folder(tmp_path_factory.mktemp("photos"), copies=3)
+    out = tmp_path_factory.mktemp("scan") / "scan"
+    return scan(
+        classifier, folder, out, batch_size=8, engine=LocalEngine(workers=0), features=True, progress=False
+    )
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+@pytest.mark.slow
+def test_the_scanned_layer_evaluated_on_stored_features_gives_the_scans_own_predictions(
+    photo_scan: fclens.Scan, classifier: fclens.Classifier
+) -> None:
+    ok = photo_scan.rows(["index", "pred", "label"], ok_only=True)
+    for head in (photo_scan, classifier):  # the layer the scan stored, and the loaded model's own
+        evaluation = evaluate_head(photo_scan, head)
+        assert evaluation.n_images == ok.num_rows == 6
+        assert evaluation.index.tolist() == ok.column("index").to_pylist()
+        assert evaluation.pred.tolist() == ok.column("pred").to_pylist()
+        labels = np.array(ok.column("label").to_pylist())
+        assert evaluation.accuracy == pytest.approx(np.mean(evaluation.pred == labels))
+        assert evaluation.confusion.sum() == 6 and evaluation.confusion.shape == (1000, 1000)
+        assert np.isnan(evaluation.per_class_accuracy[0])  # no image of class 0
+
+
+def test_figures_count_labelled_rows_per_class_and_split_by_training_counts(scans: dict[str, Path]) -> None:
+    data = written(scans["eval"])
+    evaluation = evaluate_head(scans["eval"], scans["tail"], train_counts=TAIL)
+    label, pred = data["label"], data["pred"]
+    known = label >= 0
+    assert evaluation.n_images == len(label) and evaluation.n_labelled == known.sum()
+    assert np.array_equal(evaluation.pred, pred)  # the Bayes layer applied to the stored float16 features
+    recall = np.array([np.mean(pred[label == k] == k) for k in range(CLASSES)])
+    assert np.allclose(evaluation.per_class_accuracy, recall)
+    assert evaluation.accuracy == pytest.approx(np.mean(pred[known] == label[known]))
+    assert evaluation.balanced_accuracy == pytest.approx(recall.mean())
+    assert evaluation.confusion[2, 4] == np.sum((label == 2) & (pred == 4))
+    assert np.allclose(evaluation.soft_confusion.sum(axis=1), 1.0)
+    assert evaluation.many == pytest.approx(recall[TAIL > 100].mean())  # 300, 119
+    assert evaluation.medium == pytest.approx(recall[(TAIL >= 20) & (TAIL <= 100)].mean())  # 48
+    assert evaluation.few == pytest.approx(recall[TAIL < 20].mean())  # 19, 8, 3
+
+
+def test_a_scan_without_features_is_refused_with_the_flag_named(tmp_path: Path) -> None:
+    import synthetic_scan
+
+    synthetic_scan.write(tmp_path / "plain", rows=20)
+    with pytest.raises(FclensError, match="--features"):
+        evaluate_head(tmp_path / "plain", tmp_path / "plain")
+
+
+# ------------------------------------------------------------------------------------------------- losses
+LOGITS = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-2.0, 1.5, 0.0], [1.0, 1.0, -3.0]])
+TARGETS = torch.tensor([0, 2, 1, 1])
+PRIOR = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("method", "tau", "shift"), [("balanced-softmax", 0.3, 1.0), ("logit-adjust", 0.5, 0.5)]
+)
+def test_logit_shifting_losses_are_the_cross_entropy_of_shifted_logits(
+    method: str, tau: float, shift: float
+) -> None:
+    loss = PriorLoss(PRIOR.numpy(), method, tau=tau)(LOGITS, TARGETS)
+    expected = F.cross_entropy(LOGITS + shift * PRIOR.log().float(), TARGETS)
+    assert float(loss) == pytest.approx(float(expected), abs=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_pg_prior_gradient_is_the_importance_weighted_cross_entropy_gradient(tau: float) -> None:
+    logits = LOGITS.clone().requires_grad_(True)
+    PriorLoss(PRIOR.numpy(), "pg-prior", tau=tau)(logits, TARGETS).backward()
+    rho = ((1 / 3) / PRIOR.float()) ** tau  # π_target / π_train, tempered
+    weight = rho[TARGETS]
+    # ∇_logits CE_i = softmax_i − onehot_i; the loss is Σ ρ_i CE_i / Σ ρ_i
+    per_row = torch.softmax(LOGITS, dim=1) - F.one_hot(TARGETS, 3).float()
+    expected = weight[:, None] * per_row / weight.sum()
+    assert torch.allclose(logits.grad, expected, atol=1e-6)
+    uniform = PriorLoss(np.full(3, 1 / 3), "pg-prior", tau=tau)(LOGITS, TARGETS)
+    assert float(uniform) == pytest.approx(float(F.cross_entropy(LOGITS, TARGETS)), abs=1e-6)
+
+
+def test_a_prior_of_the_wrong_length_or_with_zeros_is_refused() -> None:
+    with pytest.raises(FclensError, match="3 classes"):
+        class_prior([0.5, 0.5], 3)
+    with pytest.raises(FclensError, match="class 1"):
+        PriorLoss([0.5, 0.0, 0.5])
+    with pytest.raises(FclensError, match="unknown prior loss"):
+        PriorLoss([0.5, 0.5], "focal")
+
+
+# ---------------------------------------------------------------------------------------------- re-fits
+def test_a_ce_refit_on_a_balanced_scan_keeps_the_scanned_layers_accuracy(scans: dict[str, Path]) -> None:
+    scanned = evaluate_head(scans["eval"], scans["balanced"])
+    layer = fit_head(scans["balanced"], "ce")
+    refit = evaluate_head(scans["eval"], layer)
+    assert abs(refit.accuracy - scanned.accuracy) < 0.01
+    assert layer.fit is not None and layer.fit.grad_norm < 1e-3 and layer.method == "ce"
+
+
+@pytest.mark.slow
+def test_prior_aware_refits_beat_plain_ce_on_balanced_accuracy(scans: dict[str, Path]) -> None:
+    """At imbalance 100 each prior-aware loss lifts the balanced accuracy by more than 5 points."""
+    ce = evaluate_head(scans["eval"], fit_head(scans["tail"], "ce")).balanced_accuracy
+    for loss in ("pg-prior", "logit-adjust", "balanced-softmax", "crt"):
+        balanced = evaluate_head(scans["eval"], fit_head(scans["tail"], loss)).balanced_accuracy
+        assert balanced > ce + 0.05, loss
+
+
+def test_a_class_absent_from_the_scan_keeps_its_row(tmp_path: Path) -> None:
+    counts = BALANCED.copy()
+    counts[4] = 0
+    directory = gaussian_scan(tmp_path / "missing", counts // 4, BALANCED / BALANCED.sum())
+    layer = fit_head(directory, "pg-prior")
+    scanned = as_final_layer(read_scan(directory))
+    assert torch.equal(layer.weight[4], scanned.weight[4]) and layer.bias[4] == scanned.bias[4]
+    assert not torch.equal(layer.weight[3], scanned.weight[3])
+
+
+def test_a_refit_streamed_from_the_shards_equals_the_one_held_in_memory(tmp_path: Path) -> None:
+    directory = gaussian_scan(tmp_path / "shards", BALANCED // 4, BALANCED / BALANCED.sum(), shard_rows=50)
+    held = fit_head(directory, "logit-adjust", max_iter=20)
+    streamed = fit_head(directory, "logit-adjust", max_iter=20, memory_limit=0)
+    assert torch.allclose(held.weight, streamed.weight, atol=1e-4)
+    assert torch.allclose(held.bias, streamed.bias, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------- post hoc
+def test_post_hoc_adjustments_have_their_closed_forms() -> None:
+    weight = torch.tensor([[3.0, 4.0], [0.6, 0.8], [0.0, 0.0]])
+    layer = FinalLayer(weight, torch.tensor([1.0, 2.0, 3.0]))
+    adjusted = adjust_head(layer, "logit-adjust", prior=[0.5, 0.25, 0.25], tau=2.0)
+    assert torch.allclose(
+        adjusted.bias, torch.tensor([1.0, 2.0, 3.0]) - 2.0 * torch.log(torch.tensor([0.5, 0.25, 0.25]))
+    )
+    assert torch.equal(adjusted.weight, weight)
+    normed = adjust_head(layer, "tau-norm", tau=1.0)
+    assert torch.allclose(normed.weight[:2].norm(dim=1), torch.ones(2))
+    assert torch.allclose(normed.bias[:2], torch.tensor([1.0 / 5, 2.0 / 1.0]))
+    assert torch.equal(normed.weight[2], weight[2])  # a row of zeros stays
+    assert torch.equal(adjust_head(layer, "tau-norm", tau=0.0).weight, weight)
+
+
+def test_post_hoc_logit_adjustment_undoes_the_training_prior_of_a_bayes_layer(scans: dict[str, Path]) -> None:
+    """The scanned layer is Bayes-optimal for the training prior; subtracting log π_train makes it the
+    Bayes layer for the uniform prior, which has the best balanced accuracy of all."""
+    adjusted = adjust_head(scans["tail"], "logit-adjust", prior=scans["tail"])
+    balanced = feature_scan.bayes_layer(MEANS, np.full(CLASSES, 1 / CLASSES))
+    direct = as_final_layer(balanced)
+    assert torch.allclose(adjusted.bias - adjusted.bias.mean(), direct.bias - direct.bias.mean(), atol=1e-5)
+    before = evaluate_head(scans["eval"], scans["tail"]).balanced_accuracy
+    assert evaluate_head(scans["eval"], adjusted).balanced_accuracy > before + 0.05
