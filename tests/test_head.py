@@ -1,12 +1,15 @@
 """Final-layer discovery across architectures: the layer that makes the logits, and how it pools."""
 
+import dataclasses
+
 import pytest
 import timm
 import torch
 import torchvision
 from torch import nn
 
-from fclens.head import HeadError, find_head
+from fclens import head as head_module
+from fclens.head import Head, HeadError, find_head
 
 # name -> (how pooled, feature layer name)
 TIMM = {
@@ -128,3 +131,35 @@ def test_a_module_called_twice_is_fine() -> None:
     model = Net()
     head = find_head(model, (32, 32))
     assert head.layer is model.out and head.pooling == "other" and head.feature_layer is model.act
+
+
+@pytest.mark.parametrize(
+    "name, side",
+    [
+        ("resnet18", 64),
+        ("mobilenetv3_small_100", 64),
+        ("convnext_atto", 64),
+        ("dla34", 64),
+        ("vit_tiny_patch16_224", 224),
+    ],
+)
+def test_timm_split_and_search_find_the_same_head(
+    name: str, side: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """timm's get_classifier/forward_features and the fallback search agree; the prelogits are timm's."""
+    model = timm.create_model(name).eval()
+    by_timm = find_head(model, (side, side))
+    monkeypatch.setattr(head_module, "_timm_classifier", lambda _: None)
+    by_search = find_head(model, (side, side))
+    for field in dataclasses.fields(Head):
+        a, b = getattr(by_timm, field.name), getattr(by_search, field.name)
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a is b or a == b, field.name
+
+    seen: list[torch.Tensor] = []
+    handle = by_timm.layer.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(x)
+        prelogits = model.forward_head(model.forward_features(x), pre_logits=True)
+    handle.remove()
+    assert torch.equal(seen[0].reshape(2, -1), prelogits)

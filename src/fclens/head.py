@@ -2,20 +2,40 @@
 
 The paper's code took "the last two state_dict keys", which breaks on 1×1-conv classifiers (DLA, DPN)
 and on MLP heads (VGG). Here the model runs once, at its own input size, with hooks that record the
-order in which modules finish: the final layer is the last Linear (or 1×1 Conv2d) whose output *is*
-the logits, and the feature layer is the last module before it whose output is a spatial map
-(N,C,h,w), (N,h,w,C) or a token sequence (N,T,C). Comparing that map with the final layer's input tells
-how features are pooled — and so whether a node's heatmap has a closed form:
+order in which modules finish.
+
+- A timm model (one with ``get_classifier``, ``forward_features`` and ``forward_head``) says where its
+  head is: the pass runs as ``forward_head(forward_features(x))``, which is timm's definition of its
+  ``forward`` (still one pass), the final layer is ``get_classifier()`` and the feature layer is the
+  last module whose output ``forward_features`` returns.
+- Anything else — torchvision models, a module of one's own, and the timm models where that split says
+  nothing usable (a classifier that is not one Linear or 1×1 Conv2d, as in distilled DeiT or LeViT;
+  features that are not a spatial map, as in PiT) — is searched, the fallback: the final layer is the
+  last Linear (or 1×1 Conv2d) whose output *is* the logits, and the feature layer is the last module
+  before it whose output is a spatial map (N,C,h,w), (N,h,w,C) or a token sequence (N,T,C), preferring
+  one that the head pools affinely. On 44 timm architectures tried with random weights (ResNet,
+  EfficientNet, MobileNetV3/V4, ConvNeXt, ViT, DeiT, Swin, DLA, DPN, VGG, PiT, CoaT, …) both ways give
+  the same head, and the same error for the six that have no readable linear head.
+
+Comparing that map with the final layer's input tells how features are pooled — and so whether a
+node's heatmap has a closed form:
 
 - ``avg``: the final layer sees the spatial mean of the feature map (ResNet, EfficientNet, Swin, DLA);
 - ``avg-norm``: the spatial mean, then a LayerNorm (ConvNeXt, ViT with ``global_pool="avg"``): still
   affine for a given image, with per-image scale and offset;
 - ``token``: the final layer sees one token (the CLS token of ViT/DeiT): not affine;
 - ``other``: anything else (VGG's MLP, MobileNetV3's conv head after pooling): not affine.
+
+The prelogits are what the final layer receives in that pass, recorded by its hook: for timm models
+this is ``forward_head(x, pre_logits=True)`` value for value, so asking timm again would only be a
+second head pass for the same tensor. For the same reason the scan and explain paths keep capturing
+features, prelogits and logits by hooks in the model's own single forward (:func:`fclens.maps.capture`):
+it works for every module, and reaches the gradient layer, which timm has no accessor for.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -211,11 +231,30 @@ def _logits_of(output: object) -> torch.Tensor:
     raise HeadError("the model's forward does not return a tensor of logits; wrap it so that it does")
 
 
+def _timm_classifier(model: nn.Module) -> nn.Module | None:
+    """timm's ``get_classifier()``, where the model offers timm's split forward and it is one final layer."""
+    if not all(
+        callable(getattr(model, n, None)) for n in ("get_classifier", "forward_features", "forward_head")
+    ):
+        return None
+    layer = model.get_classifier()
+    return layer if isinstance(layer, nn.Module) and _is_final_layer_type(layer) else None
+
+
+def _makes_logits(call: _Call, logits: torch.Tensor) -> bool:
+    return (
+        _is_final_layer_type(call.module)
+        and call.output.numel() == logits.numel()
+        and _close(call.output.reshape(logits.shape), logits)
+    )
+
+
 def find_head(model: nn.Module, input_size: tuple[int, int], target_layer: str | None = None) -> Head:
     """Run ``model`` once on a seeded random image of its own input size (H, W) and describe its head.
 
-    ``target_layer`` (a module name from ``model.named_modules()``) overrides the layer that heatmaps
-    are drawn from.
+    timm's ``get_classifier()`` and ``forward_features`` name the layers where the model offers them;
+    otherwise they are searched (the module docstring says how). ``target_layer`` (a module name from
+    ``model.named_modules()``) overrides the layer that heatmaps are drawn from.
     """
     modules = dict(model.named_modules())
     if target_layer is not None and target_layer not in modules:
@@ -225,9 +264,18 @@ def find_head(model: nn.Module, input_size: tuple[int, int], target_layer: str |
         raise HeadError("the model has no parameters, so it has no final linear layer")
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, *input_size, generator=generator).to(param.device, param.dtype)
+    classifier = _timm_classifier(model)
+    features: object = None  # what timm's forward_features returned, for a timm model
+    feature_calls = 0  # how many module calls forward_features made
     try:
         with evaluating(model), torch.no_grad(), _recording(model) as calls:
-            logits = _logits_of(model(x))
+            if classifier is None:
+                output = model(x)
+            else:  # timm's forward, split where its features end
+                features = model.forward_features(x)
+                feature_calls = len(calls)
+                output = model.forward_head(features)
+            logits = _logits_of(output)
     except HeadError:
         raise
     except Exception as error:  # the user's model failed on an image of its own size
@@ -239,15 +287,9 @@ def find_head(model: nn.Module, input_size: tuple[int, int], target_layer: str |
             f"the model returns a tensor of shape {tuple(logits.shape)}, not (batch, classes) logits"
         )
 
+    makers = [i for i, call in enumerate(calls) if _makes_logits(call, logits)]
     final_at = next(
-        (
-            i
-            for i in range(len(calls) - 1, -1, -1)
-            if _is_final_layer_type(calls[i].module)
-            and calls[i].output.numel() == logits.numel()
-            and _close(calls[i].output.reshape(logits.shape), logits)
-        ),
-        None,
+        (i for i in reversed(makers) if calls[i].module is classifier), makers[-1] if makers else None
     )
     if final_at is None:
         raise HeadError(
@@ -268,6 +310,18 @@ def find_head(model: nn.Module, input_size: tuple[int, int], target_layer: str |
                 f"layer {target_layer!r} does not output a spatial feature map before the final layer"
             )
         return _describe(model, final, weight, bias, prelogits, call, before)
+    if isinstance(features, torch.Tensor) and _is_spatial(features):
+        call = next(
+            (
+                c
+                for c in reversed(calls[:feature_calls])
+                if c.output.shape == features.shape and _close(c.output, features)
+            ),
+            None,
+        )
+        if call is not None:
+            with contextlib.suppress(HeadError):  # not readable as a grid: the search below decides
+                return _describe(model, final, weight, bias, prelogits, call, before)
     spatial = [c for c in before if _is_spatial(c.output)]
     if not spatial:
         raise HeadError("no layer before the final layer outputs a spatial feature map; pass target_layer=")
