@@ -15,7 +15,7 @@ from torch import nn
 
 from fclens import models
 from fclens.errors import FclensError
-from fclens.images import sample_image, to_batch
+from fclens.images import Preprocessing, load_image, sample_image, to_batch
 from fclens.models import Classifier, ModelError, imagenet_class_names, load_model, read_weights
 
 
@@ -44,6 +44,16 @@ def test_embedded_model_metadata(lite0: Classifier) -> None:
     assert lite0.preprocessing.mean == (0.5, 0.5, 0.5) and lite0.preprocessing.interpolation == "bicubic"
     assert lite0.head.weight.shape == (1000, 1280) and lite0.head.pooling == "avg"
     assert not lite0.module.training
+
+
+def test_timm_models_are_prepared_as_timm_prepares_them(lite0: Classifier) -> None:
+    """The config is timm's resolve_data_config; the transform gives create_transform's tensor, bit for bit."""
+    config = timm.data.resolve_data_config({}, model=lite0.module)
+    assert lite0.preprocessing == Preprocessing.from_timm_config(config)
+    photos = [sample_image("chelsea"), sample_image("coffee")]
+    batch, _ = to_batch(photos, lite0.preprocessing)
+    transform = timm.data.create_transform(**config)
+    assert torch.equal(batch, torch.stack([transform(load_image(photo)) for photo in photos]))
 
 
 def test_class_lookup(lite0: Classifier) -> None:

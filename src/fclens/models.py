@@ -140,7 +140,7 @@ def load_model(
         if weights is not None:
             _load_into(module, read_weights(weights), name)
         config = getattr(module, "pretrained_cfg", None)
-        default = Preprocessing.from_timm_config(config) if config else _imagenet_preprocessing()
+        default = _timm_preprocessing(module) if config else _imagenet_preprocessing()
     elif not isinstance(source, str):
         raise ModelError(f"a model source must be a name or a torch.nn.Module, not {type(source).__name__}")
     elif source in EMBEDDED:
@@ -155,7 +155,7 @@ def load_model(
             f"unknown model {source!r}; use one of {', '.join(EMBEDDED)}, 'timm:NAME' or 'torchvision:NAME'"
         )
     if default is None:
-        default = Preprocessing.from_timm_config(module.pretrained_cfg)
+        default = _timm_preprocessing(module)
     preprocessing = preprocessing or default
     if input_size is not None:
         side = (input_size, input_size) if isinstance(input_size, int) else input_size
@@ -188,7 +188,20 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def _imagenet_preprocessing() -> Preprocessing:
+    """The fallback for a module with no data config of its own: ImageNet's, at 224 px."""
     return Preprocessing((224, 224), IMAGENET_MEAN, IMAGENET_STD, "bicubic", 0.875)
+
+
+def _timm_preprocessing(module: nn.Module) -> Preprocessing:
+    """A timm model's data config as timm itself resolves it (``timm.data.resolve_data_config``).
+
+    Only the configuration comes from timm; the transform it describes is fclens's
+    :class:`~fclens.images.Preprocessing` (its docstring says why), equal to timm's
+    ``create_transform`` value for value.
+    """
+    from timm.data import resolve_data_config
+
+    return Preprocessing.from_timm_config(resolve_data_config({}, model=module))
 
 
 def _embedded(name: str, weights: str | Path | None) -> nn.Module:
