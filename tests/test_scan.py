@@ -44,10 +44,14 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scanned(classifier: fclens.Classifier, folder: Path, tmp_path_factory: pytest.TempPathFactory) -> fclens.Scan:
+def scanned(
+    classifier: fclens.Classifier, folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> fclens.Scan:
     out = tmp_path_factory.mktemp("scan") / "scan"
     engine = LocalEngine(workers=2)
-    return scan(classifier, folder, out, batch_size=4, engine=engine, features=True, scores="terminal", progress=False)
+    return scan(
+        classifier, folder, out, batch_size=4, engine=engine, features=True, scores="terminal", progress=False
+    )
 
 
 def test_a_folder_gives_one_row_per_image_with_labels_from_its_subfolders(scanned: fclens.Scan) -> None:
@@ -161,7 +165,9 @@ def test_another_model_or_options_into_the_same_directory_is_refused(
     scan(classifier, Interrupting(photos), out, engine=IN_PROCESS, progress=False)
     with pytest.raises(ScanError, match=r"min_size: 20 then, 10 now.*--force"):
         scan(classifier, Interrupting(photos), out, engine=IN_PROCESS, min_size=10, progress=False)
-    redone = scan(classifier, Interrupting(photos), out, engine=IN_PROCESS, min_size=10, force=True, progress=False)
+    redone = scan(
+        classifier, Interrupting(photos), out, engine=IN_PROCESS, min_size=10, force=True, progress=False
+    )
     assert redone.manifest.options.min_size == 10 and redone.table.num_rows == 12
 
 
@@ -169,7 +175,9 @@ def test_a_list_gives_paths_relative_to_itself_and_labels_by_name_or_index(
     classifier: fclens.Classifier, folder: Path, tmp_path: Path
 ) -> None:
     listing = folder / "list.csv"
-    listing.write_text("path,label\nTiger_Cat/chelsea-0.jpg,tiger cat\nespresso/coffee-0.jpg,967\nmissing.jpg,\n")
+    listing.write_text(
+        "path,label\nTiger_Cat/chelsea-0.jpg,tiger cat\nespresso/coffee-0.jpg,967\nmissing.jpg,\n"
+    )
     result = scan(classifier, listing, tmp_path / "scan", engine=IN_PROCESS, progress=False)
     rows = result.table.to_pylist()
     assert [row["label"] for row in rows] == [282, 967, None]
@@ -186,7 +194,9 @@ def test_a_list_gives_paths_relative_to_itself_and_labels_by_name_or_index(
         ("path,label\na.jpg,1000\n", r"label 1000 is out of range"),
     ],
 )
-def test_a_bad_list_is_one_clear_error(classifier: fclens.Classifier, tmp_path: Path, text: str, message: str) -> None:
+def test_a_bad_list_is_one_clear_error(
+    classifier: fclens.Classifier, tmp_path: Path, text: str, message: str
+) -> None:
     listing = tmp_path / "list.csv"
     listing.write_text(text)
     with pytest.raises(FclensError, match=message):
@@ -200,7 +210,9 @@ def test_a_subfolder_that_names_no_class_is_refused_unless_labels_none(
     (tmp_path / "photos" / "Tiger_Cat").rename(tmp_path / "photos" / "tiger_kats")
     with pytest.raises(FclensError, match=r"subfolder 'tiger_kats' matches no class.*'tiger cat'"):
         scan(classifier, tmp_path / "photos", tmp_path / "scan", progress=False)
-    result = scan(classifier, tmp_path / "photos", tmp_path / "scan", labels="none", engine=IN_PROCESS, progress=False)
+    result = scan(
+        classifier, tmp_path / "photos", tmp_path / "scan", labels="none", engine=IN_PROCESS, progress=False
+    )
     assert result.table.column("label").null_count == result.table.num_rows
 
 
@@ -214,12 +226,19 @@ def test_a_non_affine_head_is_scanned_with_gradient_maps(tmp_path: Path) -> None
     assert result.manifest.model["pooling"] == "token" and result.grid == (14, 14)
     row = result.ok().to_pylist()[0]
     share = dict(zip(row["node_path"], row["node_contribution"], strict=True))
-    assert share["+"] + share["-"] + result.bias[row["target"]] == pytest.approx(row["logit_target"], abs=1e-3)
+    assert share["+"] + share["-"] + result.bias[row["target"]] == pytest.approx(
+        row["logit_target"], abs=1e-3
+    )
     assert np.abs(result.node_maps(0)).sum() > 0
 
 
-def test_cli_scan_reports_skipped_images_and_exit_3(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["scan", str(folder), "--out", str(tmp_path / "scan"), "--batch-size", "4", "--workers", "0"]) == 3
+def test_cli_scan_reports_skipped_images_and_exit_3(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert (
+        main(["scan", str(folder), "--out", str(tmp_path / "scan"), "--batch-size", "4", "--workers", "0"])
+        == 3
+    )
     printed = capsys.readouterr().out
     assert "broken.jpg: skipped: truncated" in printed and "scanned 8 of 10 images (2 skipped)" in printed
     assert main(["scan", str(folder), "--out", str(tmp_path / "scan"), "--min-size", "10"]) == 2
@@ -240,10 +259,14 @@ def test_cli_scan_bad_input_is_exit_2_with_one_line(tmp_path: Path, capsys: pyte
 def test_a_datasets_labels_are_matched_or_ignored(
     classifier: fclens.Classifier, photos: torch.Tensor, tmp_path: Path
 ) -> None:
-    labelled = scan(classifier, Interrupting(photos), tmp_path / "labelled", engine=IN_PROCESS, progress=False)
+    labelled = scan(
+        classifier, Interrupting(photos), tmp_path / "labelled", engine=IN_PROCESS, progress=False
+    )
     assert labelled.table.column("label").to_pylist() == [282, 967] * 6
     assert labelled.table.column("path").to_pylist()[:2] == ["<dataset 0>", "<dataset 1>"]
-    unlabelled = scan(classifier, Interrupting(photos), tmp_path / "none", labels="none", engine=IN_PROCESS, progress=False)
+    unlabelled = scan(
+        classifier, Interrupting(photos), tmp_path / "none", labels="none", engine=IN_PROCESS, progress=False
+    )
     assert unlabelled.table.column("label").null_count == 12
     assert unlabelled.table.column("target").to_pylist() == unlabelled.table.column("pred").to_pylist()
 
@@ -292,11 +315,12 @@ def test_cli_rerun_of_a_finished_scan_says_it_is_complete_and_prints_no_totals(
     assert "scanned 2 of 4 images (2 skipped)" in capsys.readouterr().out
     assert main(command) == 3
     printed = capsys.readouterr()
-    assert printed.err == "scan is complete: 4 images (2 ok, 2 skipped); nothing to do\n" and printed.out == ""
+    assert printed.err == "scan is complete: 4 images (2 ok, 2 skipped); nothing to do\n"
+    assert printed.out == ""
 
 
 @pytest.mark.slow
-def test_sigterm_keeps_the_finished_images_as_ctrl_c_does(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_sigterm_keeps_the_finished_images_as_ctrl_c_does(tmp_path: Path, capsys: pytest.CaptureFixture):
     import re
     import shutil
     import signal
@@ -315,7 +339,11 @@ def test_sigterm_keeps_the_finished_images_as_ctrl_c_does(tmp_path: Path, capsys
     )
     try:
         deadline = time.monotonic() + 120
-        while not (out.is_dir() and any(out.iterdir())) and child.poll() is None and time.monotonic() < deadline:
+
+        def started() -> bool:  # the directory appears once the scan has begun, its SIGTERM handler in place
+            return out.is_dir() and any(out.iterdir())
+
+        while not started() and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)  # the directory appears once the scan has started (and its handler is in place)
         time.sleep(1)  # some images are scanned meanwhile; the test holds whatever their number
         child.send_signal(signal.SIGTERM)
