@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 import fclens
 import feature_scan
+from fclens.cli import main
 from fclens.edits.evaluate import evaluate_head
 from fclens.edits.layer import FinalLayer, as_final_layer
 from fclens.edits.prior import PriorLoss, adjust_head, class_prior, fit_head
@@ -205,3 +207,89 @@ def test_post_hoc_logit_adjustment_undoes_the_training_prior_of_a_bayes_layer(sc
     assert torch.allclose(adjusted.bias - adjusted.bias.mean(), direct.bias - direct.bias.mean(), atol=1e-5)
     before = evaluate_head(scans["eval"], scans["tail"]).balanced_accuracy
     assert evaluate_head(scans["eval"], adjusted).balanced_accuracy > before + 0.05
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def test_rebalance_prints_every_method_beside_the_scanned_layer_and_writes_its_files(
+    scans: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    code = main(["rebalance", str(scans["tail"]), "--eval", str(scans["eval"]), "--out", str(out), "--json",
+                 "--methods", "ce,logit-adjust,tau-norm"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [row["method"] for row in result["methods"]] == ["scanned", "ce", "logit-adjust", "tau-norm"]
+    assert result["train_counts"] == TAIL.tolist()
+    rows = {row["method"]: row for row in result["methods"]}
+    assert rows["ce"]["fit_grad_norm"] < 1e-3 and rows["logit-adjust"]["fit_loss"] is None
+    assert rows["logit-adjust"]["balanced_accuracy"] > rows["scanned"]["balanced_accuracy"] + 0.05
+    assert {p.name for p in out.iterdir()} == {"rebalance.csv", "rebalance.json", "per-class.png"}
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("other model", "another model"),
+        ("no features", "--features"),
+        ("no labels", "--labels"),
+        ("short prior", "the prior has 2 numbers"),
+        ("zero prior", "class 1 has 0"),
+        ("module", "passed as a module"),
+        ("method", "unknown method 'focal'"),
+    ],
+)
+def test_rebalance_refuses_bad_input_in_one_line(
+    case: str, message: str, scans: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import synthetic_scan
+
+    train, evaluation, extra = scans["tail"], scans["eval"], []
+    if case == "other model":
+        evaluation = tmp_path / "other"
+        feature_scan.write(
+            evaluation, MEANS, BALANCED // 10, feature_scan.bayes_layer(MEANS, BALANCED / 10.0)
+        )
+    elif case == "no features":
+        evaluation = tmp_path / "plain"
+        synthetic_scan.write(evaluation, rows=20, classes=CLASSES)
+    elif case == "no labels":
+        evaluation = tmp_path / "unlabelled"
+        feature_scan.write(evaluation, MEANS, np.zeros(CLASSES, int), feature_scan.bayes_layer(
+            MEANS, TAIL / TAIL.sum()), unlabelled=30)  # fmt: skip
+    extra = {
+        "short prior": ["--prior", "1,2"],
+        "zero prior": ["--prior", ",".join(["1", "0"] + ["1"] * (CLASSES - 2))],
+        "module": ["--write", "ce"],
+        "method": ["--methods", "ce,focal"],
+    }.get(case, [])
+    code = main(["rebalance", str(train), "--eval", str(evaluation), "--out", str(tmp_path / "o"), *extra])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and error.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_written_model_predicts_on_images_what_evaluate_head_predicts_on_their_features(
+    photo_scan: fclens.Scan, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fclens.images import to_batch
+
+    out = tmp_path / "out"
+    argv = ["rebalance", str(photo_scan.directory), "--eval", str(photo_scan.directory), "--out", str(out)]
+    assert main([*argv, "--methods", "tau-norm", "--write", "tau-norm"]) == 0
+    written = fclens.load_model(weights=out / "rebalanced-tau-norm.safetensors")
+    expected = adjust_head(photo_scan, "tau-norm")
+    assert torch.allclose(as_final_layer(written).weight, expected.weight)
+    evaluation = evaluate_head(photo_scan, written)
+    ok = photo_scan.rows(["index", "path"], ok_only=True)
+    batch, _ = to_batch([Path(p) for p in ok.column("path").to_pylist()], written.preprocessing)
+    with torch.inference_mode():
+        logits = written(batch)
+    stored = torch.from_numpy(
+        np.stack([np.asarray(v, np.float32) for v in photo_scan.rows(["index", "features"], ok_only=True)
+                  .column("features").to_pylist()])
+    )  # fmt: skip
+    assert torch.allclose(logits, expected.logits(stored), atol=0.05)  # the features are stored as float16
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.2
+    assert clear.any()
+    assert np.array_equal(logits.argmax(dim=1).numpy()[clear.numpy()], evaluation.pred[clear.numpy()])

@@ -7,5 +7,22 @@ pooled features a scan stored: no backbone, one matrix product per batch of rows
 - :mod:`.layer`: :class:`FinalLayer`, what it can be made from, and writing a model with a new one;
 - :mod:`.evaluate`: the features and labels of a scan, read in bounded batches, and :func:`evaluate_head`;
 - :mod:`.prior`: the imbalanced-data application (PAPER.md §6): :class:`PriorLoss`, :func:`fit_head`,
-  :func:`adjust_head`.
+  :func:`adjust_head`; :mod:`.rebalance`: every method of it against plain CE, on a training and an
+  evaluation scan (``fclens rebalance``).
+
+The method names are kept here, with the standard library only, so that the command's help needs no torch.
 """
+
+REFITS = {
+    "ce": "ce",
+    "pg-prior": "pg-prior",
+    "balanced-softmax": "balanced-softmax",
+    "logit-adjust-loss": "logit-adjust",
+    "crt": "crt",
+}
+"""The re-fits of ``fclens rebalance``, each the :func:`~fclens.edits.prior.fit_head` loss it runs."""
+POST_HOC = ("logit-adjust", "tau-norm")
+"""The post-hoc adjustments (:func:`~fclens.edits.prior.adjust_head`): no training."""
+REBALANCE_METHODS = (*REFITS, *POST_HOC)
+REBALANCE_DEFAULTS = ("ce", "pg-prior", "balanced-softmax", "logit-adjust", "tau-norm", "crt")
+"""The default methods: ``logit-adjust-loss`` at τ = 1 is ``balanced-softmax``, so it is left out."""

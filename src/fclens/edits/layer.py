@@ -20,7 +20,7 @@ from fclens.io import atomic_write_bytes
 if TYPE_CHECKING:
     from fclens.scanning.store import Scan
 
-__all__ = ["FinalLayer", "as_final_layer", "open_scan", "write_model"]
+__all__ = ["FinalLayer", "FitReport", "as_final_layer", "model_source", "open_scan", "write_model"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,18 @@ def open_scan(scan: Scan | str | os.PathLike[str]) -> Scan:
     return read_scan(scan) if isinstance(scan, (str, os.PathLike)) else scan
 
 
+def model_source(scan: Scan) -> str:
+    """The source the scanned model can be reloaded from (its manifest's ``model.source``); FclensError
+    for a model that was passed as a module, which fclens cannot reload to write an edited copy of."""
+    source = scan.manifest.model.get("source")
+    if not source:
+        raise FclensError(
+            "the scanned model was passed as a module, so fclens cannot reload it to write an edited copy; "
+            "scan a named model (efficientnet_lite0, timm:NAME, torchvision:NAME) to use --write"
+        )
+    return str(source)
+
+
 def write_model(
     scan: Scan | str | os.PathLike[str],
     layer: FinalLayer,
@@ -124,7 +136,6 @@ def write_model(
     from safetensors.torch import save
 
     from fclens.models import load_model
-    from fclens.prune import model_source
 
     scan = open_scan(scan)
     source = model_source(scan)

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fclens.edits import POST_HOC
 from fclens.edits.evaluate import class_counts, feature_batches
 from fclens.edits.layer import FinalLayer, FitReport, as_final_layer, open_scan
 from fclens.errors import FclensError
@@ -66,7 +67,7 @@ PRIOR_LOSSES = ("pg-prior", "logit-adjust", "balanced-softmax")
 """The methods of :class:`PriorLoss`."""
 LOSSES = ("ce", *PRIOR_LOSSES, "crt")
 """The objectives of :func:`fit_head`."""
-ADJUSTMENTS = ("logit-adjust", "tau-norm")
+ADJUSTMENTS = POST_HOC
 """The post-hoc methods of :func:`adjust_head`."""
 
 _CHUNK = 8192

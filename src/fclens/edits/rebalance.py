@@ -1,0 +1,146 @@
+"""Every imbalanced-data method on one training scan, judged on another scan of the same model.
+
+``rebalance(train, evaluation)`` re-fits or adjusts the final layer on the training scan's stored
+features (:data:`fclens.edits.REBALANCE_METHODS`) and evaluates each layer, and the scanned one, on the
+evaluation scan with :func:`~fclens.edits.evaluate.evaluate_head`: the rows that choose an edit never
+judge it. ``fclens rebalance`` prints its table and writes its files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fclens.edits import POST_HOC, REBALANCE_DEFAULTS, REBALANCE_METHODS, REFITS
+from fclens.edits.evaluate import FEW, MANY, HeadEvaluation, class_counts, evaluate_head
+from fclens.edits.layer import FinalLayer, as_final_layer, open_scan
+from fclens.edits.prior import adjust_head, class_prior, fit_head
+from fclens.errors import FclensError
+from fclens.io import csv_text
+
+if TYPE_CHECKING:
+    from fclens.scanning.store import Scan
+
+__all__ = ["Rebalance", "rebalance"]
+
+SCANNED = "scanned"
+"""The row of the layer as scanned: the reference every method is read against."""
+
+
+@dataclass
+class Rebalance:
+    """Each method's layer and its figures on the evaluation scan, the scanned layer's first."""
+
+    layers: dict[str, FinalLayer]
+    evaluations: dict[str, HeadEvaluation]
+    train_counts: np.ndarray
+    tau: float
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One summary row per method (the figures of :meth:`HeadEvaluation.to_dict`, no per-class list)."""
+        rows = []
+        for name, evaluation in self.evaluations.items():
+            row = {key: v for key, v in evaluation.to_dict().items() if key != "per_class_accuracy"}
+            fit = self.layers[name].fit
+            row["method"] = name
+            row["fit_loss"] = None if fit is None else fit.loss
+            row["fit_grad_norm"] = None if fit is None else fit.grad_norm
+            row["fit_seconds"] = None if fit is None else fit.seconds
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tau": self.tau,
+            "train_counts": [int(v) for v in self.train_counts],
+            "methods": self.rows(),
+            "per_class_accuracy": {
+                name: evaluation.to_dict()["per_class_accuracy"]
+                for name, evaluation in self.evaluations.items()
+            },
+        }
+
+    def to_csv(self) -> str:
+        rows = self.rows()
+        return csv_text(rows, list(rows[0]))
+
+    def to_text(self) -> str:
+        """The table: method, accuracy, balanced accuracy, many / medium / few (percent)."""
+
+        def cell(value: float | None) -> str:
+            return "–" if value is None else f"{100 * value:.1f}"
+
+        heads = ("method", "accuracy", "balanced", "many", "medium", "few")
+        lines = [f"{heads[0]:<20}" + "".join(f"{h:>10}" for h in heads[1:])]
+        for row in self.rows():
+            figures = (row["accuracy"], row["balanced_accuracy"], row["many"], row["medium"], row["few"])
+            lines.append(f"{row['method']:<20}" + "".join(f"{cell(v):>10}" for v in figures))
+        judged = next(iter(self.evaluations.values())).confusion.sum(axis=1) > 0
+        counts = self.train_counts[judged]
+        lines.append(
+            f"many / medium / few: classes with > {MANY}, {FEW}–{MANY}, < {FEW} training images "
+            f"({(counts > MANY).sum()}, {((counts >= FEW) & (counts <= MANY)).sum()}, {(counts < FEW).sum()} "
+            "of the classes evaluated)"
+        )
+        return "\n".join(lines) + "\n"
+
+
+def rebalance(
+    train: Scan | str | os.PathLike[str],
+    evaluation: Scan | str | os.PathLike[str],
+    methods: Sequence[str] = REBALANCE_DEFAULTS,
+    tau: float = 1.0,
+    prior: Any = "labels",
+    seed: int = 0,
+) -> Rebalance:
+    """Each of ``methods`` fitted or adjusted on ``train`` and evaluated on ``evaluation`` (see the module).
+
+    ``prior``: the training prior, ``"labels"`` (the training scan's labelled rows) or C numbers.
+    ``tau`` applies to pg-prior, logit-adjust-loss, logit-adjust and tau-norm.
+    """
+    train, evaluation = open_scan(train), open_scan(evaluation)
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in REBALANCE_METHODS]
+    if unknown or not methods:
+        raise FclensError(
+            f"unknown method {unknown[0] if unknown else ''!r}; choose from {', '.join(REBALANCE_METHODS)}"
+        )
+    _check_pair(train, evaluation)
+    for scan in (train, evaluation):
+        scan.warn_if_incomplete()
+    counts = class_counts(train)
+    priors = class_prior(prior, len(train.class_names), train)
+    layers: dict[str, FinalLayer] = {SCANNED: as_final_layer(train)}
+    for method in methods:
+        if method in POST_HOC:
+            layers[method] = adjust_head(train, method, prior=priors, tau=tau)
+        else:
+            fitted = fit_head(train, REFITS[method], prior=priors, tau=tau, seed=seed)
+            layers[method] = FinalLayer(fitted.weight, fitted.bias, method=method, fit=fitted.fit)
+    evaluations = {
+        name: evaluate_head(evaluation, layer, train_counts=counts) for name, layer in layers.items()
+    }
+    return Rebalance(layers, evaluations, counts, float(tau))
+
+
+def _check_pair(train: Scan, evaluation: Scan) -> None:
+    """Both scans have features and labels, and are scans of the same final layer."""
+    from fclens.scanning.store import head_sha256
+
+    for scan, role in ((train, "training"), (evaluation, "evaluation")):
+        if not scan.has_features:
+            raise FclensError(f"the {role} scan {scan.directory} has no features; rescan it with --features")
+        if class_counts(scan).sum() == 0:
+            raise FclensError(
+                f"the {role} scan {scan.directory} has no labelled rows; rescan a labelled source "
+                "(class-name subfolders or a label column) with --labels auto"
+            )
+    if head_sha256(train.weight, train.bias) != head_sha256(evaluation.weight, evaluation.bias):
+        raise FclensError(
+            f"{evaluation.directory} is a scan of another model than {train.directory} (their final layers "
+            "differ); scan both with the same model"
+        )
