@@ -24,6 +24,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fclens.ald import ALDFit, MLEFit, PartFit, RegressionFit, fit_ald, regression_fit
     from fclens.atlas import Atlas, atlas
+    from fclens.edits.evaluate import HeadEvaluation, evaluate_head
+    from fclens.edits.layer import FinalLayer
+    from fclens.edits.prior import PriorLoss, adjust_head, fit_head
+    from fclens.edits.rebalance import Rebalance, rebalance
     from fclens.errors import FclensError
     from fclens.explain import Contrast, Explanation, NodeExplanation, Prediction, explain
     from fclens.head import Head, find_head
@@ -39,6 +43,10 @@ __version__ = "0.1.0"
 _SOURCES = {
     "fclens.ald": ("ALDFit", "MLEFit", "PartFit", "RegressionFit", "fit_ald", "regression_fit"),
     "fclens.atlas": ("Atlas", "atlas"),
+    "fclens.edits.evaluate": ("HeadEvaluation", "evaluate_head"),
+    "fclens.edits.layer": ("FinalLayer",),
+    "fclens.edits.prior": ("PriorLoss", "adjust_head", "fit_head"),
+    "fclens.edits.rebalance": ("Rebalance", "rebalance"),
     "fclens.errors": ("FclensError",),
     "fclens.explain": ("Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"),
     "fclens.head": ("Head", "find_head"),
@@ -59,7 +67,9 @@ __all__ = [
     "Contrast",
     "Explanation",
     "FclensError",
+    "FinalLayer",
     "Head",
+    "HeadEvaluation",
     "ImageError",
     "MLEFit",
     "ModelError",
@@ -68,21 +78,27 @@ __all__ = [
     "PartFit",
     "Prediction",
     "Preprocessing",
+    "PriorLoss",
     "PruneCurve",
     "PrunePoint",
+    "Rebalance",
     "RegressionFit",
     "Scan",
     "ScanError",
     "SplitTree",
+    "adjust_head",
     "atlas",
+    "evaluate_head",
     "explain",
     "find_head",
     "fit_ald",
+    "fit_head",
     "load_image",
     "load_model",
     "prune",
     "prune_curve",
     "read_scan",
+    "rebalance",
     "register_map",
     "regression_fit",
     "sample_folder",

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from fclens import __version__
+from fclens.edits import REBALANCE_DEFAULTS, REBALANCE_METHODS
 from fclens.errors import FclensError
-from fclens.io import atomic_write_text
+from fclens.io import atomic_write_text, safe_name
 from fclens.options import (
     BIAS_CORRECTIONS,
     EXPLAIN_DEFAULTS,
@@ -278,6 +279,51 @@ def _parser() -> argparse.ArgumentParser:
         "--write",
         metavar="METHOD@SPARSITY",
         help="also save the pruned model as safetensors (e.g. tree@0.9), for load_model(..., weights=)",
+    )
+
+    rebalance = _command(
+        commands,
+        "rebalance",
+        _run_rebalance,
+        "re-fit or adjust the final layer for imbalanced classes (the paper's prior-aware loss beside "
+        "logit adjustment, Balanced Softmax, cRT and tau-normalisation), on a training scan's stored "
+        "features, judged on an evaluation scan",
+        model_option=False,
+    )
+    rebalance.add_argument(
+        "train_dir", type=Path, metavar="TRAIN_SCAN", help="a labelled scan made with fclens scan --features"
+    )
+    rebalance.add_argument(
+        "--eval",
+        type=Path,
+        required=True,
+        metavar="EVAL_SCAN",
+        help="a labelled scan of other images, same model",
+    )
+    rebalance.add_argument(
+        "--methods",
+        default=",".join(REBALANCE_DEFAULTS),
+        help=f"comma-separated: {', '.join(REBALANCE_METHODS)} (default %(default)s)",
+    )
+    rebalance.add_argument(
+        "--tau",
+        type=float,
+        default=1.0,
+        help="strength of the prior (pg-prior, logit-adjust, tau-norm; default 1)",
+    )
+    rebalance.add_argument(
+        "--prior",
+        help="the training prior as C comma-separated numbers (default: the training scan's labels)",
+    )
+    rebalance.add_argument("--seed", type=int, default=0, help="seed of crt's starting layer (default 0)")
+    rebalance.add_argument(
+        "--out",
+        type=Path,
+        help="folder for rebalance.csv, rebalance.json and per-class.png (default "
+        "fclens-rebalance-TRAIN_SCAN)",
+    )
+    rebalance.add_argument(
+        "--write", metavar="METHOD", help="also save the model with that method's final layer as safetensors"
     )
 
     samples = _command(
@@ -867,6 +913,52 @@ def _run_prune(args: argparse.Namespace) -> int:
 def _print_removed(removed: list[Path]) -> None:
     if removed:
         print(f"removed what an earlier run wrote and this one did not: {', '.join(str(p) for p in removed)}")
+
+
+# ------------------------------------------------------------------------------------------- rebalance
+def _run_rebalance(args: argparse.Namespace) -> int:
+    from fclens import report
+    from fclens.edits.layer import model_source, write_model
+    from fclens.edits.rebalance import rebalance
+    from fclens.report.rebalance import rebalance_figure
+    from fclens.scanning import read_scan
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.write:
+        if args.write not in REBALANCE_METHODS:
+            raise FclensError(
+                f"--write takes one method of {', '.join(REBALANCE_METHODS)}, got {args.write!r}"
+            )
+        methods += [args.write] if args.write not in methods else []
+    prior = "labels" if args.prior is None else [_number(text, "--prior") for text in args.prior.split(",")]
+    train = read_scan(args.train_dir)
+    if args.write:
+        model_source(train)  # a scan of a module cannot be written: say so before anything is fitted
+    with _one_line_warnings():
+        result = rebalance(train, read_scan(args.eval), methods, tau=args.tau, prior=prior, seed=args.seed)
+    out = args.out or Path(f"fclens-rebalance-{safe_name(args.train_dir.resolve().name)}")
+    written = [
+        atomic_write_text(out / "rebalance.csv", result.to_csv()),
+        atomic_write_text(out / "rebalance.json", json.dumps(result.to_dict(), indent=1) + "\n"),
+        report.save_figure(rebalance_figure(result), out / "per-class.png"),
+    ]
+    if args.write:
+        written.append(
+            write_model(train, result.layers[args.write], out / f"rebalanced-{args.write}.safetensors")
+        )
+    if args.json:
+        _print_json({**result.to_dict(), "files": [str(p) for p in written]})
+    else:
+        print(result.to_text(), end="")
+        print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise FclensError(f"{flag} takes numbers, got {text.strip()!r}") from None
 
 
 # --------------------------------------------------------------------------------------------- samples
