@@ -104,7 +104,8 @@ def scan(
         decoding = Decoding(pending, Decoder(classifier.preprocessing, dataset, names))
         bar = _progress_bar(len(items), len(items) - len(pending), progress and bool(pending))
         try:
-            engine.run(scanner, decoding, writer, bar.update)
+            if pending:  # a finished scan starts no decode workers and no Ray
+                engine.run(scanner, decoding, writer, bar.update)
         except KeyboardInterrupt:
             writer.close(len(items), head.grid)  # the queued rows too: a shard is written whole or not at all
             raise KeyboardInterrupt(
