@@ -103,17 +103,18 @@ def scan(
         names = tuple(classifier.class_names) if labels == "auto" else None
         decoding = Decoding(pending, Decoder(classifier.preprocessing, dataset, names))
         bar = _progress_bar(len(items), len(items) - len(pending), progress and bool(pending))
+        interrupted = False
         try:
             if pending:  # a finished scan starts no decode workers and no Ray
                 engine.run(scanner, decoding, writer, bar.update)
         except KeyboardInterrupt:
-            writer.close(len(items), head.grid)  # the queued rows too: a shard is written whole or not at all
-            raise KeyboardInterrupt(
-                f"interrupted: {len(writer.done)} of {len(items)} images kept in {out}; rerun to continue"
-            ) from None
+            interrupted = True
         finally:
             bar.close()
-        writer.close(len(items), head.grid)
+            writer.close(len(items), head.grid)  # however it stopped: the queued rows become a last shard
+    if interrupted:
+        kept = f"{len(writer.done)} of {len(items)} images kept in {out}"
+        raise KeyboardInterrupt(f"interrupted: {kept}; rerun to continue")
     return read_scan(out)
 
 
