@@ -1,4 +1,4 @@
-"""Benchmark of fclens.atlas's aggregation on a synthesised scan, beside DuckDB on the same shards.
+"""Benchmark of fclens.atlasing's aggregation on a synthesised scan, beside DuckDB on the same shards.
 
 A scan of ``--rows`` images (default 50,000) over ``--classes`` classes (default 1,000) is written in the
 documented format by tests/synthetic_scan.py (5 nodes per tree, 7×7 maps, shards of 4,096 rows). Then:
@@ -61,7 +61,7 @@ def child(engine: str, directory: str, top_k: int) -> None:
     """One timed run in this process; prints JSON with the seconds and the peak resident set."""
     if engine == "pyarrow":
         import fclens.scanning  # noqa: F401  (what atlas() imports to read the manifest, torch included)
-        from fclens.atlas import atlas
+        from fclens.atlasing import atlas
     else:
         import duckdb
     baseline = _peak_mib()

@@ -35,7 +35,7 @@ from PIL import Image
 from torch import nn
 
 import fclens.images
-from fclens.explain import explain
+from fclens.explaining import explain
 from fclens.images import sample_image, to_batch
 from fclens.maps import NodeBatch, capture, node_maps, node_membership
 from fclens.models import Classifier, load_model

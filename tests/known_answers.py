@@ -211,7 +211,7 @@ def evidence(seed: int = 0, per_class: int = 40) -> Evidence:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from fclens.explain import explain
+    from fclens.explaining import explain
 
     model = classifier(seed)
     data = make(per_class, seed + 1)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import synthetic_scan as synthetic
-from fclens.atlas import atlas, read_maps
+from fclens.atlasing import atlas, read_maps
 from fclens.cli import main
 from fclens.errors import FclensError
 from fclens.scanning import read_scan

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fclens.ald import fit_ald
-from fclens.explain import Explanation, explain
+from fclens.explaining import Explanation, explain
 from fclens.models import Classifier
 from fclens.report import explanations_page, weights_page
 
@@ -268,7 +268,7 @@ def test_prune_page_fits_a_1280_px_window(browser: Any, tmp_path: Path):
     """The figure is scaled to the page: no horizontal scrolling, every panel in view."""
     import numpy as np
 
-    from fclens.prune import evaluate
+    from fclens.pruning import evaluate
     from fclens.report.prune import prune_page
 
     rng = np.random.default_rng(0)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import synthetic_scan as synthetic
-from fclens.atlas import atlas
-from fclens.explain import explain
+from fclens.atlasing import atlas
+from fclens.explaining import explain
 from fclens.images import sample_image
 from fclens.models import Classifier
 from fclens.report import explanations_page

@@ -13,7 +13,7 @@ from torch import nn
 
 from fclens.cli import main
 from fclens.errors import FclensError
-from fclens.explain import Explanation, explain
+from fclens.explaining import Explanation, explain
 from fclens.maps import capture, contrast_maps
 from fclens.models import Classifier, load_model
 from fclens.report import explanations_page

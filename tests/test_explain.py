@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from fclens.errors import FclensError
-from fclens.explain import Explanation, explain
+from fclens.explaining import Explanation, explain
 from fclens.images import to_batch
 from fclens.models import Classifier
 

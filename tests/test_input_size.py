@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fclens.errors import FclensError
-from fclens.explain import explain
+from fclens.explaining import explain
 from fclens.head import evaluating
 from fclens.images import ImageError, Preprocessing, sample_image, to_batch
 from fclens.models import Classifier, load_model

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import known_answers as ka
-from fclens.atlas import atlas
+from fclens.atlasing import atlas
 from fclens.scanning import LocalEngine, scan
 
 

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from fclens.errors import FclensError
-from fclens.explain import explain
+from fclens.explaining import explain
 from fclens.head import evaluating
 from fclens.images import Preprocessing, to_batch
 from fclens.maps import MAP_KINDS, NodeBatch, capture, node_maps, node_membership

@@ -16,7 +16,7 @@ import fclens
 from fclens.cli import main
 from fclens.errors import FclensError
 from fclens.images import Preprocessing
-from fclens.prune import METHODS, evaluate, prune, pruning_ranks
+from fclens.pruning import METHODS, evaluate, prune, pruning_ranks
 from fclens.scanning import LocalEngine
 from fclens.tree import split_tree
 
@@ -302,7 +302,7 @@ def scanned(trained: fclens.Classifier, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.mark.slow
 def test_a_scans_curve_equals_a_direct_evaluation_of_its_features(scanned: fclens.Scan):
-    from fclens.prune import prune_curve
+    from fclens.pruning import prune_curve
 
     curve = prune_curve(scanned, methods=METHODS, sparsities=[0.0, 0.5, 0.9], bias_correction="both")
     z = scanned.features()
@@ -323,7 +323,7 @@ def test_a_scans_curve_equals_a_direct_evaluation_of_its_features(scanned: fclen
 
 @pytest.mark.slow
 def test_random_pruning_is_worse_than_magnitude_pruning_at_high_sparsity(scanned: fclens.Scan):
-    from fclens.prune import prune_curve
+    from fclens.pruning import prune_curve
 
     curve = prune_curve(scanned, methods=["magnitude", "random"], sparsities=[0.8, 0.9])
     for s in (0.8, 0.9):

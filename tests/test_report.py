@@ -16,7 +16,7 @@ from PIL import Image
 import synthetic_scan
 from fclens.ald import ALDFit, fit_ald
 from fclens.cli import main
-from fclens.explain import Explanation, explain
+from fclens.explaining import Explanation, explain
 from fclens.models import Classifier
 from fclens.report import (
     CHAIN_FILE,

@@ -6,7 +6,7 @@ Implements Siddhartha, "An interpretation of the final fully connected layer" (a
     model = fclens.load_model()                       # EfficientNet-Lite0, ImageNet, offline
     fit = fclens.fit_ald(model.head.weight)           # does each class follow an ALD?
     tree = fclens.split_tree(model.head.weight[285])  # the recursive split of one class
-    (exp,) = fclens.explain(model, fclens.sample_image("chelsea"))
+    exp = fclens.explain(model, fclens.sample_image("chelsea"))  # one image: one Explanation
     exp.discriminative.map, exp.confusing.score
     fclens.report.save_explanation(exp, "out/")       # chain figure, maps.npz, explanation.json
 
@@ -17,52 +17,59 @@ for torch, timm and matplotlib before something needs them.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fclens.ald import ALDFit, MLEFit, PartFit, RegressionFit, fit_ald, regression_fit
-    from fclens.atlas import Atlas, atlas
+    from fclens.atlasing import Atlas, atlas
+    from fclens.batch import BatchResult, BatchRunner
     from fclens.edits.evaluate import HeadEvaluation, evaluate_head
     from fclens.edits.layer import FinalLayer
     from fclens.edits.prior import PriorLoss, adjust_head, fit_head
     from fclens.edits.rebalance import Rebalance, rebalance
     from fclens.errors import FclensError
-    from fclens.explain import Contrast, Explanation, NodeExplanation, Prediction, explain
+    from fclens.explaining import Contrast, Explanation, NodeExplanation, Prediction, explain
     from fclens.head import Head, find_head
     from fclens.images import ImageError, Preprocessing, load_image, sample_folder, sample_image
     from fclens.maps import MAP_KINDS, register_map
     from fclens.models import Classifier, ModelError, load_model
-    from fclens.prune import PruneCurve, PrunePoint, prune, prune_curve
-    from fclens.scanning import Scan, ScanError, read_scan, scan
+    from fclens.options import EXPLAIN_DEFAULTS, RUNNER_UP, SCAN_DEFAULTS, Options
+    from fclens.pruning import PruneCurve, PrunePoint, prune, prune_curve
+    from fclens.scanning import LocalEngine, RayEngine, Scan, ScanError, read_scan, scan
     from fclens.tree import Node, SplitTree, split_tree
 
 __version__ = "0.1.0"
 
 _SOURCES = {
     "fclens.ald": ("ALDFit", "MLEFit", "PartFit", "RegressionFit", "fit_ald", "regression_fit"),
-    "fclens.atlas": ("Atlas", "atlas"),
+    "fclens.atlasing": ("Atlas", "atlas"),
+    "fclens.batch": ("BatchResult", "BatchRunner"),
     "fclens.edits.evaluate": ("HeadEvaluation", "evaluate_head"),
     "fclens.edits.layer": ("FinalLayer",),
     "fclens.edits.prior": ("PriorLoss", "adjust_head", "fit_head"),
     "fclens.edits.rebalance": ("Rebalance", "rebalance"),
     "fclens.errors": ("FclensError",),
-    "fclens.explain": ("Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"),
+    "fclens.explaining": ("Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"),
     "fclens.head": ("Head", "find_head"),
     "fclens.images": ("ImageError", "Preprocessing", "load_image", "sample_folder", "sample_image"),
     "fclens.maps": ("MAP_KINDS", "register_map"),
     "fclens.models": ("Classifier", "ModelError", "load_model"),
-    "fclens.prune": ("PruneCurve", "PrunePoint", "prune", "prune_curve"),
-    "fclens.scanning": ("Scan", "ScanError", "read_scan", "scan"),
+    "fclens.pruning": ("PruneCurve", "PrunePoint", "prune", "prune_curve"),
+    "fclens.options": ("EXPLAIN_DEFAULTS", "RUNNER_UP", "SCAN_DEFAULTS", "Options"),
+    "fclens.scanning": ("LocalEngine", "RayEngine", "Scan", "ScanError", "read_scan", "scan"),
     "fclens.tree": ("Node", "SplitTree", "split_tree"),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
+    "EXPLAIN_DEFAULTS",
     "MAP_KINDS",
+    "RUNNER_UP",
+    "SCAN_DEFAULTS",
     "ALDFit",
     "Atlas",
+    "BatchResult",
+    "BatchRunner",
     "Classifier",
     "Contrast",
     "Explanation",
@@ -71,16 +78,19 @@ __all__ = [
     "Head",
     "HeadEvaluation",
     "ImageError",
+    "LocalEngine",
     "MLEFit",
     "ModelError",
     "Node",
     "NodeExplanation",
+    "Options",
     "PartFit",
     "Prediction",
     "Preprocessing",
     "PriorLoss",
     "PruneCurve",
     "PrunePoint",
+    "RayEngine",
     "Rebalance",
     "RegressionFit",
     "Scan",
@@ -125,18 +135,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-class _Package(types.ModuleType):
-    """Keeps ``fclens.explain`` the function once the submodule of that name is imported.
-
-    The import system records every submodule on its package (``fclens.explain = <module>``); where a
-    public name is spelt like its module, the public name wins, as it did when it was imported eagerly.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if not (name in _MODULE_OF and isinstance(value, types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -12,9 +12,6 @@ that ``fclens --help``, ``fclens COMMAND --help`` and ``fclens --version`` answe
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
-import io
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -25,14 +22,16 @@ from typing import Any
 from fclens import __version__
 from fclens.edits import REBALANCE_DEFAULTS, REBALANCE_METHODS
 from fclens.errors import FclensError
-from fclens.io import atomic_write_text, safe_name
+from fclens.io import atomic_write_text, csv_text, safe_name
 from fclens.options import (
     BIAS_CORRECTIONS,
     EXPLAIN_DEFAULTS,
+    LABEL_MODES,
     MAP_KIND_NAMES,
     PRUNE_DEFAULT_METHODS,
     PRUNE_METHODS,
     PRUNE_SPARSITIES,
+    RUNNER_UP,
     SCAN_DEFAULTS,
     SCORED_NODES,
     TREE_MODES,
@@ -149,8 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--map",
         dest="maps",
-        default="activation",
-        help="map kinds, comma-separated: activation (default), contribution, smooth-gradcam++",
+        default=",".join(EXPLAIN_DEFAULTS.maps),
+        help=f"map kinds, comma-separated, the first scored: {', '.join(MAP_KIND_NAMES)} "
+        f"(default {','.join(EXPLAIN_DEFAULTS.maps)})",
     )
     _tree_options(explain)
     explain.add_argument(
@@ -168,7 +168,10 @@ def _parser() -> argparse.ArgumentParser:
         help="also write an overlay PNG per node and map kind (node-PATH[-KIND].png)",
     )
     explain.add_argument(
-        "--seed", type=int, default=0, help="seed of the noisy smooth-gradcam++ maps (default 0)"
+        "--seed",
+        type=int,
+        default=EXPLAIN_DEFAULTS.seed,
+        help=f"seed of the noisy smooth-gradcam++ maps (default {EXPLAIN_DEFAULTS.seed})",
     )
     _batch_size_option(explain, EXPLAIN_DEFAULTS)
     explain.add_argument(
@@ -192,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     scan.add_argument(
         "--labels",
-        choices=("auto", "none"),
+        choices=LABEL_MODES,
         default="auto",
         help="auto: class-name subfolders or the list's label column (default); none: no labels",
     )
@@ -415,7 +418,7 @@ def _run_weights(args: argparse.Namespace) -> int:
     model = _load(args)
     weight = model.head.weight.cpu()
     fit = fit_ald(weight)
-    out = args.out or Path(f"fclens-weights-{_safe_name(model.name)}")
+    out = args.out or Path(f"fclens-weights-{safe_name(model.name)}")
     summary = {
         "model": model.name,
         "classes": int(weight.shape[0]),
@@ -466,7 +469,7 @@ def _weights_figures(
             figure = report.fit_plot(weight[k], model.class_names[k])
             written.append(
                 report.save_figure(
-                    figure, out / "classes" / f"{k:04d}-{_safe_name(model.class_names[k])}.png"
+                    figure, out / "classes" / f"{k:04d}-{safe_name(model.class_names[k])}.png"
                 )
             )
     if html:
@@ -543,7 +546,7 @@ def _run_survey(args: argparse.Namespace) -> int:
     if args.weights_dir is not None and not args.weights_dir.is_dir():
         raise FclensError(f"--weights-dir {args.weights_dir} is not a folder")
     rows = [_survey_row(source, args.weights_dir) for source in tqdm(sources, desc="models", unit="model")]
-    table = _csv_text(rows, SURVEY_COLUMNS)
+    table = csv_text(rows, SURVEY_COLUMNS)
     if args.out:
         atomic_write_text(args.out, table)
     if args.json:
@@ -597,40 +600,22 @@ def _weights_file(source: str, weights_dir: Path | None) -> Path | None:
     return None
 
 
-def _csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 # --------------------------------------------------------------------------------------------- explain
-EXPLAIN_COLUMNS = (
-    "source",
-    "status",
-    "reason",
-    "prediction",
-    "probability",
-    "target",
-    "discriminative_score",
-    "confusing_score",
-    "output",
-)
-
-
 def _run_explain(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from fclens.images import iter_image_paths, sample_image
+    from fclens.report.folders import explain_to_folder
 
-    from fclens.explain import RUNNER_UP, explain
-    from fclens.images import ImageError, iter_image_paths, load_image, sample_image
-    from fclens.report import save_explanation
-
-    if args.batch_size < 1:
-        raise FclensError("--batch-size must be at least 1")
-    kinds = tuple(kind.strip() for kind in args.maps.split(",") if kind.strip())
-    samples = {sample_image(name): f"sample:{name}" for name in args.sample}  # not a path in site-packages
-    paths = iter_image_paths(args.paths) + list(samples)
+    options = EXPLAIN_DEFAULTS.but(
+        maps=tuple(kind.strip() for kind in args.maps.split(",") if kind.strip()),
+        min_size=args.min_size,
+        mode=args.mode,
+        curves=args.curves,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        contrast=args.contrast,
+    )
+    names = {sample_image(name): f"sample:{name}" for name in args.sample}  # not a path in site-packages
+    paths = iter_image_paths(args.paths) + list(names)
     if not paths:
         raise FclensError("no images given or found; give image files or folders, or --sample chelsea")
     out = args.out.resolve()
@@ -639,114 +624,32 @@ def _run_explain(args: argparse.Namespace) -> int:
     target = None if args.target is None else model.class_index(args.target)  # fail before any work
     if args.contrast not in (None, RUNNER_UP):
         model.class_index(args.contrast)
-    rows: list[dict[str, Any]] = [{} for _ in paths]
-    done = []  # kept only for the page: a long run must not hold every image
-    todo: list[tuple[int, Path, Any]] = []
-    progress = tqdm(total=len(paths), desc="images", unit="image", disable=None)
-
-    def flush() -> None:
-        if not todo:
-            return
-        explanations = explain(
-            model,
-            [image for _, _, image in todo],
-            target=target,
-            min_size=args.min_size,
-            mode=args.mode,
-            maps=kinds,
-            curves=args.curves,
-            seed=args.seed,
-            target_layer=args.target_layer,
-            batch_size=args.batch_size,
-            contrast=args.contrast,
-        )
-        for (position, path, _), explanation in zip(todo, explanations, strict=True):
-            explanation.source = samples.get(path, str(path))
-            folder = _output_folder(args.out, path)
-            save_explanation(explanation, folder, overlays=args.overlays)
-            rows[position] = _explain_row(explanation.to_dict(), folder)
-            if args.html:
-                done.append(explanation)
-        progress.update(len(todo))
-        todo.clear()
-
-    for position, path in enumerate(paths):
-        folder = _output_folder(args.out, path)
-        finished = folder / "explanation.json"
-        if not args.force and finished.is_file():
-            rows[position] = {
-                **_explain_row(json.loads(finished.read_text("utf-8")), folder),
-                "status": "done earlier",
-            }
-            progress.update(1)
-            continue
-        try:
-            todo.append((position, path, load_image(path)))
-        except ImageError as error:
-            rows[position] = {
-                "source": samples.get(path, str(path)),
-                "status": "skipped",
-                "reason": error.reason,
-            }
-            progress.update(1)
-            continue
-        if len(todo) == args.batch_size:
-            flush()
-    flush()
-    progress.close()
-    atomic_write_text(args.out / "summary.csv", _csv_text(rows, EXPLAIN_COLUMNS))
-    skipped = [(row["source"], row["reason"]) for row in rows if row["status"] == "skipped"]
-    if args.html:
-        from fclens.report import explanations_page
-
-        earlier = [
-            (row["source"], f"explained in an earlier run, see {row['output']}; --force puts it on this page")
-            for row in rows
-            if row["status"] == "done earlier"
-        ]
-        atomic_write_text(args.out / "report.html", explanations_page(done, skipped + earlier))
-    if args.json and len(paths) == 1 and rows[0]["status"] != "skipped":
-        _print_json(json.loads(Path(rows[0]["output"], "explanation.json").read_text("utf-8")))
-    elif args.json:
-        _print_json(rows)
+    done = explain_to_folder(
+        model,
+        paths,
+        args.out,
+        options=options,
+        target=target,
+        target_layer=args.target_layer,
+        names=names,
+        overlays=args.overlays,
+        html=args.html,
+        force=args.force,
+    )
+    if args.json:
+        _print_json([_with_explanation(row) for row in done.rows])
     else:
-        for row in rows:
+        for row in done.rows:
             print(_explain_line(row))
-        print(
-            f"summary: {args.out / 'summary.csv'}"
-            + (f", report: {args.out / 'report.html'}" if args.html else "")
-        )
-    return EXIT_PARTIAL if skipped else 0
+        print(f"summary: {done.summary}" + (f", report: {done.page}" if done.page else ""))
+    return EXIT_PARTIAL if done.skipped else 0
 
 
-def _output_folder(out: Path, path: Path) -> Path:
-    """One folder per image, named after it; a short hash of the full path keeps namesakes apart."""
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
-    return out / f"{_safe_name(path.stem)}-{digest}"
-
-
-def _safe_name(text: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._")
-    return cleaned[:60] or "item"
-
-
-def _explain_row(explanation: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """A summary row from an explanation's JSON form (this run's, or an earlier run's file)."""
-
-    def score(path: str | None) -> float | None:
-        return next((node["score"] for node in explanation["nodes"] if node["path"] == path), None)
-
-    return {
-        "source": explanation["source"],
-        "status": "ok",
-        "reason": "",
-        "prediction": explanation["prediction"]["name"],
-        "probability": round(explanation["prediction"]["probability"], 6),
-        "target": explanation["target"]["name"],
-        "discriminative_score": score(explanation["discriminative"]),
-        "confusing_score": score(explanation["confusing"]),
-        "output": str(folder),
-    }
+def _with_explanation(row: dict[str, Any]) -> dict[str, Any]:
+    """A summary row with what its ``explanation.json`` holds (no maps), under ``explanation``."""
+    if row["status"] == "skipped":
+        return row
+    return {**row, "explanation": json.loads(Path(row["output"], "explanation.json").read_text("utf-8"))}
 
 
 def _explain_line(row: dict[str, Any]) -> str:
@@ -834,7 +737,7 @@ def _one_line_warnings() -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------- atlas
 def _run_atlas(args: argparse.Namespace) -> int:
     from fclens import report
-    from fclens.atlas import atlas
+    from fclens.atlasing import atlas
     from fclens.report.atlas import PAGES
 
     with _one_line_warnings():
@@ -862,7 +765,7 @@ def _run_atlas(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- prune
 def _run_prune(args: argparse.Namespace) -> int:
     from fclens import report
-    from fclens.prune import model_source, parse_write, prune_curve, write_pruned
+    from fclens.pruning import model_source, parse_write, prune_curve, write_pruned
     from fclens.report.prune import OUTPUTS, prune_figure, prune_page
     from fclens.scanning import read_scan
 
@@ -879,7 +782,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         curve = prune_curve(
             scan, methods=methods, sparsities=sparsities, bias_correction=correction, seed=args.seed
         )
-    out = args.out or Path(f"fclens-prune-{_safe_name(args.scan_dir.resolve().name)}")
+    out = args.out or Path(f"fclens-prune-{safe_name(args.scan_dir.resolve().name)}")
     model_name = str(scan.manifest.model.get("name") or "the scanned model")
     written = [
         atomic_write_text(out / "prune.csv", curve.to_csv()),

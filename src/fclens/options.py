@@ -16,6 +16,7 @@ from fclens.errors import FclensError
 __all__ = [
     "BIAS_CORRECTIONS",
     "EXPLAIN_DEFAULTS",
+    "LABEL_MODES",
     "MAP_KIND_NAMES",
     "PRUNE_DEFAULT_METHODS",
     "PRUNE_METHODS",
@@ -39,6 +40,9 @@ SCORED_NODES: tuple[str, ...] = get_args(ScoredNodes)
 
 MAP_KIND_NAMES: tuple[str, ...] = ("activation", "contribution", "smooth-gradcam++")
 """The built-in map kinds, the default first (:data:`fclens.maps.MAP_KINDS` holds them and any registered)."""
+
+LABEL_MODES: tuple[str, ...] = ("auto", "none")
+"""A scan's labels: auto (class-name subfolders, a list's label column, a Dataset's labels) or none."""
 
 RUNNER_UP = "runner-up"
 """``contrast=RUNNER_UP``: contrast each image's target with its most probable other class."""

@@ -1,6 +1,6 @@
 """Everything fclens shows a person: overlays, figures, saved explanation folders, HTML pages.
 
-Results come in (``Explanation`` from :mod:`fclens.explain`, ``ALDFit`` from :mod:`fclens.ald`,
+Results come in (``Explanation`` from :mod:`fclens.explaining`, ``ALDFit`` from :mod:`fclens.ald`,
 ``SplitTree`` from :mod:`fclens.tree`); pictures, files and self-contained pages go out. Nothing here
 computes a statistic or a map of its own, and nothing upstream imports this package: to write an
 explanation, ``save_explanation(exp, folder)``; to show it, ``explanations_page([exp])``.

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fclens.atlas import Atlas, AtlasImage, ClassAtlas, NodeMean, read_maps
+from fclens.atlasing import Atlas, AtlasImage, ClassAtlas, NodeMean, read_maps
 from fclens.images import ImageError, Preprocessing, load_image
 from fclens.io import atomic_write_text
 from fclens.maps import MAP_KINDS, branch_sign

@@ -29,7 +29,7 @@ from fclens.report._common import as_numpy, fmt, require_regression
 from fclens.scores import upsample_normalised
 
 if TYPE_CHECKING:
-    from fclens.explain import Explanation, NodeExplanation
+    from fclens.explaining import Explanation, NodeExplanation
 
 __all__ = [
     "HEATMAP_CMAP",

@@ -25,7 +25,7 @@ from fclens.io import atomic_write_bytes, atomic_write_text
 from fclens.report.figures import chain_figure, image_bytes, node_caption, overlay
 
 if TYPE_CHECKING:
-    from fclens.explain import Explanation
+    from fclens.explaining import Explanation
 
 __all__ = [
     "CHAIN_FILE",
@@ -74,7 +74,7 @@ def save_explanation(explanation: Explanation, directory: str | Path, overlays: 
 
     Files: ``chain.jpg``, ``maps.npz`` (:data:`MAPS_FILE`), with ``overlays`` a ``node-<slug>.png`` per
     node (primary map kind; ``node-<slug>-<kind>.png`` for each other kind computed), then
-    ``explanation.json``: :meth:`~fclens.explain.Explanation.to_dict` with the nodes' maps replaced by
+    ``explanation.json``: :meth:`~fclens.explaining.Explanation.to_dict` with the nodes' maps replaced by
     ``"maps": {"file": "maps.npz", "shape": [nodes, h, w]}``.
     """
     directory = Path(directory)

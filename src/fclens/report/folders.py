@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fclens.explain import explain
+from fclens.explaining import explain
 from fclens.images import ImageError, load_image
 from fclens.io import atomic_write_text, csv_text, safe_name
 from fclens.models import Classifier

@@ -39,7 +39,7 @@ from fclens.tree import Node, SplitTree, split_tree
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from fclens.explain import Contrast, Explanation, NodeExplanation
+    from fclens.explaining import Contrast, Explanation, NodeExplanation
 
 __all__ = ["default_classes", "explanations_page", "render", "weights_page"]
 
@@ -77,7 +77,7 @@ class ContrastView:
     """An explanation's contrast: the rival, its map, and the two trees' terminal nodes side by side.
 
     ``pairs`` rows are (title, the target's card, the rival's card), a card None where a tree was never
-    split; ``neurons`` the strongest (neuron, evidence) of :attr:`fclens.explain.Contrast.neurons`.
+    split; ``neurons`` the strongest (neuron, evidence) of :attr:`fclens.explaining.Contrast.neurons`.
     """
 
     rival: dict[str, Any]

@@ -21,7 +21,7 @@ from fclens.report.figures import DPI
 from fclens.report.html import figure_uri, render
 
 if TYPE_CHECKING:
-    from fclens.prune import PruneCurve
+    from fclens.pruning import PruneCurve
 
 __all__ = ["METHOD_STYLE", "OUTPUTS", "prune_figure", "prune_page"]
 

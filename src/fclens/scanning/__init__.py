@@ -30,12 +30,12 @@ from torch.utils.data import Dataset
 
 from fclens.errors import FclensError
 from fclens.models import Classifier, load_model
-from fclens.options import RUNNER_UP, SCAN_DEFAULTS, Options
+from fclens.options import LABEL_MODES, RUNNER_UP, SCAN_DEFAULTS, Options
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.decoding import Decoder, Decoding
 from fclens.scanning.local import LocalEngine
 from fclens.scanning.ray_engine import RayEngine, dataset_items
-from fclens.scanning.sources import LABEL_MODES, Item, resolve_source
+from fclens.scanning.sources import Item, resolve_source
 from fclens.scanning.store import Manifest, Scan, ScanError, ScanWriter, read_scan
 
 __all__ = ["Engine", "LocalEngine", "RayEngine", "Scan", "ScanError", "read_scan", "scan"]

@@ -26,10 +26,7 @@ __all__ = ["SCHEMA_VERSION", "BatchScanner", "scan_schema", "skipped_rows"]
 
 
 class BatchScanner:
-    """Turns preprocessed batches of a classifier's images into scan rows (one forward per batch).
-
-    ``grid`` is the feature grid (h, w) of the last batch, which the writer records in the manifest.
-    """
+    """Turns preprocessed batches of a classifier's images into scan rows (one forward per batch)."""
 
     def __init__(self, classifier: Classifier, options: Options) -> None:
         if len(options.maps) != 1 or options.curves or options.contrast != RUNNER_UP:
@@ -40,7 +37,6 @@ class BatchScanner:
         self.classifier = classifier
         self.options = options
         self.schema = scan_schema(options)
-        self.grid: tuple[int, int] | None = None
         self._runner = BatchRunner(classifier, options)
 
     def __call__(self, inputs: torch.Tensor, items: Sequence[Item]) -> pa.RecordBatch:
@@ -49,7 +45,6 @@ class BatchScanner:
         An image's target is its label where it has one, else its predicted class.
         """
         result = self._runner(inputs, [item.label for item in items])
-        self.grid = result.grid
         trees = result.trees
         counts = np.array([len(tree.nodes) for tree in trees])
         valid = result.valid

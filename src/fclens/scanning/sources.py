@@ -31,9 +31,8 @@ from fclens.images import (
     load_image,
 )
 
-__all__ = ["LABEL_MODES", "Item", "decode", "decode_dataset_item", "match_label", "resolve_source"]
+__all__ = ["Item", "decode", "decode_dataset_item", "match_label", "resolve_source"]
 
-LABEL_MODES = ("auto", "none")
 """``auto``: labels from class-name subfolders or a list's ``label`` column; ``none``: no labels."""
 
 _LIST_SUFFIXES = (".csv", ".parquet")
@@ -61,8 +60,6 @@ def resolve_source(
     images directly in the folder have no label. A list's relative paths are relative to the list file.
     Paths come back absolute and normalised (``..`` resolved, symbolic links kept).
     """
-    if labels not in LABEL_MODES:
-        raise FclensError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
     path = Path(source)
     if path.is_dir():
         return _folder_items(path, class_names, labels == "auto")
