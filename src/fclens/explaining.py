@@ -259,7 +259,7 @@ def explain(
     kinds (None: a fresh seed, recorded in :attr:`Explanation.seed`). ``target_layer`` draws the maps at
     another layer.
     """
-    options = _options(options, option_fields)
+    options = (options or EXPLAIN_DEFAULTS).but(**option_fields)
     classifier = model if isinstance(model, Classifier) else load_model(model)
     if any(MAP_KINDS[kind].noisy for kind in options.maps if kind in MAP_KINDS):
         options = options.but(seed=secrets.randbits(31) if options.seed is None else int(options.seed))
@@ -278,16 +278,6 @@ def explain(
         sources = [source for source, _ in items[batch]]
         explanations += _explanations(runner, result, sources, displays)
     return explanations[0] if _single(images) else explanations
-
-
-def _options(options: Options | None, fields: dict[str, Any]) -> Options:
-    """``options`` (default :data:`EXPLAIN_DEFAULTS`) with ``fields`` on top; an unknown field is one line."""
-    unknown = sorted(set(fields) - set(Options.__dataclass_fields__))
-    if unknown:
-        raise FclensError(
-            f"explain() got unknown options {', '.join(unknown)}; known: {', '.join(Options.__dataclass_fields__)}"
-        )
-    return (options or EXPLAIN_DEFAULTS).but(**fields)
 
 
 def _single(images: ImageInput | Sequence[ImageInput]) -> bool:

@@ -89,8 +89,12 @@ class Options:
         """The map kind that is scored, and stored by a scan."""
         return self.maps[0]
 
-    def but(self, **changes: Any) -> Options:
-        """A copy with ``changes`` (keyword-only, checked like the original)."""
+    def but(self, hint: str = "", **changes: Any) -> Options:
+        """A copy with ``changes`` (checked like the original); an unknown name is one line, ``hint`` added."""
+        unknown = sorted(set(changes) - set(self.__dataclass_fields__))
+        if unknown:
+            known = ", ".join(self.__dataclass_fields__)
+            raise FclensError(f"unknown keywords {', '.join(unknown)}; options are {known}{hint}")
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -120,14 +120,8 @@ def scan(
 
 def _scan_options(options: Options | None, fields: dict[str, Any]) -> Options:
     """``options`` (or the scan's defaults) with ``fields`` replaced; what a scan cannot store is refused."""
-    known = Options.__dataclass_fields__
-    unknown = sorted(set(fields) - set(known))
-    if unknown:
-        raise FclensError(
-            f"scan() got unknown keywords {', '.join(unknown)}; options are {', '.join(known)} "
-            "(engine settings go in engine=LocalEngine(workers=…) or RayEngine(…))"
-        )
-    chosen = (options or SCAN_DEFAULTS).but(**fields)
+    hint = " (engine settings go in engine=LocalEngine(workers=…) or RayEngine(…))"
+    chosen = (options or SCAN_DEFAULTS).but(hint, **fields)
     if len(chosen.maps) != 1:
         raise FclensError(f"a scan stores one map kind; got maps={', '.join(chosen.maps)}: choose one")
     if chosen.curves:

@@ -15,9 +15,8 @@ import pyarrow as pa
 import torch
 
 from fclens.batch import BatchRunner
-from fclens.errors import FclensError
 from fclens.models import Classifier
-from fclens.options import RUNNER_UP, Options
+from fclens.options import Options
 from fclens.scanning.schema import SCHEMA_VERSION, scan_schema, skipped_rows
 from fclens.scanning.sources import Item
 from fclens.tree import SplitTree
@@ -29,11 +28,6 @@ class BatchScanner:
     """Turns preprocessed batches of a classifier's images into scan rows (one forward per batch)."""
 
     def __init__(self, classifier: Classifier, options: Options) -> None:
-        if len(options.maps) != 1 or options.curves or options.contrast != RUNNER_UP:
-            raise FclensError(
-                "a scan stores one map kind, no curves and the runner-up contrast; got "
-                f"maps={list(options.maps)}, curves={options.curves}, contrast={options.contrast!r}"
-            )
         self.classifier = classifier
         self.options = options
         self.schema = scan_schema(options)
