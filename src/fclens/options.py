@@ -28,6 +28,7 @@ __all__ = [
     "Options",
     "ScoredNodes",
     "TreeMode",
+    "at_least",
 ]
 
 TreeMode = Literal["chains", "full"]
@@ -46,6 +47,12 @@ LABEL_MODES: tuple[str, ...] = ("auto", "none")
 
 RUNNER_UP = "runner-up"
 """``contrast=RUNNER_UP``: contrast each image's target with its most probable other class."""
+
+
+def at_least(name: str, value: Any, minimum: int) -> None:
+    """Refuse, in one line, a ``value`` that is not a whole number of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FclensError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,10 +86,8 @@ class Options:
             raise FclensError(f"mode must be one of {', '.join(TREE_MODES)}; got {self.mode!r}")
         if self.scores not in SCORED_NODES:
             raise FclensError(f"scores must be one of {', '.join(SCORED_NODES)}; got {self.scores!r}")
-        if isinstance(self.min_size, bool) or not isinstance(self.min_size, int) or self.min_size < 2:
-            raise FclensError(f"min_size must be a whole number of at least 2, got {self.min_size!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise FclensError(f"batch_size must be a whole number of at least 1, got {self.batch_size!r}")
+        at_least("min_size", self.min_size, 2)
+        at_least("batch_size", self.batch_size, 1)
 
     @property
     def primary(self) -> str:

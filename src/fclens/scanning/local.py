@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 
-from fclens.errors import FclensError
+from fclens.options import at_least
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.decoding import Decoding, batch_rows, collate
 from fclens.scanning.store import ScanWriter
@@ -31,16 +32,15 @@ def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)  # a decode worker is one core; torch's own threads would fight the model's
 
 
+@dataclass(frozen=True)
 class LocalEngine:
     """Scan in this process, with ``workers`` decode processes (0: decode here too; None: the usable CPUs, at most 8)."""
 
-    def __init__(self, workers: int | None = None) -> None:
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-            raise FclensError(f"workers must be a whole number, 0 or more; got {workers!r}")
-        self.workers = workers
+    workers: int | None = None
 
-    def __repr__(self) -> str:
-        return f"LocalEngine(workers={self.workers!r})"
+    def __post_init__(self) -> None:
+        if self.workers is not None:
+            at_least("workers", self.workers, 0)
 
     def run(
         self,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ import torch
 
 from fclens.errors import FclensError
 from fclens.models import Classifier
-from fclens.options import Options
+from fclens.options import Options, at_least
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.decoding import Decoder, Decoding, batch_rows, collate
 from fclens.scanning.sources import Item, match_label
@@ -64,6 +65,7 @@ def _ray() -> Any:
     return ray
 
 
+@dataclass(frozen=True)
 class RayEngine:
     """Scan with Ray Data: decode tasks feed a pool of model actors; the driver writes the rows.
 
@@ -73,17 +75,15 @@ class RayEngine:
     decode tasks at a time beside GPU actors (default: as many as the free CPUs allow).
     """
 
-    def __init__(
-        self, address: str | None = None, actors: int | None = None, workers: int | None = None
-    ) -> None:
-        if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or actors < 1):
-            raise FclensError(f"actors must be a whole number, 1 or more; got {actors!r}")
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-            raise FclensError(f"workers must be a whole number, 0 or more; got {workers!r}")
-        self.address, self.actors, self.workers = address, actors, workers
+    address: str | None = None
+    actors: int | None = None
+    workers: int | None = None
 
-    def __repr__(self) -> str:
-        return f"RayEngine(address={self.address!r}, actors={self.actors!r}, workers={self.workers!r})"
+    def __post_init__(self) -> None:
+        if self.actors is not None:
+            at_least("actors", self.actors, 1)
+        if self.workers is not None:
+            at_least("workers", self.workers, 0)
 
     def run(
         self,
