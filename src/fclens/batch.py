@@ -120,29 +120,22 @@ class BatchRunner:
         inputs = inputs.to(self.classifier.device, non_blocking=True)
         result = self._forward(inputs, targets, rival_ends)
         primary = oriented(result.maps[options.primary], options.primary, self._signs(result))
+
+        def chosen(every_node: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple]:
+            """(where, the arguments both scorers take) for the nodes chosen."""
+            where = self._chosen(result.trees, every_node)
+            maps = primary[where[0], where[1]]
+            return where, (module, inputs, maps, where[0], result.targets[where[0]])
+
+        shape = result.valid.shape
         if options.scores != "none":
-            where = self._chosen(result.trees, every_node=options.scores == "all")
-            found = masked_score(
-                module,
-                inputs,
-                primary[where[0], where[1]],
-                where[0],
-                result.targets[where[0]],
-                options.batch_size,
-            )
-            result.scores = self._spread(found, where, result.valid.shape)
+            where, arguments = chosen(every_node=options.scores == "all")
+            result.scores = self._spread(masked_score(*arguments, options.batch_size), where, shape)
         if options.curves:
-            where = self._chosen(result.trees, every_node=False)
-            curves = deletion_insertion(
-                module,
-                inputs,
-                primary[where[0], where[1]],
-                where[0],
-                result.targets[where[0]],
-                batch_size=options.batch_size,
-            )
-            result.deletion_auc = self._spread(curves.deletion_auc, where, result.valid.shape)
-            result.insertion_auc = self._spread(curves.insertion_auc, where, result.valid.shape)
+            where, arguments = chosen(every_node=False)
+            curves = deletion_insertion(*arguments, batch_size=options.batch_size)
+            result.deletion_auc = self._spread(curves.deletion_auc, where, shape)
+            result.insertion_auc = self._spread(curves.insertion_auc, where, shape)
         return result
 
     def _forward(self, inputs: torch.Tensor, wanted: Sequence[int | None], rival_ends: bool) -> BatchResult:
