@@ -36,6 +36,7 @@ it works for every module, and reaches the gradient layer, which timm has no acc
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -153,13 +154,19 @@ class _Call:
 
 @contextmanager
 def _recording(model: nn.Module) -> Iterator[list[_Call]]:
-    """Record every module call in the order calls finish; hooks are removed whatever happens."""
+    """Record every module call in the order calls finish; hooks are removed whatever happens.
+
+    Every output is kept (the feature layer is searched among them); inputs only where they are read:
+    a candidate final layer's and a LayerNorm's. The probe's memory goes back to the system after
+    (:func:`_release_freed_memory`).
+    """
     calls: list[_Call] = []
 
     def hook(name: str):
         def record(module: nn.Module, args: tuple, output: object) -> None:
             if isinstance(output, torch.Tensor):
-                first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+                wanted = _is_final_layer_type(module) or isinstance(module, nn.LayerNorm)
+                first = args[0] if wanted and args and isinstance(args[0], torch.Tensor) else None
                 # Clone: a later in-place activation must not rewrite what we recorded.
                 calls.append(
                     _Call(
@@ -178,6 +185,16 @@ def _recording(model: nn.Module) -> Iterator[list[_Call]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _release_freed_memory() -> None:
+    """Hand the probe's freed tensors back to the system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    glibc keeps freed memory for reuse; DataLoader workers forked later write into it and so each end up
+    with a private copy: measured, a scan's process tree peaked at 1.25× the plain pipeline without this.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _is_final_layer_type(module: nn.Module) -> bool:
@@ -256,6 +273,13 @@ def find_head(model: nn.Module, input_size: tuple[int, int], target_layer: str |
     otherwise they are searched (the module docstring says how). ``target_layer`` (a module name from
     ``model.named_modules()``) overrides the layer that heatmaps are drawn from.
     """
+    head = _probe(model, input_size, target_layer)
+    _release_freed_memory()  # the probe kept a copy of every layer's output, all freed by now
+    return head
+
+
+def _probe(model: nn.Module, input_size: tuple[int, int], target_layer: str | None) -> Head:
+    """:func:`find_head`'s work: one recorded forward, then the search."""
     modules = dict(model.named_modules())
     if target_layer is not None and target_layer not in modules:
         raise HeadError(f"no layer named {target_layer!r} in the model; see model.named_modules() for names")
