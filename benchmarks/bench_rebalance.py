@@ -132,23 +132,28 @@ def one_run(seed: int, imbalance: float, epochs: int, work: Path) -> dict[str, d
             "many": evaluation.many,
             "medium": evaluation.medium,
             "few": evaluation.few,
+            "grad_norm": np.nan if result.layers[name].fit is None else result.layers[name].fit.grad_norm,
         }
         for name, evaluation in result.evaluations.items()
     }
 
 
 def table(runs: list[dict[str, dict[str, float]]]) -> str:
-    columns = ("accuracy", "balanced", "many", "medium", "few")
-    lines = [
-        "| method | " + " | ".join(columns) + " |",
-        "|---" * (len(columns) + 1) + "|",
-    ]
+    """Mean ± sd over the seeds (percent); "balanced − ce" pairs each seed's runs; the largest final
+    gradient norm of a re-fit over the seeds."""
+    columns = ("accuracy", "balanced", "balanced − ce", "many", "medium", "few")
+    lines = ["| method | " + " | ".join(columns) + " | fit ‖∇‖ |", "|---" * (len(columns) + 2) + "|"]
     for method in runs[0]:
         cells = []
         for column in columns:
-            values = [100 * run[method][column] for run in runs if not np.isnan(run[method][column])]
+            if column == "balanced − ce":
+                values = [100 * (run[method]["balanced"] - run["ce"]["balanced"]) for run in runs]
+            else:
+                values = [100 * run[method][column] for run in runs if not np.isnan(run[method][column])]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.1f} ± {sd:.1f}" if values else "–")
+        norms = [run[method]["grad_norm"] for run in runs]
+        cells.append("–" if np.isnan(norms).all() else f"{max(norms):.0e}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -47,13 +47,14 @@ def feature_batches(
         label = np.where(np.isnan(label.astype(np.float64)), -1, label).astype(np.int64)
         if (label >= classes).any():
             raise FclensError(f"{scan.directory} has labels beyond its {classes} classes")
-        keep = label >= 0 if labelled else np.ones(len(label), bool)
-        if not keep.any():
-            continue
         column = table.column("features").combine_chunks()
-        z = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+        z = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1).astype(np.float32)
         index = table.column("index").to_numpy()
-        yield index[keep], z[keep].astype(np.float32), label[keep]
+        if labelled and (label < 0).any():
+            keep = label >= 0
+            index, z, label = index[keep], z[keep], label[keep]
+        if len(label):
+            yield index, z, label
 
 
 def class_counts(scan: Scan | str | os.PathLike[str]) -> np.ndarray:
@@ -139,10 +140,13 @@ def evaluate_head(
             pred = logits.argmax(dim=1)
             indices.append(index)
             preds.append(pred.cpu().numpy())
-            known = torch.from_numpy(label).to(dev) >= 0
-            y = torch.from_numpy(label).to(dev)[known]
-            confusion += torch.bincount(y * classes + pred[known], minlength=classes * classes)
-            soft.index_add_(0, y, torch.softmax(logits[known], dim=1).double())
+            y = torch.from_numpy(label).to(dev)
+            known = y >= 0
+            if not bool(known.all()):
+                logits, pred, y = logits[known], pred[known], y[known]
+            confusion += torch.bincount(y * classes + pred, minlength=classes * classes)
+            # summed per batch in float32 (C×C), across batches in float64
+            soft += torch.zeros_like(soft, dtype=logits.dtype).index_add_(0, y, torch.softmax(logits, 1))
     index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
     order = np.argsort(index, kind="stable")
     matrix = confusion.reshape(classes, classes).cpu().numpy()
