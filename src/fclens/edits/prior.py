@@ -178,18 +178,6 @@ class _Rows:
         return iter(self.held) if self.held is not None else self._read()
 
 
-def _moments(rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each feature's mean and standard deviation over the rows (a spread of 0 counts as 1), float32."""
-    n, total, squares = 0, 0.0, 0.0
-    for z, _ in rows:
-        n += len(z)
-        total = total + z.double().sum(dim=0)
-        squares = squares + (z.double() ** 2).sum(dim=0)
-    mean = total / n
-    spread = (squares / n - mean**2).clamp(min=0).sqrt()
-    return mean.float(), torch.where(spread > 0, spread, torch.ones_like(spread)).float()
-
-
 def fit_head(
     scan: Scan | str | os.PathLike[str],
     loss: str = "ce",
@@ -205,15 +193,14 @@ def fit_head(
 ) -> FinalLayer:
     """Re-fit the final layer on a scan's stored features with ``loss`` (one of :data:`LOSSES`).
 
-    Deterministic and full-batch: L-BFGS (strong-Wolfe line search, on standardised features: the same
-    objective, better conditioned) on the mean loss over the labelled rows plus ``weight_decay``/2 · ‖W‖²,
-    at most ``max_iter`` iterations, from the scanned layer (``crt``: from a random layer drawn with
+    Deterministic and full-batch: L-BFGS (strong-Wolfe line search) on the mean loss over the labelled
+    rows plus ``weight_decay``/2 · ‖W‖², from the scanned layer (``crt``: from a random layer drawn with
     ``seed``; ``logit-adjust`` and ``balanced-softmax``: from the scanned layer with its bias shifted by
     −shift, which is their minimum when the scanned layer minimised plain CE on these rows). Classes with
     no labelled row keep the scanned row and bias. ``prior``: ``"labels"``, a scan, or C numbers (see
     :func:`class_prior`). Features are held in memory as float32 (N × D × 4 bytes) up to
     ``memory_limit`` bytes, else streamed from the shards on every pass. The result's ``fit`` reports
-    the final loss, the gradient norm (in the standardised coordinates), iterations and time.
+    the final loss, gradient norm, iterations and time.
     """
     started = time.perf_counter()
     scan = open_scan(scan)
@@ -239,27 +226,20 @@ def fit_head(
         b = torch.zeros_like(b)
     elif shift is not None:
         b -= shift.to(dev)[present]
-    # L-BFGS works on standardised features: W = V / s and b = c − (V / s)·μ (μ, s: each feature's mean
-    # and spread). The objective is the same; only its conditioning improves.
-    mean, scale = _moments(rows)
-    v = (w * scale).requires_grad_(True)
-    c = (b + w @ mean).requires_grad_(True)
+    w.requires_grad_(True)
+    b.requires_grad_(True)
     class_weight = torch.ones(classes) if weights is None else weights
     total = float((class_weight.double() * torch.from_numpy(counts).double()).sum())
     class_weight, offset = class_weight.to(dev), None if shift is None else shift.to(dev)
     passes = [0]
 
-    def layer() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(the fitted rows of W, all of W, all of b) at (v, c)."""
-        fitted = v / scale
-        return fitted, fixed_w.index_put((present,), fitted), fixed_b.index_put((present,), c - fitted @ mean)
-
     def objective() -> torch.Tensor:
-        """The loss at (v, c), its gradient accumulated in v.grad and c.grad one chunk at a time."""
+        """The loss at (w, b), its gradient accumulated in w.grad and b.grad one chunk at a time."""
         passes[0] += 1
-        for tensor in (v, c):
+        for tensor in (w, b):
             tensor.grad = None
-        fitted, full_w, full_b = layer()
+        full_w = fixed_w.index_put((present,), w)
+        full_b = fixed_b.index_put((present,), b)
         value = 0.0
         for z, y in rows:
             logits = torch.addmm(full_b, z, full_w.T)
@@ -268,12 +248,12 @@ def fit_head(
             part = F.cross_entropy(logits, y, weight=class_weight, reduction="sum") / total
             part.backward(retain_graph=True)
             value += float(part.detach())
-        decay = 0.5 * weight_decay * (fitted * fitted).sum()
+        decay = 0.5 * weight_decay * (w * w).sum()
         decay.backward()
         return torch.tensor(value + float(decay.detach()))
 
     optimizer = torch.optim.LBFGS(
-        [v, c],
+        [w, b],
         lr=1.0,
         max_iter=max_iter,
         max_eval=max_iter * 5 // 4,
@@ -283,11 +263,12 @@ def fit_head(
         line_search_fn="strong_wolfe",
     )
     optimizer.step(objective)  # LBFGS runs the closure with autograd on
-    iterations = int(optimizer.state[v].get("n_iter", 0))
+    iterations = int(optimizer.state[w].get("n_iter", 0))
     final = float(objective())
-    grad_norm = float(torch.cat([v.grad.reshape(-1), c.grad]).norm())
+    grad_norm = float(torch.cat([w.grad.reshape(-1), b.grad]).norm())
     with torch.no_grad():
-        _, weight, bias = (t.cpu() for t in layer())
+        weight = fixed_w.index_put((present,), w).cpu()
+        bias = fixed_b.index_put((present,), b).cpu()
     report = FitReport(final, grad_norm, iterations, passes[0], time.perf_counter() - started)
     return FinalLayer(weight.contiguous(), bias.contiguous(), method=loss, fit=report)
 
