@@ -199,7 +199,7 @@ def bench_full(classifier: Classifier, photos: torch.Tensor, repeats: int) -> li
         "fclens explain, activation + masked scores": lambda: explain(classifier, chelsea),
     }
     medians = compare(candidates, repeats, device)
-    nodes = len(explain(classifier, chelsea, scores="none").nodes)
+    nodes = len(explain(classifier, chelsea, scores="none")[0].nodes)
     base, author = (
         medians["plain forward, 1 image"],
         medians[next(n for n in medians if n.startswith("author"))],
