@@ -103,7 +103,7 @@ def scanned(
         **options,
     )
     elapsed = time.perf_counter() - start
-    return result.manifest["counts"]["ok"] / elapsed
+    return result.manifest.counts["ok"] / elapsed
 
 
 def bytes_per_image(out: Path) -> float:
