@@ -468,9 +468,7 @@ def _weights_figures(
         for k in tqdm(classes, desc="fit plots", unit="class", leave=False):
             figure = report.fit_plot(weight[k], model.class_names[k])
             written.append(
-                report.save_figure(
-                    figure, out / "classes" / f"{k:04d}-{safe_name(model.class_names[k])}.png"
-                )
+                report.save_figure(figure, out / "classes" / f"{k:04d}-{safe_name(model.class_names[k])}.png")
             )
     if html:
         page = report.weights_page(model.name, fit, model.class_names, weight, classes_to_plot=classes)
@@ -765,7 +763,8 @@ def _run_atlas(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- prune
 def _run_prune(args: argparse.Namespace) -> int:
     from fclens import report
-    from fclens.pruning import model_source, parse_write, prune_curve, write_pruned
+    from fclens.edits.layer import model_source
+    from fclens.pruning import parse_write, prune_curve, write_pruned
     from fclens.report.prune import OUTPUTS, prune_figure, prune_page
     from fclens.scanning import read_scan
 

@@ -58,7 +58,7 @@ import numpy as np
 
 from fclens.ald import as_matrix, fit_ald
 from fclens.errors import FclensError
-from fclens.io import atomic_write_bytes, atomic_write_text
+from fclens.io import atomic_write_text
 from fclens.options import PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES
 from fclens.tree import split_tree
 
@@ -73,7 +73,6 @@ __all__ = [
     "PruneCurve",
     "PrunePoint",
     "evaluate",
-    "model_source",
     "parse_write",
     "prune",
     "prune_curve",
@@ -504,48 +503,25 @@ def write_pruned(
     source to reload: FclensError.
     """
     import torch
-    from safetensors.torch import save
 
-    from fclens.models import load_model
-    from fclens.scanning import read_scan
+    from fclens.edits.layer import FinalLayer, model_source, open_scan, write_model
 
-    if isinstance(scan, (str, os.PathLike)):
-        scan = read_scan(scan)
+    scan = open_scan(scan)
     _check_sparsity(sparsity)
     source = model_source(scan)
-    classifier = load_model(source, weights=scan.manifest.model.get("weights"))
-    layer = classifier.head.layer
-    w = scan.weight.astype(np.float32)
-    loaded = layer.weight.detach().reshape(w.shape).cpu().numpy()
-    if loaded.shape != w.shape or not np.allclose(loaded, w, rtol=0, atol=1e-6):
-        raise FclensError(f"{source} as loaded now does not have the final layer this scan recorded")
     if min_size is None:
         min_size = scan.manifest.options.min_size
+    w = scan.weight.astype(np.float32)
     mask = _mask(pruning_ranks(w, method, seed=seed, min_size=min_size), method, sparsity)
-    with torch.no_grad():
-        layer.weight.mul_(torch.from_numpy(mask).reshape(layer.weight.shape).to(layer.weight))
-        if bias_correction:
-            if layer.bias is None:
-                raise FclensError(f"the final layer of {source} has no bias to correct")
-            mean = scan.features().astype(np.float64).mean(axis=0)
-            layer.bias.add_(torch.from_numpy(bias_shift(w, mask, mean)).to(layer.bias))
-    # Tensors that share storage (tied weights) cannot be saved as one by safetensors: copy each.
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in classifier.module.state_dict().items()}
-    return atomic_write_bytes(
-        path, save(state, metadata=_metadata(source, method, sparsity, bias_correction))
+    bias = scan.bias.astype(np.float64)
+    if bias_correction:
+        bias = bias + bias_shift(w, mask, scan.features().astype(np.float64).mean(axis=0))
+    layer = FinalLayer(
+        torch.from_numpy(w * mask),
+        torch.from_numpy(bias.astype(np.float32)),
+        method=f"prune:{method}@{sparsity!r}",
     )
-
-
-def model_source(scan: Scan) -> str:
-    """The source the scanned model can be reloaded from (its manifest's ``model.source``); FclensError
-    for a model that was passed as a module."""
-    source = scan.manifest.model.get("source")
-    if not source:
-        raise FclensError(
-            "the scanned model was passed as a module, so fclens cannot reload it to write a pruned copy; "
-            "scan a named model (efficientnet_lite0, timm:NAME, torchvision:NAME) to use --write"
-        )
-    return str(source)
+    return write_model(scan, layer, path, metadata=_metadata(source, method, sparsity, bias_correction))
 
 
 def _metadata(source: str, method: str, sparsity: float, bias_correction: bool) -> dict[str, str]:

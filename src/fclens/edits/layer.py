@@ -116,7 +116,7 @@ def model_source(scan: Scan) -> str:
     source = scan.manifest.model.get("source")
     if not source:
         raise FclensError(
-            "the scanned model was passed as a module, so fclens cannot reload it to write an edited copy; "
+            "the scanned model was passed as a module, so fclens cannot reload it to write an edited (or pruned) copy; "
             "scan a named model (efficientnet_lite0, timm:NAME, torchvision:NAME) to use --write"
         )
     return str(source)
