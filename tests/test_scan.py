@@ -279,7 +279,9 @@ def test_an_interrupted_scan_keeps_its_queued_rows_and_the_rerun_says_what_it_fo
     with pytest.raises(KeyboardInterrupt) as interrupt:
         scan(classifier, Interrupting(photos, stop_at=9), out, **options)
     assert str(interrupt.value) == f"interrupted: 8 of 12 images kept in {out}; rerun to continue"
-    assert read_scan(out).table.column("index").to_pylist() == list(range(8))
+    partial = read_scan(out)
+    assert partial.table.column("index").to_pylist() == list(range(8))
+    assert not partial.manifest.complete and partial.manifest.feature_grid == (7, 7)  # known from the start
     capsys.readouterr()
     done = scan(classifier, Interrupting(photos), out, **options)
     assert "resuming: 8 of 12 images already scanned" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def scan(
             interrupted = True
         finally:
             bar.close()
-            writer.close(len(items), head.grid)  # however it stopped: the queued rows become a last shard
+            writer.close(len(items))  # however it stopped: the queued rows become a last shard
     if interrupted:
         kept = f"{len(writer.done)} of {len(items)} images kept in {out}"
         raise KeyboardInterrupt(f"interrupted: {kept}; rerun to continue")

@@ -126,6 +126,7 @@ class Manifest:
                 "crop_mode": preprocessing.crop_mode,
             },
             options=options,
+            feature_grid=(int(head.grid[0]), int(head.grid[1])),
             counts={"images": images, "ok": 0, "skipped": 0},
             fclens_version=__version__,
         )
@@ -312,11 +313,9 @@ class ScanWriter:
         self.counts["ok"] += ok
         self.counts["skipped"] += table.num_rows - ok
 
-    def close(self, total: int, grid: tuple[int, int] | None) -> None:
+    def close(self, total: int) -> None:
         """Write what is queued; the scan is complete when every one of the source's ``total`` images is in."""
         self.flush()
-        if grid is not None:
-            self.manifest.feature_grid = (int(grid[0]), int(grid[1]))
         self._write_manifest(complete=len(self.done) >= total, total=total)
 
     def _write_manifest(self, complete: bool, total: int | None = None) -> None:
@@ -405,8 +404,9 @@ class Scan:
 
     @cached_property
     def grid(self) -> tuple[int, int]:
-        """The feature grid (h, w) of the maps: the manifest's, or for a scan that never finished (whose
-        manifest has none yet) the one whose h·w is a shard's map size at the input's aspect ratio."""
+        """The feature grid (h, w) of the maps: the manifest's (written when a scan starts), or for a
+        version-1 scan that never finished (whose manifest got it only at the end) the one whose h·w is a
+        shard's map size at the input's aspect ratio."""
         if self.manifest.feature_grid is not None:
             return self.manifest.feature_grid
         sizes = self.rows(["contrast_map"], ok_only=True).column("contrast_map")
