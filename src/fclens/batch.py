@@ -73,12 +73,6 @@ class BatchResult:
     deletion_auc: torch.Tensor | None = None
     insertion_auc: torch.Tensor | None = None
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        """The feature grid (h, w) of the maps."""
-        h, w = next(iter(self.maps.values())).shape[2:]
-        return int(h), int(w)
-
 
 class BatchRunner:
     """Runs :class:`Options` on batches of one classifier's preprocessed images.
