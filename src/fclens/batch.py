@@ -115,21 +115,25 @@ class BatchRunner:
         result = self._forward(inputs, targets, rival_ends)
         primary = oriented(result.maps[options.primary], options.primary, self._signs(result))
 
-        def chosen(every_node: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple]:
-            """(where, the arguments both scorers take) for the nodes chosen."""
-            where = self._chosen(result.trees, every_node)
-            maps = primary[where[0], where[1]]
-            return where, (module, inputs, maps, where[0], result.targets[where[0]])
-
         shape = result.valid.shape
         if options.scores != "none":
-            where, arguments = chosen(every_node=options.scores == "all")
-            result.scores = self._spread(masked_score(*arguments, options.batch_size), where, shape)
+            rows, nodes = self._chosen(result.trees, every_node=options.scores == "all")
+            found = masked_score(
+                module, inputs, primary[rows, nodes], rows, result.targets[rows], options.batch_size
+            )
+            result.scores = self._spread(found, (rows, nodes), shape)
         if options.curves:
-            where, arguments = chosen(every_node=False)
-            curves = deletion_insertion(*arguments, batch_size=options.batch_size)
-            result.deletion_auc = self._spread(curves.deletion_auc, where, shape)
-            result.insertion_auc = self._spread(curves.insertion_auc, where, shape)
+            rows, nodes = self._chosen(result.trees, every_node=False)
+            curves = deletion_insertion(
+                module,
+                inputs,
+                primary[rows, nodes],
+                rows,
+                result.targets[rows],
+                batch_size=options.batch_size,
+            )
+            result.deletion_auc = self._spread(curves.deletion_auc, (rows, nodes), shape)
+            result.insertion_auc = self._spread(curves.insertion_auc, (rows, nodes), shape)
         return result
 
     def _forward(self, inputs: torch.Tensor, wanted: Sequence[int | None], rival_ends: bool) -> BatchResult:
