@@ -9,9 +9,8 @@ trained on the long-tailed set on the CPU (Adam, a fixed schedule), both sets ar
 training scan's stored features and is judged by ``evaluate_head`` on the test scan
 (``fclens.rebalance``, what ``fclens rebalance`` runs, with every method).
 
-The model is grayscale and fclens's preprocessing makes three channels: the benchmark's choice is a
-wrapper that averages the three (equal) channels back to one before the CNN, and a Dataset that yields
-the digits already normalised and repeated to (3, 28, 28). fclens itself is unchanged.
+The model is a plain one-channel CNN; its preprocessing has ``channels=1`` with MNIST's mean and std,
+and the Dataset yields the digits already normalised, (1, 28, 28).
 
 ``speed``: evaluate_head, adjust_head and fit_head (each loss) on the synthesised 50,000-image scan of
 EfficientNet-Lite0's 1000×1280 layer that bench_prune.py writes (features ≥ 0 stored as float16, labels
@@ -46,7 +45,7 @@ PER_CLASS, HELD_OUT = 500, 100
 
 
 class Digits(Dataset):
-    """Digits as fclens's scan takes them: preprocessed (3, 28, 28) tensors and their labels."""
+    """Digits as fclens's scan takes them: preprocessed (1, 28, 28) tensors and their labels."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
         x = (torch.from_numpy(images).float().reshape(-1, 1, 28, 28) / 255 - MEAN) / STD
@@ -56,24 +55,24 @@ class Digits(Dataset):
         return len(self.y)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.x[i].expand(3, 28, 28), int(self.y[i])
+        return self.x[i], int(self.y[i])
 
 
-class Gray(nn.Module):
-    """The benchmark's one-channel CNN behind fclens's three channels: their mean (they are equal)."""
+class DigitCNN(nn.Module):
+    """Three convolutions on one channel, global average pooling, a linear layer over ``width`` features."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 64) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, width, 3, padding=1), nn.ReLU(),
         )  # fmt: skip
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, 10)
+        self.fc = nn.Linear(width, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.features(x.mean(dim=1, keepdim=True))).flatten(1))
+        return self.fc(self.pool(self.features(x)).flatten(1))
 
 
 def split(seed: int, imbalance: float) -> tuple[np.ndarray, np.ndarray]:
@@ -94,12 +93,12 @@ def split(seed: int, imbalance: float) -> tuple[np.ndarray, np.ndarray]:
 def train_cnn(data: Digits, seed: int, epochs: int) -> nn.Module:
     """The CNN trained with plain CE on the long-tailed set, the data as it comes (instance sampling)."""
     torch.manual_seed(seed)
-    model = Gray()
+    model = DigitCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for batch in torch.randperm(len(data), generator=generator).split(64):
-            loss = nn.functional.cross_entropy(model(data.x[batch].expand(-1, 3, -1, -1)), data.y[batch])
+            loss = nn.functional.cross_entropy(model(data.x[batch]), data.y[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -114,7 +113,7 @@ def one_run(seed: int, imbalance: float, epochs: int, work: Path) -> dict[str, d
     train_rows, test_rows = split(seed, imbalance)
     train = Digits(images[train_rows], labels[train_rows])
     test = Digits(images[test_rows], labels[test_rows])
-    preprocessing = fclens.Preprocessing(input_size=(28, 28), mean=(MEAN,) * 3, std=(STD,) * 3, crop_pct=1.0)
+    preprocessing = fclens.Preprocessing(input_size=(28, 28), mean=(MEAN,), std=(STD,), crop_pct=1.0)
     model = fclens.load_model(
         train_cnn(train, seed, epochs), class_names=[str(k) for k in range(10)], preprocessing=preprocessing
     )

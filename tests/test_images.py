@@ -406,8 +406,8 @@ def test_from_timm_config_defaults_and_errors() -> None:
     assert Preprocessing.from_timm_config(cfg) == LITE0
     with pytest.raises(ValueError, match="input_size"):
         Preprocessing.from_timm_config({"mean": (0.5,) * 3})
-    with pytest.raises(ValueError, match="1 input channels"):
-        Preprocessing.from_timm_config({**cfg, "input_size": (1, 28, 28)})
+    with pytest.raises(ValueError, match="4 input channels"):
+        Preprocessing.from_timm_config({**cfg, "input_size": (4, 28, 28)})
     with pytest.raises(ValueError, match="interpolation"):
         Preprocessing.from_timm_config({**cfg, "interpolation": "cubic"})
     with pytest.raises(ValueError, match="crop_mode"):

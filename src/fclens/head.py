@@ -266,19 +266,35 @@ def _makes_logits(call: _Call, logits: torch.Tensor) -> bool:
     )
 
 
-def find_head(model: nn.Module, input_size: tuple[int, int], target_layer: str | None = None) -> Head:
+def input_channels(model: nn.Module) -> int | None:
+    """The channels a model's images have: its first Conv2d's ``in_channels`` (None if it has none).
+
+    "First" is the first in ``model.named_modules()``, registration order, which is the stem for every
+    architecture in timm and torchvision and for the usual module of one's own.
+    """
+    return next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def find_head(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    target_layer: str | None = None,
+    channels: int | None = None,
+) -> Head:
     """Run ``model`` once on a seeded random image of its own input size (H, W) and describe its head.
 
     timm's ``get_classifier()`` and ``forward_features`` name the layers where the model offers them;
     otherwise they are searched (the module docstring says how). ``target_layer`` (a module name from
-    ``model.named_modules()``) overrides the layer that heatmaps are drawn from.
+    ``model.named_modules()``) overrides the layer that heatmaps are drawn from. ``channels``: the
+    image's (1 for a grayscale model); None takes :func:`input_channels`, else 3.
     """
-    head = _probe(model, input_size, target_layer)
+    channels = channels or input_channels(model) or 3
+    head = _probe(model, (channels, *input_size), target_layer)
     _release_freed_memory()  # the probe kept a copy of every layer's output, all freed by now
     return head
 
 
-def _probe(model: nn.Module, input_size: tuple[int, int], target_layer: str | None) -> Head:
+def _probe(model: nn.Module, shape: tuple[int, int, int], target_layer: str | None) -> Head:
     """:func:`find_head`'s work: one recorded forward, then the search."""
     modules = dict(model.named_modules())
     if target_layer is not None and target_layer not in modules:
@@ -287,7 +303,7 @@ def _probe(model: nn.Module, input_size: tuple[int, int], target_layer: str | No
     if param is None:
         raise HeadError("the model has no parameters, so it has no final linear layer")
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, *input_size, generator=generator).to(param.device, param.dtype)
+    x = torch.randn(1, *shape, generator=generator).to(param.device, param.dtype)
     classifier = _timm_classifier(model)
     features: object = None  # what timm's forward_features returned, for a timm model
     feature_calls = 0  # how many module calls forward_features made
@@ -303,9 +319,7 @@ def _probe(model: nn.Module, input_size: tuple[int, int], target_layer: str | No
     except HeadError:
         raise
     except Exception as error:  # the user's model failed on an image of its own size
-        raise HeadError(
-            f"the model failed on a 1×3×{input_size[0]}×{input_size[1]} input: {error}"
-        ) from error
+        raise HeadError(f"the model failed on a 1×{'×'.join(map(str, shape))} input: {error}") from error
     if logits.ndim != 2:
         raise HeadError(
             f"the model returns a tensor of shape {tuple(logits.shape)}, not (batch, classes) logits"

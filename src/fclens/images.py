@@ -16,7 +16,7 @@ import os
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -294,6 +294,11 @@ class Preprocessing:
     `create_transform(**resolve_data_config(...))` for the same configuration, value for value (bit for
     bit on the sample photos, for every crop mode tested).
 
+    ``channels`` is 3 (RGB) or 1 (grayscale); left out, it is the number of values in ``mean``. A
+    one-channel preprocessing turns every image into PIL's "L" (``convert("L")``, ITU-R 601 luma) before
+    the resize and yields (1, H, W) inputs; its ``display`` is still an RGB picture (the grey one, in
+    three equal channels) so that overlays draw as for any model.
+
     Why not call timm's transform: fclens also needs the picture the model sees before normalisation
     (`display`, for overlays) from the same single resize, which timm's composed transform does not hand
     out; and torchvision models and modules of one's own, which have no timm config, go through the same
@@ -301,11 +306,13 @@ class Preprocessing:
     """
 
     input_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
     crop_mode: str = "center"
+    channels: int | None = None
+    """1 or 3 once made; None (the default) takes the number of values in ``mean``."""
 
     def __post_init__(self) -> None:
         fields = {
@@ -314,12 +321,20 @@ class Preprocessing:
             "std": tuple(float(v) for v in self.std),
             "crop_pct": float(self.crop_pct),
         }
+        # A manifest written before `channels` existed holds no such key: its length of mean says it.
+        fields["channels"] = len(fields["mean"]) if self.channels is None else self.channels
         for name, value in fields.items():
             object.__setattr__(self, name, value)
         if len(self.input_size) != 2 or min(self.input_size) <= 0:
             raise FclensError(f"input_size must be (height, width) in pixels, got {self.input_size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise FclensError(f"mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
+        if isinstance(self.channels, bool) or self.channels not in (1, 3):
+            raise FclensError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        n = self.channels
+        if len(self.mean) != n or len(self.std) != n or min(self.std) <= 0:
+            raise FclensError(
+                f"mean and std need {n} value{'s' * (n > 1)} each for {n} channel{'s' * (n > 1)}, std > 0; "
+                f"got {self.mean}, {self.std}"
+            )
         if self.interpolation not in _INTERPOLATIONS:
             raise FclensError(f"interpolation {self.interpolation!r} is not one of {_INTERPOLATIONS}")
         if self.crop_mode not in _CROP_MODES:
@@ -341,18 +356,43 @@ class Preprocessing:
             raise FclensError(
                 f"a timm data config needs input_size (3, H, W), mean and std; got keys {sorted(cfg)}"
             ) from error
-        if channels != 3:
-            raise FclensError(f"fclens handles RGB models only; this config has {channels} input channels")
+        if channels not in (1, 3):
+            raise FclensError(
+                f"fclens handles RGB and grayscale models only; this config has {channels} input channels"
+            )
         optional = {key: cfg[key] for key in ("interpolation", "crop_pct", "crop_mode") if cfg.get(key)}
-        return cls(input_size=(height, width), mean=mean, std=std, **optional)
+        if channels == 1 and len(mean) == 3:  # a one-channel timm model keeps its RGB statistics
+            return cls(input_size=(height, width), mean=mean, std=std, **optional).grayscale()
+        return cls(input_size=(height, width), mean=mean, std=std, channels=channels, **optional)
+
+    def grayscale(self) -> Preprocessing:
+        """The same preparation for a one-channel model: mean and std become the mean of their values.
+
+        A model of one's own trained on grayscale data usually has its own statistics (pass them); for a
+        model with no data config, the average of the RGB statistics is the usual stand-in (for
+        ImageNet's, 0.449 and 0.226), as the grey of an image is close to the average of its channels.
+        """
+        if self.channels == 1:
+            return self
+        mean, std = (sum(values) / len(values) for values in (self.mean, self.std))
+        return replace(self, mean=(mean,), std=(std,), channels=1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """The model input for one image: float32 (3, H, W)."""
+        """The model input for one image: float32 (channels, H, W)."""
         return self.normalize(self.display(image))
 
     def display(self, image: Image.Image) -> Image.Image:
-        """The RGB picture the model sees — resized and cropped, not normalised — for overlays."""
-        image = _to_rgb(image)
+        """The RGB picture the model sees — resized and cropped, not normalised — for overlays.
+
+        For one channel it is the grey picture in RGB: its three channels equal, so that `normalize`
+        gets the grey values back exactly (PIL's luma weights sum to one).
+        """
+        if self.channels == 1:
+            return self._geometry(_to_rgb(image).convert("L")).convert("RGB")
+        return self._geometry(_to_rgb(image))
+
+    def _geometry(self, image: Image.Image) -> Image.Image:
+        """Resize and crop (or pad) `image`, in its own mode, to `input_size`."""
         height, width = self.input_size
         scale = (math.floor(height / self.crop_pct), math.floor(width / self.crop_pct))
         mode = InterpolationMode(self.interpolation)
@@ -360,7 +400,8 @@ class Preprocessing:
             return F.center_crop(F.resize(image, list(scale), mode), [height, width])
         if self.crop_mode == "border":
             image = F.resize(image, _keep_ratio_size(image, scale, fit_longer=True), mode)
-            return _center_crop_or_pad(image, height, width, [round(255 * v) for v in self.mean])
+            fill = [round(255 * v) for v in self.mean]
+            return _center_crop_or_pad(image, height, width, fill[0] if self.channels == 1 else fill)
         if scale[0] == scale[1]:
             image = F.resize(image, scale[0], mode)  # shorter side to scale, as torchvision rounds it
         else:
@@ -369,12 +410,14 @@ class Preprocessing:
 
     def normalize(self, display: Image.Image) -> torch.Tensor:
         """The model input for a picture already at the model's geometry (the output of `display`)."""
-        return F.normalize(F.to_tensor(display), list(self.mean), list(self.std))
+        picture = display.convert("L") if self.channels == 1 else display
+        return F.normalize(F.to_tensor(picture), list(self.mean), list(self.std))
 
     def denormalize(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Model input(s), (3, H, W) or (N, 3, H, W), back to RGB values in [0, 1]."""
-        mean = torch.tensor(self.mean, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
+        """Model input(s), (C, H, W) or (N, C, H, W), back to values in [0, 1], C = `channels`."""
+        shape = (self.channels, 1, 1)
+        mean = torch.tensor(self.mean, dtype=tensor.dtype, device=tensor.device).view(shape)
+        std = torch.tensor(self.std, dtype=tensor.dtype, device=tensor.device).view(shape)
         return (tensor * std + mean).clamp(0.0, 1.0)
 
 
@@ -404,9 +447,9 @@ def to_batch(
     """Stack images of any accepted kind into one model input, with the pictures the model sees.
 
     Paths, PIL images and arrays are decoded and preprocessed; a tensor is taken as already
-    preprocessed, (3, H, W) or (N, 3, H, W): values as the model expects them, at its input size or at
-    any other that the model takes; its picture is recovered by `denormalize`. Returns the float32
-    batch (N, 3, H, W) — on the CPU, or on the device of the tensors given — and N display images, one
+    preprocessed, (C, H, W) or (N, C, H, W) with C = ``preprocessing.channels``: values as the model
+    expects them, at its input size or at any other that the model takes; its picture is recovered by
+    `denormalize`. Returns the float32 batch (N, C, H, W) — on the CPU, or on the device of the tensors given — and N display images, one
     per row, for overlays. The first input that cannot be used raises ImageError, as do inputs of
     different sizes; skipping bad files is the batch driver's choice.
     """
@@ -451,16 +494,16 @@ def _as_image(item: object) -> Image.Image:
 
 
 def _check_tensor(tensor: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """A preprocessed input as a float32 (N, 3, H, W) batch on its own device, or ImageError naming the shape expected.
+    """A preprocessed input as a float32 (N, C, H, W) batch on its own device, or ImageError naming the shape expected.
 
     Any H × W is taken: whether the model takes it is the model's to say (:func:`fclens.explain`).
     """
-    height, width = preprocessing.input_size
+    (height, width), c = preprocessing.input_size, preprocessing.channels
     batch = tensor[None] if tensor.ndim == 3 else tensor
-    if batch.ndim != 4 or batch.shape[1] != 3 or min(batch.shape[2:]) < 1:
+    if batch.ndim != 4 or batch.shape[1] != c or min(batch.shape[2:]) < 1:
         raise ImageError(
-            f"tensor of shape {tuple(tensor.shape)}: expected a preprocessed (3, {height}, {width}) or "
-            f"(N, 3, {height}, {width}) tensor (or another H×W that the model takes); pass a path, PIL "
+            f"tensor of shape {tuple(tensor.shape)}: expected a preprocessed ({c}, {height}, {width}) or "
+            f"(N, {c}, {height}, {width}) tensor (or another H×W that the model takes); pass a path, PIL "
             "image or array to have it preprocessed"
         )
     if not batch.is_floating_point():
@@ -472,7 +515,9 @@ def _check_tensor(tensor: torch.Tensor, preprocessing: Preprocessing) -> torch.T
 
 
 def _tensors_to_images(batch: torch.Tensor) -> list[Image.Image]:
-    """(N, 3, H, W) values in [0, 1] as N RGB 8-bit pictures: one conversion and one copy for the batch."""
+    """(N, 3 or 1, H, W) values in [0, 1] as N RGB 8-bit pictures (grey in three equal channels): one
+    conversion and one copy for the batch."""
+    batch = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
     pixels = (batch * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
     return [Image.fromarray(picture) for picture in pixels]
 

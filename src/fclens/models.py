@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from fclens.errors import FclensError
-from fclens.head import Head, find_head
+from fclens.head import Head, find_head, input_channels
 from fclens.images import Preprocessing
 
 EMBEDDED = {f"efficientnet_lite{n}": n for n in (0, 1, 2)}
@@ -68,7 +68,7 @@ class Classifier:
     @cached_property
     def head(self) -> Head:
         """The final layer and the features feeding it (found by one forward pass, then cached)."""
-        return find_head(self.module, self.preprocessing.input_size)
+        return find_head(self.module, self.preprocessing.input_size, channels=self.preprocessing.channels)
 
     @property
     def num_classes(self) -> int:
@@ -112,7 +112,7 @@ class Classifier:
         return self
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for a preprocessed batch (N, 3, H, W)."""
+        """Logits for a preprocessed batch (N, C, H, W), C = ``preprocessing.channels``."""
         return self.module(images.to(self.device))
 
 
@@ -128,6 +128,9 @@ def load_model(
 
     ``class_names`` and ``preprocessing`` override what the source says (a module of your own has no
     metadata: it gets ImageNet's normalisation at 224 px, and ImageNet names if it has 1000 classes).
+    A model whose first Conv2d takes one channel gets a grayscale preprocessing unless one is given:
+    the default's, with mean and std averaged over R, G, B (:meth:`Preprocessing.grayscale`; 0.449 and
+    0.226 for ImageNet's) — pass your training data's own statistics where you know them.
     ``input_size`` = (H, W), or one side of a square, overrides the size alone: images are prepared
     at it, and the forward pass that finds the final layer runs at it. Tensors of another size are still taken where the model
     takes them (:func:`fclens.explain`).
@@ -156,7 +159,16 @@ def load_model(
         )
     if default is None:
         default = _timm_preprocessing(module)
-    preprocessing = preprocessing or default
+    wanted = input_channels(module)
+    if preprocessing is None:
+        preprocessing = default.grayscale() if wanted == 1 else default
+    elif wanted in (1, 3) and wanted != preprocessing.channels:
+        fix = "mean and std of one value each" if wanted == 1 else "three-value mean and std"
+        raise ModelError(
+            f"{name} takes {wanted}-channel images (its first Conv2d), but the preprocessing given makes "
+            f"{preprocessing.channels}; pass Preprocessing(..., channels={wanted}) with {fix}, or no "
+            "preprocessing to have one inferred"
+        )
     if input_size is not None:
         side = (input_size, input_size) if isinstance(input_size, int) else input_size
         preprocessing = replace(preprocessing, input_size=side)

@@ -45,8 +45,8 @@ class Decoder:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """The shape of every model input, (3, H, W)."""
-        return (3, *self.preprocessing.input_size)
+        """The shape of every model input, (C, H, W), C = 3 or 1 (grayscale)."""
+        return (self.preprocessing.channels, *self.preprocessing.input_size)
 
     def __call__(self, item: Item) -> Record:
         try:

@@ -189,17 +189,18 @@ def _first_line(error: BaseException) -> str:
 
 
 def decode(item: Item, preprocessing: Preprocessing) -> torch.Tensor:
-    """The model input of one file, (3, H, W) float32; raises :class:`ImageError` saying why not."""
+    """The model input of one file, (C, H, W) float32; raises :class:`ImageError` saying why not."""
     return preprocessing(load_image(item.path))
 
 
 def decode_dataset_item(image: Any, preprocessing: Preprocessing) -> torch.Tensor:
-    """A Dataset's image as a model input: a tensor is taken as preprocessed (3, H, W); else decoded."""
+    """A Dataset's image as a model input: a tensor is taken as preprocessed (C, H, W); else decoded."""
     if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
+        c = preprocessing.channels
+        if image.ndim != 3 or image.shape[0] != c or not image.is_floating_point():
             raise ImageError(
                 f"tensor of shape {tuple(image.shape)} and dtype {image.dtype}: expected a preprocessed "
-                "float (3, H, W); yield a PIL image or an array to have it preprocessed"
+                f"float ({c}, H, W); yield a PIL image or an array to have it preprocessed"
             )
         return image.detach().float()
     if isinstance(image, (str, os.PathLike)):
