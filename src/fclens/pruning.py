@@ -63,8 +63,6 @@ from fclens.options import PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIE
 from fclens.tree import split_tree
 
 if TYPE_CHECKING:
-    import torch
-
     from fclens.scanning import Scan
 
 __all__ = [
@@ -85,8 +83,6 @@ METHODS = PRUNE_METHODS
 _GLOBAL = ("magnitude", "random")
 """Methods that order the whole layer at once; the others order each class's row."""
 DEFAULT_SPARSITIES = PRUNE_SPARSITIES
-_CHUNK = 4096
-"""Images per block of the evaluation: the block's logits for every pruned layer stay within ~16 MB."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -365,7 +361,8 @@ def evaluate(
     ``labels`` (N,) with NaN/None/negative for unknown, ``pred`` (N,) the stored top-1 (optional).
 
     Every pruned layer is held at once, (methods × sparsities) × C × D float32: 123 MB for 24 points of
-    a 1000×1280 layer."""
+    a 1000×1280 layer; they are judged by the one evaluator of any final layer
+    (:func:`fclens.edits.evaluate.evaluate_heads`), against the unpruned layer as its reference."""
     import torch
 
     methods = list(dict.fromkeys(methods))
@@ -383,6 +380,9 @@ def evaluate(
         raise FclensError(f"bias_correction must be False, True or 'both', got {bias_correction!r}")
     corrections = [False, True] if bias_correction == "both" else [bool(bias_correction)]
 
+    from fclens.edits.evaluate import Features, evaluate_heads
+    from fclens.edits.layer import FinalLayer
+
     w = as_matrix(weight).astype(np.float32)
     z = np.ascontiguousarray(features, dtype=np.float32)
     if z.ndim != 2 or z.shape[1] != w.shape[1]:
@@ -390,96 +390,52 @@ def evaluate(
     if z.shape[0] == 0:
         raise FclensError("the scan has no evaluated images (no rows with status ok)")
     b = np.zeros(w.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32).reshape(-1)
-    y = _labels(labels, z.shape[0])
+    data = Features.of(z, labels)
     mean = z.mean(axis=0, dtype=np.float64)
 
-    # One product per (method, sparsity), None at sparsity 0 (the unpruned product itself, bit for bit);
-    # a bias-corrected twin only adds its own bias to the same product.
+    # One layer per (method, sparsity, correction); a bias-corrected twin shares its weight tensor and
+    # sparsity 0 the unpruned one, so the evaluator computes one product for each.
+    unpruned = FinalLayer(torch.from_numpy(w), torch.from_numpy(b), method="unpruned")
     configs: list[tuple[str, float, bool, float]] = []
-    layers: list[tuple[torch.Tensor | None, list[torch.Tensor]]] = []
-    dev = torch.device(device or "cpu")
+    layers: list[FinalLayer] = []
     for method in methods:
         ranks = pruning_ranks(w, method, seed=seed, min_size=min_size)
         for s in sparsities:
             mask = _mask(ranks, method, s)
-            configs += [(method, s, corrected, 1.0 - float(mask.mean())) for corrected in corrections]
-            biases = [b + bias_shift(w, mask, mean) if corrected else b for corrected in corrections]
-            layer = None if s == 0 else torch.from_numpy(np.where(mask, w, 0)).to(dev)
-            layers.append((layer, [torch.from_numpy(x).to(dev) for x in biases]))
+            pruned = unpruned.weight if s == 0 else torch.from_numpy(np.where(mask, w, 0))
+            for corrected in corrections:
+                configs.append((method, s, corrected, 1.0 - float(mask.mean())))
+                layer_b = b + bias_shift(w, mask, mean) if corrected else b
+                layers.append(FinalLayer(pruned, torch.from_numpy(layer_b), method=method))
+    reference, *evaluations = evaluate_heads(data, [unpruned, *layers], reference=unpruned, device=device)
 
-    full_w, full_b = torch.from_numpy(w).to(dev), torch.from_numpy(b).to(dev)
-    agree = np.zeros(len(configs))
-    correct, kl = np.zeros_like(agree), np.zeros_like(agree)
-    ref_correct = ref_pred_equal = 0.0
-    y_all = torch.from_numpy(y).to(dev)
-    with torch.inference_mode():
-        for start in range(0, z.shape[0], _CHUNK):
-            block = torch.from_numpy(z[start : start + _CHUNK]).to(dev)
-            labelled = y_all[start : start + _CHUNK]
-            known = labelled >= 0
-            ref_product = block @ full_w.T
-            ref = ref_product + full_b
-            ref_top = ref.argmax(dim=1)
-            ref_p = torch.softmax(ref, dim=1)
-            # KL(p0 ‖ p) summed over images = Σ p0 ln p0 − Σ p0 L + Σ lse(L), since Σ_c p0 = 1 per image.
-            ref_neg_entropy = _cross(ref_p, ref) - float(torch.logsumexp(ref, dim=1).double().sum())
-            ref_correct += float((ref_top[known] == labelled[known]).sum())
-            if pred is not None:
-                stored = torch.from_numpy(np.asarray(pred[start : start + _CHUNK], np.int64)).to(dev)
-                ref_pred_equal += float((ref_top == stored).sum())
-            i = 0
-            for layer, biases in layers:
-                product = ref_product if layer is None else block @ layer.T
-                for layer_b in biases:
-                    logits = product + layer_b
-                    top = logits.argmax(dim=1)
-                    agree[i] += float((top == ref_top).sum())
-                    correct[i] += float((top[known] == labelled[known]).sum())
-                    lse = float(torch.logsumexp(logits, dim=1).double().sum())
-                    kl[i] += ref_neg_entropy - _cross(ref_p, logits) + lse
-                    i += 1
-
-    n, n_labelled = z.shape[0], int((y >= 0).sum())
+    n, n_labelled = len(data), reference.n_labelled
     points = [
         PrunePoint(
             method=method,
             sparsity=s,
             zeroed=float(zeroed),
             bias_correction=corrected,
-            accuracy=float(correct[i]) / n_labelled if n_labelled else None,
-            agreement=float(agree[i]) / n,
-            kl=max(kl[i] / n, 0.0),  # ≥ 0 in exact arithmetic; rounding can dip below
+            accuracy=evaluation.accuracy if n_labelled else None,
+            agreement=evaluation.agreement,
+            kl=evaluation.kl,
         )
-        for i, (method, s, corrected, zeroed) in enumerate(configs)
+        for (method, s, corrected, zeroed), evaluation in zip(configs, evaluations, strict=True)
     ]
+    stored = None if pred is None else np.asarray(pred, np.int64).reshape(-1)
     return PruneCurve(
         points=points,
         n_images=n,
         n_labelled=n_labelled,
-        reference_accuracy=ref_correct / n_labelled if n_labelled else None,
-        pred_agreement=ref_pred_equal / n if pred is not None else None,
+        reference_accuracy=reference.accuracy if n_labelled else None,
+        pred_agreement=None if stored is None else float((reference.pred == stored).mean()),
         seed=seed,
     )
-
-
-def _cross(p: torch.Tensor, logits: torch.Tensor) -> float:
-    """Σ p·logits over a block, accumulated per image in float32 and over images in float64."""
-    return float((p * logits).sum(dim=1).double().sum())
 
 
 def bias_shift(w: np.ndarray, mask: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """The removed weights' mean contribution per class, Σ_{c removed} w_kc · E[z_c]: (C,) float32."""
     return (np.where(mask, 0, w).astype(np.float64) @ np.asarray(mean, np.float64)).astype(np.float32)
-
-
-def _labels(labels: Any, n: int) -> np.ndarray:
-    """Labels as int64 with −1 for unknown (None, NaN or negative)."""
-    if labels is None:
-        return np.full(n, -1, np.int64)
-    y = np.asarray(labels, dtype=np.float64).reshape(-1)
-    if y.shape[0] != n:
-        raise FclensError(f"{y.shape[0]} labels for {n} images")
-    return np.where(np.isfinite(y) & (y >= 0), y, -1).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------------------

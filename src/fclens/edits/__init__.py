@@ -5,7 +5,8 @@ Every edit — a re-fit on a scan's stored features, a post-hoc adjustment, a pr
 pooled features a scan stored: no backbone, one matrix product per batch of rows.
 
 - :mod:`.layer`: :class:`FinalLayer`, what it can be made from, and writing a model with a new one;
-- :mod:`.evaluate`: the features and labels of a scan, read in bounded batches, and :func:`evaluate_head`;
+- :mod:`.evaluate`: the features and labels of a scan, read in bounded batches or held in memory
+  (:class:`Features`), and :func:`evaluate_heads` / :func:`evaluate_head`, which pruning uses too;
 - :mod:`.prior`: the imbalanced-data application (PAPER.md §6): :class:`PriorLoss`, :func:`fit_head`,
   :func:`adjust_head`; :mod:`.rebalance`: every method of it against plain CE, on a training and an
   evaluation scan (``fclens rebalance``).

@@ -298,9 +298,7 @@ class ScanWriter:
             self._pending = []
             return
         table = pa.Table.from_batches(self._pending, schema=self.schema)
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer, compression="zstd")
-        atomic_write_bytes(self.directory / f"part-{self._next:05d}.parquet", buffer.getvalue().to_pybytes())
+        atomic_write_bytes(self.directory / f"part-{self._next:05d}.parquet", shard_bytes(table))
         self._next += 1
         self._count(table)
         self._pending, self._queued = [], set()
@@ -327,6 +325,23 @@ class ScanWriter:
         manifest.complete = complete
         manifest.shards = [path.name for path in shard_paths(self.directory)]
         atomic_write_text(self.directory / MANIFEST, json.dumps(manifest.to_dict(), indent=1) + "\n")
+
+
+def shard_bytes(table: pa.Table) -> bytes:
+    """A shard as Parquet bytes: zstd-compressed, with dictionary encoding for the text columns only.
+
+    A dictionary of float16 features or maps never pays (every value differs), and reading back its
+    fallback pages took 2.5× as long as plain pages (0.94 s against 0.37 s for 50,000 × 1,280 features
+    in 1,024-row shards, BENCHMARKS.md "Imbalanced data")."""
+    text = [
+        field.name if pa.types.is_string(field.type) else f"{field.name}.list.element"
+        for field in table.schema
+        if pa.types.is_string(field.type)
+        or (pa.types.is_list(field.type) and pa.types.is_string(field.type.value_type))
+    ]
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=text)
+    return buffer.getvalue().to_pybytes()
 
 
 def _head_bytes(weight: np.ndarray, bias: np.ndarray) -> bytes:
