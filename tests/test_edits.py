@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import fclens
 import feature_scan
 from fclens.cli import main
-from fclens.edits.evaluate import evaluate_head
+from fclens.edits.evaluate import evaluate_head, read_features
 from fclens.edits.layer import FinalLayer, as_final_layer
 from fclens.edits.prior import PriorLoss, adjust_head, class_prior, fit_head
 from fclens.errors import FclensError
@@ -180,6 +180,31 @@ def test_a_refit_streamed_from_the_shards_equals_the_one_held_in_memory(tmp_path
     streamed = fit_head(directory, "logit-adjust", max_iter=20, memory_limit=0)
     assert torch.allclose(held.weight, streamed.weight, atol=1e-4)
     assert torch.allclose(held.bias, streamed.bias, atol=1e-4)
+
+
+def test_crt_from_a_random_start_and_pg_prior_from_the_scanned_layer_converge_to_one_layer(
+    scans: dict[str, Path],
+) -> None:
+    """One objective (class-balanced weights, τ = 1, weight decay: strictly convex), two starts: fits that
+    converge land on the same minimum from either."""
+    crt, pg = fit_head(scans["tail"], "crt", seed=3), fit_head(scans["tail"], "pg-prior")
+    assert crt.fit is not None and pg.fit is not None and crt.fit.converged and pg.fit.converged
+    assert abs(crt.fit.loss - pg.fit.loss) < 1e-6
+    # the rare classes' rows are weakly determined (4 images each): compare what the layers do, not their digits
+    same = evaluate_head(scans["eval"], crt, reference=pg)
+    assert same.agreement > 0.99 and same.kl < 1e-4
+
+
+def test_the_fit_runs_on_centred_features_and_returns_the_layer_for_the_stored_ones(tmp_path: Path) -> None:
+    """The centring is internal: the returned layer's loss on the stored (uncentred) features is the one
+    the fit reports."""
+    counts = BALANCED // 4
+    directory = gaussian_scan(tmp_path / "plain", counts, BALANCED / BALANCED.sum())
+    layer = fit_head(directory, "ce")
+    features = read_features(directory, labelled=True)
+    logits = layer.logits(features.z)
+    loss = torch.nn.functional.cross_entropy(logits, features.label) + 2.5e-4 * (layer.weight**2).sum()
+    assert layer.fit is not None and abs(float(loss) - layer.fit.loss) < 1e-5
 
 
 # --------------------------------------------------------------------------------------------- post hoc

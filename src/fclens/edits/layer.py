@@ -35,6 +35,8 @@ class FitReport:
     evaluations: int
     """Full passes over the rows (each one logits product forward and backward)."""
     seconds: float
+    converged: bool = True
+    """False when the fit ran out of iterations before its tolerance was met."""
 
 
 @dataclass(frozen=True)
