@@ -147,3 +147,13 @@ def test_scan_a_folder_with_features(gray: fclens.Classifier, tmp_path: Path) ->
         assert sorted(stored) == [0, 1, 2, 3]
         assert [stored[k] for k in range(4)] == pytest.approx(expected.tolist(), abs=1e-5)
         assert row["label"] == names.index(Path(row["path"]).parent.name)
+
+
+def test_a_one_channel_timm_model_keeps_its_config_in_grey() -> None:
+    timm = pytest.importorskip("timm")
+    module = timm.create_model("test_resnet", in_chans=1, pretrained=False)
+    rgb = fclens.Preprocessing.from_timm_config(timm.data.resolve_data_config({}, model=module))
+    classifier = fclens.load_model(module)
+    assert classifier.preprocessing == rgb.grayscale()
+    explanation = fclens.explain(classifier, fclens.sample_image("coffee"))
+    assert explanation.image.mode == "RGB" and explanation.image.size == rgb.input_size[::-1]
