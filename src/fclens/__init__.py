@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from fclens.batch import BatchResult, BatchRunner
     from fclens.edits.evaluate import HeadEvaluation, evaluate_head
     from fclens.edits.layer import FinalLayer
+    from fclens.edits.pair import CausalTable, causal_test, pair_edit, select_neurons, split_rows
     from fclens.edits.prior import PriorLoss, adjust_head, fit_head
     from fclens.edits.rebalance import Rebalance, rebalance
     from fclens.errors import FclensError
@@ -46,6 +47,7 @@ _SOURCES = {
     "fclens.batch": ("BatchResult", "BatchRunner"),
     "fclens.edits.evaluate": ("HeadEvaluation", "evaluate_head"),
     "fclens.edits.layer": ("FinalLayer",),
+    "fclens.edits.pair": ("CausalTable", "causal_test", "pair_edit", "select_neurons", "split_rows"),
     "fclens.edits.prior": ("PriorLoss", "adjust_head", "fit_head"),
     "fclens.edits.rebalance": ("Rebalance", "rebalance"),
     "fclens.errors": ("FclensError",),
@@ -70,6 +72,7 @@ __all__ = [
     "Atlas",
     "BatchResult",
     "BatchRunner",
+    "CausalTable",
     "Classifier",
     "Contrast",
     "Explanation",
@@ -98,6 +101,7 @@ __all__ = [
     "SplitTree",
     "adjust_head",
     "atlas",
+    "causal_test",
     "evaluate_head",
     "explain",
     "find_head",
@@ -105,6 +109,7 @@ __all__ = [
     "fit_head",
     "load_image",
     "load_model",
+    "pair_edit",
     "prune",
     "prune_curve",
     "read_scan",
@@ -114,6 +119,8 @@ __all__ = [
     "sample_folder",
     "sample_image",
     "scan",
+    "select_neurons",
+    "split_rows",
     "split_tree",
 ]
 
