@@ -102,6 +102,7 @@ def test_tree_repairs_the_built_pair_on_held_out_rows_and_random_does_not(made) 
     assert tree.equalise.errors_kj <= 1 and tree.equalise.soft_kj < 0.05 * test.before.soft_kj
     assert random.equalise.errors_kj >= test.before.errors_kj / 2
     assert tree.equalise.accuracy_other == test.before.accuracy_other == 1.0
+    assert tree.partial.errors_kj <= 1 and tree.strength > 0.5  # on the selection rows, s must be large
 
 
 def test_the_held_out_and_selection_rows_are_disjoint_cover_the_rows_and_are_stratified(made) -> None:
@@ -187,6 +188,7 @@ def test_the_table_defaults_to_the_top_pairs_and_reads_as_json_and_text(scan_dir
         (lambda s: pair_edit(s, s, 0, 1, select="best"), "unknown selection rule 'best'"),
         (lambda s: pair_edit(s, s, 0, 1, edit="zero"), "unknown edit 'zero'"),
         (lambda s: causal_test(s, ms=(4, 0)), "must be an integer >= 1"),
+        (lambda s: causal_test(s, pairs=[(0, 1)], objective="f1"), "unknown objective 'f1'"),
         (lambda s: split_rows(s, fraction=1.0), "between 0 and 1"),
     ],
 )

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EDITS",
     "MS",
+    "OBJECTIVES",
     "RULES",
     "CausalTable",
     "Outcome",
@@ -70,6 +71,9 @@ TOP_PAIRS = 20
 """The pairs :func:`causal_test` takes by default."""
 STRENGTHS = np.linspace(0.0, 1.0, 21)
 """The strengths the ``partial`` edit chooses from on the selection rows (0: no edit, 1: ``equalise``)."""
+OBJECTIVES = ("accuracy", "pair")
+"""What the ``partial`` edit's strength minimises on the selection rows: their errors, all classes
+(``accuracy``, the default), or the pair's errors k→j + j→k alone (``pair``)."""
 
 # --- the rows that select and the rows that judge ---------------------------------------------------
 
@@ -213,6 +217,7 @@ def pair_edit(
     split: bool = False,
     seed: int = 0,
     *,
+    objective: str = "accuracy",
     min_size: int | None = None,
     mode: str | None = None,
 ) -> PairLayer:
@@ -222,9 +227,12 @@ def pair_edit(
     ``edit``: ``equalise`` sets w_jc := w_kc on the chosen columns: they no longer move the k-vs-j gap,
     and only row j, on those columns, changes. Those neurons are mostly j's own evidence, so equalising
     trades k→j errors for j→k ones; ``partial`` moves them part of the way, w_jc := w_jc − s·(w_jc −
-    w_kc), with s in 0, 0.05, …, 1 chosen on the selection rows to minimise the pair's errors k→j + j→k
-    (ties: the lower summed soft confusion, then the smaller s; s = 0 says no strength helps), unless
-    ``strength`` is given. ``rows``: the source indices that select (and choose s); ``split=True``
+    w_kc), with s in 0, 0.05, …, 1 chosen on the selection rows, unless ``strength`` is given, to
+    minimise ``objective``: ``accuracy`` (default), the selection rows' errors over every class;
+    ``pair``, the pair's errors k→j + j→k alone, which a strength can lower by sending j's images to
+    third classes (on MNIST it did: benchmarks/bench_causal.py). Ties: the lower summed soft confusion
+    of the pair (mean p(j) on k's images + mean p(k) on j's), then the smaller s; s = 0 says that no
+    strength helps. ``rows``: the source indices that select (and choose s); ``split=True``
     selects on the first half of :func:`split_rows` (``scan``, ``seed``) instead, so that the second
     half is left to judge. ``head``: a FinalLayer, a loaded model, a scan or (weight, bias).
     """
@@ -236,6 +244,7 @@ def pair_edit(
         raise FclensError(f"unknown edit {edit!r}; use one of {', '.join(EDITS)}")
     if strength is not None and ((edit == "equalise" and strength != 1) or not 0 <= strength <= 1):
         raise FclensError(f"strength must be in [0, 1] for 'partial' (and 1 for 'equalise'), got {strength}")
+    _check_objective(objective)
     choose = edit == "partial" and strength is None
     data = None
     if rule in ("tree", "contrast") or choose:
@@ -252,7 +261,11 @@ def pair_edit(
     if edit == "equalise":
         strength = 1.0
     elif choose:
-        strength = _choose_strength(layer, data, target, rival, chosen)
+        logits = layer.logits(data.z)
+        columns = torch.as_tensor(np.asarray(chosen, np.int64))
+        delta = data.z[:, columns] @ _step(layer, target, rival, chosen)
+        judge = _Judge(logits, data.label, target, rival)
+        strength = _best_strength(judge, logits[:, rival], delta, objective)
     weight = _edited_weight(layer, target, rival, chosen, strength)
     return PairLayer(
         weight,
@@ -282,16 +295,6 @@ def _step(layer: FinalLayer, k: int, j: int, columns: np.ndarray) -> torch.Tenso
     """The change of row j that ``equalise`` makes, on ``columns``: w_kS − w_jS (float32, (len,))."""
     cols = torch.as_tensor(np.asarray(columns, np.int64))
     return layer.weight[k, cols] - layer.weight[j, cols]
-
-
-def _choose_strength(layer: FinalLayer, data: Features, k: int, j: int, columns: np.ndarray) -> float:
-    """The strength in :data:`STRENGTHS` with the fewest pair errors on ``data`` (the selection rows)."""
-    pair = data.select(data.index[np.isin(data.label.numpy(), [k, j])])
-    if len(pair) == 0 or len(columns) == 0:
-        return 0.0
-    logits = layer.logits(pair.z)
-    delta = pair.z[:, torch.as_tensor(np.asarray(columns, np.int64))] @ _step(layer, k, j, columns)
-    return _best_strength(_Judge(logits, pair.label, k, j), logits[:, j], delta)
 
 
 # --- the figures ------------------------------------------------------------------------------------
@@ -399,12 +402,18 @@ class _Judge:
             accuracy=_ratio(k_right + j_right + other_right, self.n),
         )
 
-    def pair_errors(self, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per candidate column (``columns`` (rows, G)): the pair's errors k→j + j→k and its summed soft
-        confusion (mean p(j) over k's rows + mean p(k) over j's)."""
+    def errors(self, columns: torch.Tensor, objective: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per candidate column (``columns`` (rows, G)): the errors ``objective`` counts (``pair``: k→j
+        + j→k; ``accuracy``: every labelled row's) and the pair's summed soft confusion (mean p(j) over
+        k's rows + mean p(k) over j's)."""
         wins = self._wins(columns)
-        to_k = (self.best_index == self.k)[:, None]
-        errors = (wins & self.of_k[:, None]).sum(0) + (~wins & self.of_j[:, None] & to_k).sum(0)
+        if objective == "pair":
+            to_k = (self.best_index == self.k)[:, None]
+            errors = (wins & self.of_k[:, None]).sum(0) + (~wins & self.of_j[:, None] & to_k).sum(0)
+        else:
+            known = (self.label >= 0)[:, None]
+            wrong = torch.where(wins, ~self.of_j[:, None], (self.best_index != self.label)[:, None])
+            errors = (wrong & known).sum(0)
         pair = columns[self.pair]
         log_total = torch.logaddexp(pair, self.lse[:, None])
         p_j = torch.exp(pair - log_total)[self.pair_is_k].sum(0) / max(self.n_k, 1)
@@ -474,12 +483,12 @@ class PairTest:
             f"{k} → {j}: equalising {j}'s weights on the {named} changes {k}→{j} errors from "
             f"{before.errors_kj} to {after.errors_kj} on {self.n_target} held-out images of {k} (soft "
             f"confusion {before.soft_kj:.3f} → {after.soft_kj:.3f}), {j}→{k} errors from "
-            f"{before.errors_jk} to {after.errors_jk}, costs {_points(before.accuracy_j, after.accuracy_j)} "
-            f"points of {j}'s accuracy and {_points(before.accuracy_other, after.accuracy_other)} elsewhere"
+            f"{before.errors_jk} to {after.errors_jk}, {_cost(before.accuracy_j, after.accuracy_j)} of {j}'s "
+            f"accuracy and {_cost(before.accuracy_other, after.accuracy_other)} elsewhere"
         )
         controls = [
             f"{rule} {m}: {t.equalise.errors_kj} errors, soft {t.equalise.soft_kj:.3f}, "
-            f"{_points(before.accuracy_j, t.equalise.accuracy_j)} of {j}'s accuracy"
+            f"{_cost(before.accuracy_j, t.equalise.accuracy_j)} of {j}'s accuracy"
             for rule in ("random", "contrast")
             if (t := self._maybe(rule, m)) is not None
         ]
@@ -520,6 +529,7 @@ class CausalTable:
     ms: tuple[int, ...]
     seed: int
     fraction: float
+    objective: str
     n_select: int
     n_held_out: int
     method: str
@@ -532,17 +542,19 @@ class CausalTable:
         raise FclensError(f"the pair {target} → {rival} was not tested")
 
     def summary(self) -> dict[str, dict[int, dict[str, float]]]:
-        """Per rule and m, over the pairs: the mean share of held-out soft confusion k→j that
-        ``equalise`` removes (pairs with some), the mean change of the pair's errors both ways under
-        ``equalise`` and ``partial``, and the mean change, in points, of j's accuracy and of the others'."""
+        """Per rule and m, over the pairs: the share of their summed held-out soft confusion k→j that
+        ``equalise`` removes (pooled, so that a pair with almost none cannot dominate), the mean change of the pair's errors both ways under
+        ``equalise`` and ``partial``, and the mean change, in points, of j's accuracy, of the others' and of
+        all (``partial_…``: the same after the partial edit)."""
         result: dict[str, dict[int, dict[str, float]]] = {}
         for rule in self.rules:
             result[rule] = {}
             for m in self.ms:
                 rows = [(p.before, p.trial(rule, m)) for p in self.pairs]
-                cut = [1 - t.equalise.soft_kj / b.soft_kj for b, t in rows if b.soft_kj > 0]
+                before = sum(b.soft_kj for b, _ in rows if not np.isnan(b.soft_kj))
+                after = sum(t.equalise.soft_kj for _, t in rows if not np.isnan(t.equalise.soft_kj))
                 result[rule][m] = {
-                    "soft_cut": _mean(cut),
+                    "soft_cut": 1 - after / before if before > 0 else float("nan"),
                     "errors_kj": _mean([t.equalise.errors_kj - b.errors_kj for b, t in rows]),
                     "pair_errors": _mean([t.equalise.pair_errors - b.pair_errors for b, t in rows]),
                     "partial_pair_errors": _mean([t.partial.pair_errors - b.pair_errors for b, t in rows]),
@@ -550,6 +562,9 @@ class CausalTable:
                     "accuracy_other": _mean(
                         [100 * (t.equalise.accuracy_other - b.accuracy_other) for b, t in rows]
                     ),
+                    "accuracy": _mean([100 * (t.equalise.accuracy - b.accuracy) for b, t in rows]),
+                    "partial_accuracy_j": _mean([100 * (t.partial.accuracy_j - b.accuracy_j) for b, t in rows]),
+                    "partial_accuracy": _mean([100 * (t.partial.accuracy - b.accuracy) for b, t in rows]),
                 }
         return result
 
@@ -559,6 +574,7 @@ class CausalTable:
             "ms": list(self.ms),
             "seed": self.seed,
             "fraction": self.fraction,
+            "objective": self.objective,
             "n_select": self.n_select,
             "n_held_out": self.n_held_out,
             "method": self.method,
@@ -577,7 +593,8 @@ class CausalTable:
         m = m if m is not None else (8 if 8 in self.ms else self.ms[len(self.ms) // 2])
         lines = [
             f"Causal test of {len(self.pairs)} pairs: selected on {self.n_select} rows, judged on "
-            f"{self.n_held_out} held-out rows (seed {self.seed}); {self.seconds:.1f} s",
+            f"{self.n_held_out} held-out rows (seed {self.seed}); the partial edit's strength minimises "
+            f"the selection rows' {'pair errors' if self.objective == 'pair' else 'errors'}; {self.seconds:.1f} s",
             "",
             "Mean over the pairs (equalise): soft k→j removed | Δ errors k→j | Δ errors both ways "
             "(partial) | Δ accuracy of j, of the others (points)",
@@ -619,6 +636,7 @@ def causal_test(
     fraction: float = 0.5,
     top: int = TOP_PAIRS,
     exact: bool = False,
+    objective: str = "accuracy",
     min_size: int | None = None,
     mode: str | None = None,
     class_names: Sequence[str] | None = None,
@@ -626,7 +644,8 @@ def causal_test(
     """Edit each pair's rival row on the neurons each rule picks, at each m, and judge it on held-out rows.
 
     The scan's rows are split by :func:`split_rows` (``seed``, ``fraction``): neurons, the ``partial``
-    strength and the default pairs are chosen on the first part, every figure is read on the second.
+    strength (minimising ``objective``, see :func:`pair_edit`) and the default pairs are chosen on the
+    first part, every figure is read on the second.
     ``pairs``: (target, rival) tuples or the atlas's :class:`~fclens.atlasing.Pair` (``.a`` → ``.b``);
     by default the ``top`` pairs by soft confusion on the selection rows (the atlas's ranking, on the
     rows that may choose; ties by errors, then class indices). ``head``: the layer to edit (the scan's
@@ -637,6 +656,7 @@ def causal_test(
     for m in ms:
         _check_m(m)
     rules = tuple(_check_rule(rule) for rule in rules)
+    _check_objective(objective)
     features = _read(scan)
     layer = as_final_layer(head if head is not None else _scan_of(scan))
     if layer.num_features != features.z.shape[1]:
@@ -654,15 +674,13 @@ def causal_test(
     logits = layer.logits(held.z)
     base = evaluate_logits(logits, held.label, method=layer.method) if exact else None
     top2 = torch.topk(logits, 2, dim=1)  # each row's best two: its best other than j, for every j
+    chosen_top2 = torch.topk(chosen_logits, 2, dim=1)
     tests = []
     for k, j in pairs:
         judge = _Judge(logits, held.label, k, j, (top2.values, top2.indices))
         before = Outcome.of(base, k, j) if base is not None else judge.outcome(logits[:, j])
         mean_z = _class_mean(chosen, k)
-        pair_rows = torch.from_numpy(np.isin(chosen.label.numpy(), [k, j]))
-        pair_logits = chosen_logits[pair_rows]
-        pair_judge = _Judge(pair_logits, chosen.label[pair_rows], k, j)
-        pair_z = chosen.z[pair_rows]
+        chosen_judge = _Judge(chosen_logits, chosen.label, k, j, (chosen_top2.values, chosen_top2.indices))
         trials = []
         for rule in rules:
             ranking = _ranking(layer, k, j, rule, mean_z, seed, min_size, mode)[: max(ms)]
@@ -671,11 +689,13 @@ def causal_test(
             columns = torch.as_tensor(ranking.astype(np.int64))
             step = _step(layer, k, j, ranking)
             held_deltas = _running(held.z[:, columns] * step)
-            pair_deltas = _running(pair_z[:, columns] * step)
+            chosen_deltas = _running(chosen.z[:, columns] * step)
             for m in ms:
                 used = min(m, len(ranking))
-                held_delta, pair_delta = held_deltas[:, used], pair_deltas[:, used]
-                strength = _best_strength(pair_judge, pair_logits[:, j], pair_delta)
+                held_delta = held_deltas[:, used]
+                strength = _best_strength(
+                    chosen_judge, chosen_logits[:, j], chosen_deltas[:, used], objective
+                )
                 outcomes = []
                 for s in (1.0, strength):
                     column = logits[:, j] + s * held_delta
@@ -700,6 +720,7 @@ def causal_test(
         ms=tuple(int(m) for m in ms),
         seed=seed,
         fraction=fraction,
+        objective=objective,
         n_select=len(chosen),
         n_held_out=len(held),
         method=layer.method,
@@ -712,12 +733,13 @@ def _running(changes: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros(len(changes), 1), torch.cumsum(changes, dim=1)], dim=1)
 
 
-def _best_strength(judge: _Judge, column: torch.Tensor, delta: torch.Tensor) -> float:
-    """:func:`_choose_strength` on precomputed selection logits (``column``: logit_j of the pair's rows)."""
+def _best_strength(judge: _Judge, column: torch.Tensor, delta: torch.Tensor, objective: str) -> float:
+    """The strength in :data:`STRENGTHS` with the fewest ``objective`` errors on the judge's rows (the
+    selection rows), ``column`` their logit_j and ``delta`` its change at strength 1."""
     if judge.pair.numel() == 0 or not bool(delta.any()):
         return 0.0
     grid = torch.as_tensor(STRENGTHS, dtype=torch.float32)
-    errors, soft = judge.pair_errors(column[:, None] + delta[:, None] * grid[None, :])
+    errors, soft = judge.errors(column[:, None] + delta[:, None] * grid[None, :], objective)
     return float(STRENGTHS[np.lexsort((STRENGTHS, soft.numpy(), errors.numpy()))[0]])
 
 
@@ -805,6 +827,11 @@ def _check_m(m: Any) -> None:
         raise FclensError(f"the number of neurons m must be an integer >= 1, got {m!r}")
 
 
+def _check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise FclensError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+
+
 def _check_rule(rule: str) -> str:
     if rule not in RULES:
         raise FclensError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")
@@ -826,8 +853,12 @@ def _number(value: Any) -> Any:
     return int(value) if isinstance(value, (np.integer,)) else value
 
 
-def _points(before: float, after: float) -> str:
-    return "n/a" if np.isnan(before) or np.isnan(after) else f"{100 * (before - after):.1f}"
+def _cost(before: float, after: float) -> str:
+    """ "costs 3.0 points", "gains 2.0 points" or "costs 0 points" of an accuracy (n/a without images)."""
+    if np.isnan(before) or np.isnan(after):
+        return "costs n/a points"
+    points = 100 * (before - after)
+    return f"gains {-points:.1f} points" if points < 0 else f"costs {points:.1f} points"
 
 
 def _percent(value: float) -> str:
