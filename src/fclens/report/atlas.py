@@ -7,13 +7,18 @@ the top-k images twice: where the most confusing node pulls hardest (that node's
 and where the image argues most for the top rival (the contrast map). Only those images are drawn,
 re-read from their path and prepared as the scan prepared them; a file that is gone, unreadable, or a
 Dataset item (which has no file) is marked on the page instead.
+
+With the causal test (``fclens atlas --causal``, :func:`fclens.causal_test`), each class page also shows,
+per tested rival, what equalising the rival's weights on the named neurons does on held-out images beside
+the other selection rules, and the index the summary over the pairs; :func:`atlas_with_causal` adds the
+same figures to the atlas's JSON.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -27,11 +32,25 @@ from fclens.report.figures import colour_scale_css, overlay
 from fclens.report.html import Card, branch_class, image_uri, nest_cards, render
 from fclens.tree import class_trees
 
-__all__ = ["INDEX", "PAGES", "class_page_name", "node_in_words", "write_atlas_pages"]
+if TYPE_CHECKING:
+    from fclens.edits.pair import CausalTable, Outcome, PairTest
+
+__all__ = [
+    "CAUSAL_MS",
+    "INDEX",
+    "PAGES",
+    "atlas_with_causal",
+    "class_page_name",
+    "node_in_words",
+    "write_atlas_pages",
+]
 
 INDEX = "index.html"
 PAGES = (INDEX, "class-*.html")
 """The pages :func:`write_atlas_pages` may write: a rerun removes those it did not write this time."""
+CAUSAL_MS = (1, 4, 8, 32)
+"""The numbers of neurons a class page's causal table shows (of those the test ran): enough to see the
+trend without a row per m."""
 
 
 def class_page_name(k: int) -> str:
@@ -77,8 +96,11 @@ class _Drawing:
         return Shot(image.index, image.path, image_uri(overlay(picture, heat.reshape(self.grid))), caption)
 
 
-def write_atlas_pages(found: Atlas, out: str | Path) -> list[Path]:
-    """Write ``index.html`` and ``class-<k>.html`` for every class into ``out``; return the paths."""
+def write_atlas_pages(found: Atlas, out: str | Path, causal: CausalTable | None = None) -> list[Path]:
+    """Write ``index.html`` and ``class-<k>.html`` for every class into ``out``; return the paths.
+
+    ``causal``: the causal test of the atlas's pairs, shown on the class pages of the tested pairs' first
+    classes and summarised on the index."""
     out = Path(out)
     settings = found.manifest.preprocessing
     preprocessing = Preprocessing(**{key: value for key, value in settings.items() if value is not None})
@@ -88,10 +110,10 @@ def write_atlas_pages(found: Atlas, out: str | Path) -> list[Path]:
     written = []
     present = {c.index for c in found.classes}
     for c in found.classes:
-        page = _class_page(found, c, drawing, trees.get(c.index), present)
+        page = _class_page(found, c, drawing, trees.get(c.index), present, causal)
         written.append(atomic_write_text(out / class_page_name(c.index), page))
         drawing.pictures.clear()  # a class's pictures are not needed by the next class
-    written.append(atomic_write_text(out / INDEX, _index_page(found)))
+    written.append(atomic_write_text(out / INDEX, _index_page(found, causal)))
     return written
 
 
@@ -104,8 +126,10 @@ def _trees(found: Atlas) -> dict[int, Any]:
     return dict(zip(classes, grown, strict=True))
 
 
-def _index_page(found: Atlas) -> str:
+def _index_page(found: Atlas, causal: CausalTable | None) -> str:
     names = found.class_names
+    tested = _tested(causal)
+    m = _headline_m(causal.ms) if causal is not None else 0
     rows = []
     for c in found.classes:
         top = c.rivals[0] if c.rivals else None
@@ -134,6 +158,8 @@ def _index_page(found: Atlas) -> str:
             "a_href": class_page_name(p.a),
             "soft": fmt(p.soft_confusion),
             "errors": _errors(p.errors),
+            "causal": _tree_errors(tested.get((p.a, p.b)), m),
+            "causal_href": f"{class_page_name(p.a)}#{_anchor(p.b)}",
         }
         for p in found.pairs[:20]
     ]
@@ -149,11 +175,20 @@ def _index_page(found: Atlas) -> str:
         pairs=pairs,
         lowest=lowest,
         labelled=found.labelled,
+        causal=None if causal is None else _causal_summary(causal),
     )
 
 
-def _class_page(found: Atlas, c: ClassAtlas, drawing: _Drawing, tree: Any, present: set[int]) -> str:
+def _class_page(
+    found: Atlas,
+    c: ClassAtlas,
+    drawing: _Drawing,
+    tree: Any,
+    present: set[int],
+    causal: CausalTable | None,
+) -> str:
     means = {node.path: node for node in c.nodes}
+    tested = _tested(causal)
     rivals = [
         {
             "name": r.name,
@@ -161,9 +196,11 @@ def _class_page(found: Atlas, c: ClassAtlas, drawing: _Drawing, tree: Any, prese
             "href": class_page_name(r.index) if r.index in present else None,
             "soft": fmt(r.soft_confusion),
             "errors": _errors(r.errors),
+            "causal_href": f"#{_anchor(r.index)}" if (c.index, r.index) in tested else None,
         }
         for r in c.rivals
     ]
+    pairs = [tested[c.index, r.index] for r in c.rivals if (c.index, r.index) in tested]
     kind = found.manifest.options.primary
     confusing = [
         drawing.shot(
@@ -197,6 +234,8 @@ def _class_page(found: Atlas, c: ClassAtlas, drawing: _Drawing, tree: Any, prese
         rival_name=rival_name,
         rival=rival,
         index_href=INDEX,
+        causal_ran=causal is not None,
+        causal=[_causal_pair(test, causal) for test in pairs] if causal is not None else [],
     )
 
 
@@ -236,6 +275,140 @@ def _node_map(row: dict[str, Any] | None, path: str | None, kind: str) -> np.nda
 def _contrast(row: dict[str, Any] | None) -> np.ndarray | None:
     """The contrast map as shown: the evidence for the rival, zero where the image argues for the class."""
     return None if row is None else np.clip(row["contrast_map"], 0, None)
+
+
+# --- the causal test -------------------------------------------------------------------------------
+
+
+def atlas_with_causal(
+    data: dict[str, Any], table: CausalTable, written: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The atlas's JSON (:meth:`Atlas.to_dict`) with each pair's test as ``pairs[].causal`` (null for a
+    pair not tested), and under ``causal`` how the test was made, its summary over the pairs and
+    ``written``, the model ``--write`` saved (null without one): one file answers both questions."""
+    tested = _tested(table)
+    pairs = [
+        {**pair, "causal": test.to_dict() if (test := tested.get((pair["a"], pair["b"]))) else None}
+        for pair in data["pairs"]
+    ]
+    made = {key: value for key, value in table.to_dict().items() if key != "pairs"}
+    return {**data, "pairs": pairs, "causal": {**made, "written": written}}
+
+
+@dataclass
+class CausalRow:
+    """One row of a pair's causal table: a rule at one m (or the figures before any edit)."""
+
+    rule: str
+    m: str
+    cells: list[str]
+    kind: str = ""
+    """"before", "headline" (the row the pair's sentence tells) or ""."""
+
+
+@dataclass
+class CausalPair:
+    """A tested rival of a class page: its sentence and its table."""
+
+    anchor: str
+    rival: str
+    sentence: str
+    held_out: str
+    rows: list[CausalRow]
+
+
+def _tested(table: CausalTable | None) -> dict[tuple[int, int], PairTest]:
+    return {} if table is None else {(p.target, p.rival): p for p in table.pairs}
+
+
+def _headline_m(ms: tuple[int, ...]) -> int:
+    """The m a sentence and the index tell: 8, as the issue asks, else the middle one tested."""
+    return 8 if 8 in ms else ms[len(ms) // 2]
+
+
+def _anchor(rival: int) -> str:
+    return f"causal-{rival}"
+
+
+def _causal_pair(test: PairTest, table: CausalTable) -> CausalPair:
+    m = _headline_m(table.ms)
+    shown = [size for size in table.ms if size in CAUSAL_MS] or list(table.ms)
+    rows = [
+        CausalRow("before", "no edit", _outcome_cells(test.before, str(test.before.pair_errors)), "before")
+    ]
+    for rule in table.rules:
+        for size in shown:
+            trial = test.trial(rule, size)
+            used = len(trial.neurons)
+            rows.append(
+                CausalRow(
+                    rule,
+                    str(size) if used == size else f"{size} ({used} used)",
+                    _outcome_cells(trial.equalise, f"{trial.partial.pair_errors} (s {trial.strength:.2f})"),
+                    "headline" if (rule, size) == ("tree", m) else "",
+                )
+            )
+    return CausalPair(
+        anchor=_anchor(test.rival),
+        rival=test.rival_name,
+        sentence=test.sentence(m) if "tree" in table.rules else "",
+        held_out=f"{test.n_target} held-out images of {test.target_name}, {test.n_rival} of {test.rival_name}",
+        rows=rows,
+    )
+
+
+def _outcome_cells(outcome: Outcome, partial: str) -> list[str]:
+    return [
+        str(outcome.errors_kj),
+        str(outcome.errors_jk),
+        fmt(outcome.soft_kj),
+        _percent(outcome.accuracy_k),
+        _percent(outcome.accuracy_j),
+        _percent(outcome.accuracy_other),
+        partial,
+    ]
+
+
+def _tree_errors(test: PairTest | None, m: int) -> list[str] | None:
+    """The index's cells of a tested pair: its held-out errors k→j, then j→k, before → after ``tree``
+    equalises m neurons (both ways: the edit trades one for the other)."""
+    if test is None or "tree" not in {t.select for t in test.trials}:
+        return None
+    before, after = test.before, test.trial("tree", m).equalise
+    return [f"{before.errors_kj} → {after.errors_kj}", f"{before.errors_jk} → {after.errors_jk}"]
+
+
+def _causal_summary(table: CausalTable) -> dict[str, Any]:
+    """The index's summary: per rule at the headline m, the figures :meth:`CausalTable.summary` gives."""
+    m = _headline_m(table.ms)
+    rows = [
+        (
+            rule,
+            [
+                _percent(f["soft_cut"]),
+                fmt(f["errors_kj"], "+.2f"),
+                fmt(f["pair_errors"], "+.2f"),
+                fmt(f["partial_pair_errors"], "+.2f"),
+                fmt(f["accuracy_j"], "+.1f"),
+                fmt(f["accuracy_other"], "+.2f"),
+            ],
+        )
+        for rule, per_m in table.summary().items()
+        for f in [per_m[m]]
+    ]
+    return {
+        "m": m,
+        "pairs": len(table.pairs),
+        "n_select": table.n_select,
+        "n_held_out": table.n_held_out,
+        "seed": table.seed,
+        "rows": rows,
+    }
+
+
+def _percent(value: float | None) -> str:
+    text = fmt(None if value is None else 100 * value, ".1f")
+    return text if text == "n/a" else f"{text}%"
 
 
 def _errors(count: int | None) -> str:
