@@ -85,6 +85,12 @@ def test_the_cli_prints_the_summary_over_the_pairs(striped: fclens.Scan, tmp_pat
     for rule in RULES:
         assert f"  {rule:8} m=8 " in printed
     assert not (tmp_path / "index.html").exists()
+    # Another seed: another split and another random control, the same pairs.
+    assert (
+        main(["atlas", str(striped.directory), "--out", str(tmp_path), "--causal-seed", "3", "--json"]) == 0
+    )
+    again = json.loads(capsys.readouterr().out)
+    assert again["causal"]["seed"] == 3 and again["pairs"][0]["causal"]["target"] == again["pairs"][0]["a"]
 
 
 def test_a_class_page_shows_each_tested_rivals_sentence_and_table(atlas_out: Path) -> None:

@@ -250,8 +250,9 @@ def _parser() -> argparse.ArgumentParser:
     atlas.add_argument(
         "--causal-seed",
         type=int,
-        default=0,
-        help="seed of the split into selection and held-out halves, and of the random rule (default 0)",
+        metavar="SEED",
+        help="seed of the split into selection and held-out halves, and of the random rule (default 0; "
+        "implies --causal)",
     )
     atlas.add_argument(
         "--write",
@@ -759,7 +760,7 @@ def _run_atlas(args: argparse.Namespace) -> int:
     from fclens.scanning import read_scan
 
     wanted = _parse_pair_write(args.write) if args.write else None
-    causal = args.causal or wanted is not None
+    causal = args.causal or wanted is not None or args.causal_seed is not None
     with _one_line_warnings():
         scan = read_scan(args.scan_dir)
     if causal and not scan.has_features:
@@ -779,7 +780,7 @@ def _run_atlas(args: argparse.Namespace) -> int:
     data = found.to_dict()
     table = model = None
     if causal:
-        table, model = _causal(found, args.causal_seed, wanted, args.out)
+        table, model = _causal(found, args.causal_seed or 0, wanted, args.out)
         data = atlas_with_causal(data, table, model)
     written = [atomic_write_text(args.out / "atlas.json", json.dumps(data, indent=1, allow_nan=False) + "\n")]
     if args.html:
@@ -794,10 +795,9 @@ def _run_atlas(args: argparse.Namespace) -> int:
             rival = f"{c.rivals[0].name} ({c.rivals[0].soft_confusion:.3f})" if c.rivals else "none"
             accuracy = "n/a" if c.accuracy is None else f"{c.accuracy:.3f}"
             print(f"{c.name}: {c.n} images, accuracy {accuracy}, top rival {rival}")
-        if table is not None:
-            print("\n" + "\n\n".join(table.to_text().split("\n\n")[:2]).rstrip("\n") + "\n")
-        if table is not None:
-            print("each pair's sentence and table: pairs[].causal in atlas.json, and the class pages (--html)")
+        if table is not None:  # the text's first two paragraphs: how the test was made, and its summary
+            print("\n" + "\n\n".join(table.to_text().split("\n\n")[:2]).rstrip("\n"))
+            print("each pair's sentence and table: pairs[].causal in atlas.json, the class pages (--html)\n")
         if model is not None:
             print(f"wrote {model['path']}: {model['sentence']}")
         pages = f", pages: {args.out / 'index.html'}" if args.html else ""

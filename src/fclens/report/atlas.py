@@ -391,6 +391,7 @@ def _causal_summary(table: CausalTable) -> dict[str, Any]:
                 fmt(f["partial_pair_errors"], "+.2f"),
                 fmt(f["accuracy_j"], "+.1f"),
                 fmt(f["accuracy_other"], "+.2f"),
+                fmt(f["partial_accuracy"], "+.2f"),
             ],
         )
         for rule, per_m in table.summary().items()
