@@ -613,9 +613,9 @@ class CausalTable:
         for rule, per_m in self.summary().items():
             for size, f in per_m.items():
                 lines.append(
-                    f"  {rule:8} m={size:<3} {_percent(f['soft_cut']):>7} | {f['errors_kj']:+7.2f} | "
-                    f"{f['pair_errors']:+7.2f} ({f['partial_pair_errors']:+7.2f}) | "
-                    f"{f['accuracy_j']:+7.2f}, {f['accuracy_other']:+6.2f}"
+                    f"  {rule:8} m={size:<3} {_percent(f['soft_cut']):>7} | {_signed(f['errors_kj']):>7} | "
+                    f"{_signed(f['pair_errors']):>7} ({_signed(f['partial_pair_errors']):>7}) | "
+                    f"{_signed(f['accuracy_j']):>7}, {_signed(f['accuracy_other']):>6}"
                 )
         for test in self.pairs:
             b = test.before
@@ -870,6 +870,10 @@ def _cost(before: float, after: float, what: str) -> str:
         return f"leaves {what} unmeasured (no held-out images)"
     points = 100 * (before - after)
     return f"gains {-points:.1f} points of {what}" if points < 0 else f"costs {points:.1f} points of {what}"
+
+
+def _signed(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:+.2f}"
 
 
 def _percent(value: float) -> str:
