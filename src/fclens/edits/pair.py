@@ -7,8 +7,8 @@ That is a causal claim. :func:`pair_edit` makes it testable and offers the lever
 sets the rival's weights to the target's, w_jc := w_kc (``equalise``: those neurons no longer move the
 gap logit_j − logit_k, and no other class's row changes), or moves them part of the way
 (``partial``, its strength chosen on the rows that selected). :func:`causal_test` runs every selection
-rule at every m on the atlas's top pairs and judges each edit on a seeded held-out half of the scan
-(:func:`split_rows`): never on the rows that chose the neurons.
+rule at every m on the top confusion pairs (or the atlas's) and judges each edit on a seeded held-out
+half of the scan (:func:`split_rows`): never on the rows that chose the neurons.
 
 Only row j changes, so only column j of the logits does: the test computes the base logits of the
 held-out rows once and evaluates each edit as a rank-m update of that column
@@ -19,9 +19,12 @@ counting core instead (:func:`fclens.edits.evaluate.evaluate_logits`); the tests
 
 Example::
 
-    table = fclens.causal_test("scan/")               # the top 20 pairs, every rule, m = 1 … 32
+    from fclens.edits.pair import causal_test, pair_edit, split_rows
+
+    table = causal_test("scan/")                      # the top 20 pairs, every rule, m = 1 … 32
     print(table.to_text()); table.to_dict()           # JSON-ready
-    layer = fclens.pair_edit("scan/", "scan/", target=281, rival=285, neurons=8)  # a FinalLayer
+    select, held = split_rows("scan/")                # the same seeded halves
+    layer = pair_edit("scan/", "scan/", target=281, rival=285, neurons=8, rows=select)  # a FinalLayer
 """
 
 from __future__ import annotations
