@@ -81,38 +81,62 @@ def training_sets(seed: int, imbalance: float) -> tuple[Digits, Digits, Digits, 
     return *sets, counts
 
 
-def balanced_accuracy(model: torch.nn.Module, test: Digits) -> float:
-    """Mean over classes of the recall on the balanced test set."""
+def pooled(model: torch.nn.Module, data: Digits) -> torch.Tensor:
+    """The final layer's input for every image of ``data``, (N, D)."""
     with torch.no_grad():
-        predicted = model(test.x).argmax(1)
-    return float(np.mean([(predicted[test.y == k] == k).float().mean().item() for k in range(10)]))
+        return model.pool(model.features(data.x)).flatten(1)
 
 
-def measures(weight: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-    """fclens.fit_ald's per-class figures that this benchmark reports."""
-    fit = fclens.fit_ald(weight)
+def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over classes of the recall."""
+    predicted = logits.argmax(1)
+    return float(np.mean([(predicted[labels == k] == k).float().mean().item() for k in range(10)]))
+
+
+def measures(weight: torch.Tensor, columns: torch.Tensor, prefix: str = "") -> dict[str, np.ndarray]:
+    """fclens.fit_ald's per-class figures that this benchmark reports, on ``columns`` (bool, D) of W."""
+    fit = fclens.fit_ald(weight[:, columns])
     assert fit.pos is not None and fit.neg is not None and fit.mle is not None
     other = np.minimum(fit.mle.aic_gauss, fit.mle.aic_laplace)
     return {
-        "r2_pos": fit.pos.r2,
-        "r2_neg": fit.neg.r2,
-        "daic": fit.mle.aic_ald - other,
-        "ald_best": (fit.mle.best == "ald").astype(float),
+        f"{prefix}r2_pos": fit.pos.r2,
+        f"{prefix}r2_neg": fit.neg.r2,
+        f"{prefix}daic": fit.mle.aic_ald - other,
+        f"{prefix}ald_best": (fit.mle.best == "ald").astype(float),
+    }
+
+
+def layer_record(
+    weight: torch.Tensor, live: torch.Tensor, logits: torch.Tensor, test: Digits
+) -> dict[str, np.ndarray]:
+    """The fits on the live features and on all of them, the live count and the test balanced accuracy."""
+    return {
+        **measures(weight, live),
+        **measures(weight, torch.ones_like(live), prefix="all_"),
+        "live": np.array([float(live.sum())]),
+        "accuracy": np.array([balanced_accuracy(logits, test.y)]),
     }
 
 
 def one_seed(seed: int, args: argparse.Namespace, work: Path) -> Record:
-    """Train the three arms, re-fit arm b's layer, fit the ALD to every layer."""
+    """Train the three arms, re-fit arm b's layer, fit the ALD to every layer.
+
+    A feature that is 0 on every training image (a ReLU channel that never fires) gets no gradient: its
+    weights stay at their initial draw in a trained layer and decay towards 0 in a re-fit, and never
+    touch a logit. The fits are made on the live features (> 0 on some training image of the layer's
+    arm) and, for comparison, on all D.
+    """
     balanced, long_tail, test, _ = training_sets(seed, args.imbalance)
     record: Record = {}
     models = {}
     torch.manual_seed(seed)
-    start = DigitCNN(args.width).fc.weight.detach().flatten()  # train_cnn's initial layer, the same draw
+    start = DigitCNN(args.width).fc.weight.detach()  # train_cnn's initial layer, the same draw
     for arm, data, skewed in (("a", balanced, False), ("b", long_tail, False), ("c", long_tail, True)):
-        models[arm] = train_cnn(data, seed, args.epochs, width=args.width, class_balanced=skewed)
-        record[arm] = measures(models[arm].fc.weight.detach())
-        record[arm]["init_r"] = np.array([np.corrcoef(start, models[arm].fc.weight.detach().flatten())[0, 1]])
-        record[arm]["accuracy"] = np.array([balanced_accuracy(models[arm], test)])
+        model = models[arm] = train_cnn(data, seed, args.epochs, width=args.width, class_balanced=skewed)
+        weight, live = model.fc.weight.detach(), pooled(model, data).amax(0) > 0
+        record[arm] = layer_record(weight, live, model(test.x).detach(), test)
+        moved = np.corrcoef(start[:, live].flatten(), weight[:, live].flatten())[0, 1]
+        record[arm]["init_r"] = np.array([moved])
     preprocessing = fclens.Preprocessing(input_size=(28, 28), mean=(MEAN,), std=(STD,), crop_pct=1.0)
     classifier = fclens.load_model(
         models["b"], class_names=[str(k) for k in range(10)], preprocessing=preprocessing
@@ -121,16 +145,13 @@ def one_seed(seed: int, args: argparse.Namespace, work: Path) -> Record:
         classifier, long_tail, work / f"train-{seed}", batch_size=256, engine=LocalEngine(workers=0),
         features=True, progress=False, force=True,
     )  # fmt: skip
+    live = pooled(models["b"], long_tail).amax(0) > 0
+    test_features = pooled(models["b"], test)
     for loss in REFITS:
         layer = fit_head(scan, loss, seed=seed)
-        record[loss] = measures(layer.weight)
         assert layer.fit is not None
+        record[loss] = layer_record(layer.weight, live, test_features @ layer.weight.T + layer.bias, test)
         record[loss]["grad_norm"] = np.array([layer.fit.grad_norm])
-        with torch.no_grad():
-            logits = models["b"].pool(models["b"].features(test.x)).flatten(1) @ layer.weight.T + layer.bias
-        record[loss]["accuracy"] = np.array(
-            [np.mean([(logits[test.y == k].argmax(1) == k).float().mean().item() for k in range(10)])]
-        )
     return record
 
 
@@ -148,24 +169,40 @@ def correlation(values: np.ndarray, log_counts: np.ndarray) -> float:
     return float(np.corrcoef(values[finite], log_counts[finite])[0, 1]) if finite.sum() > 2 else np.nan
 
 
+def class_means(run: dict[str, np.ndarray], prefix: str = "") -> list[str]:
+    """The fits' class means of one layer over the seeds' runs: R²₊, R²₋, ΔAIC, classes where the ALD wins."""
+    cells = [
+        mean_sd([float(np.nanmean(r[f"{prefix}{m}"])) for r in run], 1 if m == "daic" else 3)
+        for m in MEASURES
+    ]
+    return [*cells, mean_sd([float(r[f"{prefix}ald_best"].sum()) for r in run], 1)]
+
+
 def summary(records: list[Record], log_counts: np.ndarray) -> str:
-    """One row per final layer: test balanced accuracy, the correlation of a trained layer with its
-    initial one (PyTorch's uniform draw, whose own fit is poor: what training has not moved away still
-    counts), class means of the fits, correlations with ln n."""
+    """One row per final layer: test balanced accuracy, live features, the correlation of a trained layer
+    with its initial one on them (PyTorch's uniform draw, whose own fit is poor: what training has not
+    moved away still counts), class means of the fits, correlations with ln n."""
     head = (
-        "| final layer | balanced test acc. | r(W, W₀) | R²₊ | R²₋ | ΔAIC | ALD best (of 10) "
+        "| final layer | balanced test acc. | live features | r(W, W₀) | R²₊ | R²₋ | ΔAIC | ALD best (of 10) "
         "| r(R²₊, ln n) | r(R²₋, ln n) | r(ΔAIC, ln n) |"
     )
-    lines = [head, "|---" * 10 + "|"]
+    lines = [head, "|---" * 11 + "|"]
     for layer, name in LAYERS.items():
         runs = [record[layer] for record in records]
         cells = [mean_sd([100 * run["accuracy"][0] for run in runs], 1)]
+        cells.append(mean_sd([float(run["live"][0]) for run in runs], 0))
         cells.append(mean_sd([float(run["init_r"][0]) for run in runs]) if "init_r" in runs[0] else "–")
-        cells += [
-            mean_sd([float(np.nanmean(run[m])) for run in runs], 1 if m == "daic" else 3) for m in MEASURES
-        ]
-        cells.append(mean_sd([float(run["ald_best"].sum()) for run in runs], 1))
+        cells += class_means(runs)
         cells += [mean_sd([correlation(run[m], log_counts) for run in runs]) for m in MEASURES]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def all_weights(records: list[Record]) -> str:
+    """The class means of the fits on all D weights, dead features included."""
+    lines = ["| final layer | R²₊ | R²₋ | ΔAIC | ALD best (of 10) |", "|---" * 5 + "|"]
+    for layer, name in LAYERS.items():
+        cells = class_means([record[layer] for record in records], prefix="all_")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -226,10 +263,15 @@ def main() -> None:
     )
     norms = {loss: max(float(record[loss]["grad_norm"][0]) for record in records) for loss in REFITS}
     print("re-fits' largest final gradient norm: " + ", ".join(f"{k} {v:.0e}" for k, v in norms.items()))
-    print("\nMean over the ten classes, then mean ± sd over the seeds (arm a's r against arm b's ln n_k):\n")
+    print(
+        "\nFits on the live features; mean over the ten classes, then mean ± sd over the seeds (arm a's r "
+        "against arm b's ln n_k):\n"
+    )
     print(summary(records, log_counts))
     print("\nPaired differences of those class means:\n")
     print(paired(records))
+    print("\nThe same fits on all the weights, those of dead features included:\n")
+    print(all_weights(records))
     for measure, title, digits in (
         ("r2_pos", "R² of the positive part", 3),
         ("r2_neg", "R² of the negative part", 3),
