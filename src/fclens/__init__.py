@@ -23,9 +23,17 @@ if TYPE_CHECKING:
     from fclens.ald import ALDFit, MLEFit, PartFit, RegressionFit, fit_ald, regression_fit
     from fclens.atlasing import Atlas, atlas
     from fclens.batch import BatchResult, BatchRunner
-    from fclens.edits.evaluate import HeadEvaluation, evaluate_head
+    from fclens.edits.evaluate import Features, HeadEvaluation, evaluate_head, evaluate_heads, read_features
     from fclens.edits.layer import FinalLayer
-    from fclens.edits.pair import CausalTable, causal_test, pair_edit, select_neurons, split_rows
+    from fclens.edits.pair import (
+        CausalTable,
+        PairLayer,
+        causal_test,
+        pair_edit,
+        pair_neurons,
+        select_neurons,
+        split_rows,
+    )
     from fclens.edits.prior import PriorLoss, adjust_head, fit_head
     from fclens.edits.rebalance import Rebalance, rebalance
     from fclens.errors import FclensError
@@ -45,9 +53,23 @@ _SOURCES = {
     "fclens.ald": ("ALDFit", "MLEFit", "PartFit", "RegressionFit", "fit_ald", "regression_fit"),
     "fclens.atlasing": ("Atlas", "atlas"),
     "fclens.batch": ("BatchResult", "BatchRunner"),
-    "fclens.edits.evaluate": ("HeadEvaluation", "evaluate_head"),
+    "fclens.edits.evaluate": (
+        "Features",
+        "HeadEvaluation",
+        "evaluate_head",
+        "evaluate_heads",
+        "read_features",
+    ),
     "fclens.edits.layer": ("FinalLayer",),
-    "fclens.edits.pair": ("CausalTable", "causal_test", "pair_edit", "select_neurons", "split_rows"),
+    "fclens.edits.pair": (
+        "CausalTable",
+        "PairLayer",
+        "causal_test",
+        "pair_edit",
+        "pair_neurons",
+        "select_neurons",
+        "split_rows",
+    ),
     "fclens.edits.prior": ("PriorLoss", "adjust_head", "fit_head"),
     "fclens.edits.rebalance": ("Rebalance", "rebalance"),
     "fclens.errors": ("FclensError",),
@@ -77,6 +99,7 @@ __all__ = [
     "Contrast",
     "Explanation",
     "FclensError",
+    "Features",
     "FinalLayer",
     "Head",
     "HeadEvaluation",
@@ -87,6 +110,7 @@ __all__ = [
     "Node",
     "NodeExplanation",
     "Options",
+    "PairLayer",
     "PartFit",
     "Prediction",
     "Preprocessing",
@@ -103,6 +127,7 @@ __all__ = [
     "atlas",
     "causal_test",
     "evaluate_head",
+    "evaluate_heads",
     "explain",
     "find_head",
     "fit_ald",
@@ -110,8 +135,10 @@ __all__ = [
     "load_image",
     "load_model",
     "pair_edit",
+    "pair_neurons",
     "prune",
     "prune_curve",
+    "read_features",
     "read_scan",
     "rebalance",
     "register_map",

@@ -39,7 +39,7 @@ from fclens.maps import MAP_KINDS, branch_sign, oriented
 from fclens.models import Classifier, load_model
 from fclens.options import EXPLAIN_DEFAULTS, RUNNER_UP, Options
 from fclens.scores import upsample_normalised
-from fclens.tree import Node, SplitTree
+from fclens.tree import Node, SplitTree, pair_indices
 
 __all__ = ["RUNNER_UP", "Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"]
 
@@ -371,7 +371,7 @@ def _contrasts(runner: BatchRunner, result: BatchResult) -> list[Contrast]:
     contrasts = []
     for i, (k, j) in enumerate(zip(result.targets.tolist(), result.rivals.tolist(), strict=True)):
         target_tree, rival_tree = runner.tree(k), runner.tree(j)
-        side = np.intersect1d(_side(target_tree, "-"), _side(rival_tree, "+"))
+        side = pair_indices(target_tree, rival_tree)
         columns = torch.as_tensor(side)
         evidence = ((weight[j, columns] - weight[k, columns]) * prelogits[i, columns]).numpy()
         order = np.argsort(-evidence, kind="stable")
@@ -394,11 +394,6 @@ def _contrasts(runner: BatchRunner, result: BatchResult) -> list[Contrast]:
             )
         )
     return contrasts
-
-
-def _side(tree: SplitTree, sign: str) -> np.ndarray:
-    """The neurons of the root's ``sign`` child; an unsplit tree has only one side, all its neurons."""
-    return tree.root.indices if tree.root.is_leaf else tree.node(sign).indices
 
 
 def _facts(node: Node) -> dict[str, Any]:

@@ -130,6 +130,12 @@ class SplitTree:
                 return out
             out.append(node)
 
+    def side(self, sign: str) -> np.ndarray:
+        """The neurons of the root's ``sign`` child ("+" or "-"); an unsplit tree has one side, all its neurons."""
+        if sign not in ("+", "-"):
+            raise FclensError(f"sign must be '+' or '-', got {sign!r}")
+        return self.root.indices if self.root.is_leaf else self.node(sign).indices
+
     @property
     def discriminative(self) -> Node | None:
         """Terminal node of the all-+ chain: the most discriminative neurons (None if the root is a leaf)."""
@@ -179,6 +185,13 @@ class SplitTree:
 
         walk(self.root, "", "")
         return "\n".join(lines) + "\n"
+
+
+def pair_indices(target: SplitTree, rival: SplitTree) -> np.ndarray:
+    """The neurons that argue for the rival j over the target k by both trees: the "−" side of k's root
+    and the "+" side of j's, sorted. Fixed by the weights alone, so every image of the pair is read with
+    the same set; a row's mean is close to zero, so w_jc > w_kc for (nearly) all of them."""
+    return np.intersect1d(target.side("-"), rival.side("+"))
 
 
 def split_tree(
@@ -238,7 +251,9 @@ def split_tree(
     return SplitTree(class_index=class_index, min_size=int(min_size), mode=mode, root=root, nodes=nodes)
 
 
-def class_trees(rows: np.ndarray, classes: Sequence[int], min_size: int = 20, mode: str = "chains") -> list[SplitTree]:
+def class_trees(
+    rows: np.ndarray, classes: Sequence[int], min_size: int = 20, mode: str = "chains"
+) -> list[SplitTree]:
     """The split trees of several classes, from their weight rows (K, D) float32; shared, not to be modified.
 
     Memoised on the weights themselves, so that batch after batch of a data set reuses its classes' trees.

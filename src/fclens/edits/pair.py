@@ -41,8 +41,7 @@ import torch
 from fclens.edits.evaluate import Features, HeadEvaluation, evaluate_logits, read_features
 from fclens.edits.layer import FinalLayer, as_final_layer, open_scan
 from fclens.errors import FclensError
-from fclens.explaining import _side
-from fclens.tree import class_trees
+from fclens.tree import class_trees, pair_indices
 
 if TYPE_CHECKING:
     from fclens.scanning.store import Scan
@@ -115,7 +114,7 @@ def pair_neurons(head: Any, target: int, rival: int, min_size: int = 20, mode: s
     layer = as_final_layer(head)
     _check_pair(layer, target, rival)
     trees = class_trees(layer.weight[[target, rival]].numpy(), [target, rival], min_size, mode)
-    return np.intersect1d(_side(trees[0], "-"), _side(trees[1], "+"))
+    return pair_indices(trees[0], trees[1])
 
 
 def select_neurons(
@@ -432,6 +431,11 @@ class _Judge:
         return errors, p_j + p_k
 
 
+def headline_m(ms: Sequence[int]) -> int:
+    """The m a sentence and a summary tell: 8, as the issue asks, else the middle one tested."""
+    return 8 if 8 in ms else sorted(ms)[len(ms) // 2]
+
+
 # --- the test ---------------------------------------------------------------------------------------
 
 
@@ -515,7 +519,7 @@ class PairTest:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; what ``pairs[].causal`` of the atlas holds."""
-        default = 8 if self._maybe("tree", 8) else (self.trials[0].m if self.trials else None)
+        default = headline_m(tuple(t.m for t in self.trials)) if self.trials else None
         return {
             "target": self.target,
             "rival": self.rival,
@@ -604,7 +608,7 @@ class CausalTable:
 
     def to_text(self, m: int | None = None) -> str:
         """The summary over the pairs, then per pair its sentence at ``m`` (8 when tested) and its table."""
-        m = m if m is not None else (8 if 8 in self.ms else self.ms[len(self.ms) // 2])
+        m = m if m is not None else headline_m(self.ms)
         lines = [
             f"Causal test of {len(self.pairs)} pairs: selected on {self.n_select} rows, judged on "
             f"{self.n_held_out} held-out rows (seed {self.seed}); the partial edit's strength minimises "

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from fclens.atlasing import Atlas, AtlasImage, ClassAtlas, NodeMean, read_maps
+from fclens.edits.pair import headline_m
 from fclens.images import ImageError, Preprocessing, load_image
 from fclens.io import atomic_write_text
 from fclens.maps import MAP_KINDS, branch_sign
@@ -129,7 +130,7 @@ def _trees(found: Atlas) -> dict[int, Any]:
 def _index_page(found: Atlas, causal: CausalTable | None) -> str:
     names = found.class_names
     tested = _tested(causal)
-    m = _headline_m(causal.ms) if causal is not None else 0
+    m = headline_m(causal.ms) if causal is not None else 0
     rows = []
     for c in found.classes:
         top = c.rivals[0] if c.rivals else None
@@ -321,17 +322,12 @@ def _tested(table: CausalTable | None) -> dict[tuple[int, int], PairTest]:
     return {} if table is None else {(p.target, p.rival): p for p in table.pairs}
 
 
-def _headline_m(ms: tuple[int, ...]) -> int:
-    """The m a sentence and the index tell: 8, as the issue asks, else the middle one tested."""
-    return 8 if 8 in ms else ms[len(ms) // 2]
-
-
 def _anchor(rival: int) -> str:
     return f"causal-{rival}"
 
 
 def _causal_pair(test: PairTest, table: CausalTable) -> CausalPair:
-    m = _headline_m(table.ms)
+    m = headline_m(table.ms)
     shown = [size for size in table.ms if size in CAUSAL_MS] or list(table.ms)
     rows = [
         CausalRow("before", "no edit", _outcome_cells(test.before, str(test.before.pair_errors)), "before")
@@ -380,7 +376,7 @@ def _tree_errors(test: PairTest | None, m: int) -> list[str] | None:
 
 def _causal_summary(table: CausalTable) -> dict[str, Any]:
     """The index's summary: per rule at the headline m, the figures :meth:`CausalTable.summary` gives."""
-    m = _headline_m(table.ms)
+    m = headline_m(table.ms)
     rows = [
         (
             rule,
