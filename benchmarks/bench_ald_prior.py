@@ -306,7 +306,7 @@ def main() -> None:
         print(per_class(records, counts, measure, digits))
     width = round(float(np.mean([record[arm]["live"][0] for record in records for arm in "abc"])))
     print(
-        f"\nReference: {200} rows of {width} numbers (the trained layers' mean live count) per distribution, mean ± sd over rows:\n"
+        f"\nReference: 200 rows of {width} numbers (the trained layers' mean live count) per distribution, mean ± sd over rows:\n"
     )
     print(reference(width))
 
