@@ -449,9 +449,7 @@ def test_to_batch_pil_inputs_are_made_rgb() -> None:
     assert rgb(display) == (255, 255, 255)
 
 
-@pytest.mark.parametrize(
-    "shape", [(224, 224, 3), (2, 1, 224, 224), (1, 1, 3, 224, 224), (224,), (3, 0, 224)]
-)
+@pytest.mark.parametrize("shape", [(224, 224, 3), (2, 1, 224, 224), (1, 1, 3, 224, 224), (224,), (3, 0, 224)])
 def test_to_batch_wrong_tensor_shape(shape: tuple[int, ...]) -> None:
     with pytest.raises(ImageError, match=r"expected a preprocessed \(3, 224, 224\) or \(N, 3, 224, 224\)"):
         to_batch(torch.zeros(shape), LITE0)
