@@ -465,3 +465,12 @@ def test_the_atlas_names_a_node_in_words_not_in_dashes():
     assert node_in_words("------", tree) == "6 splits down the negative chain (− − − − − −), 13 neurons"
     assert node_in_words("+", tree) == "1 split down the positive chain (+), 40 neurons"
     assert node_in_words(None, None) == "none (tree never split)"
+
+
+def test_explain_to_folder_takes_plain_strings_as_the_readme_shows(classifier, chelsea: Path, tmp_path: Path):
+    from fclens import EXPLAIN_DEFAULTS
+    from fclens.report import explain_to_folder
+
+    out = str(tmp_path / "out")
+    done = explain_to_folder(classifier, [str(chelsea)], out, options=EXPLAIN_DEFAULTS.but(scores="none"))
+    assert [row["status"] for row in done.rows] == ["ok"] and done.summary.exists()

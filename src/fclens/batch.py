@@ -109,7 +109,7 @@ class BatchRunner:
     def __call__(
         self, inputs: torch.Tensor, targets: Sequence[int | None], *, rival_ends: bool = False
     ) -> BatchResult:
-        """The result for ``inputs`` (N, 3, H, W); ``targets[i]`` is image i's class, None for the predicted."""
+        """The result for ``inputs`` (N, channels, H, W); ``targets[i]`` is image i's class, None for the predicted."""
         options, module = self.options, self.classifier.module
         inputs = inputs.to(self.classifier.device, non_blocking=True)
         result = self._forward(inputs, targets, rival_ends)
@@ -196,9 +196,11 @@ class BatchRunner:
             except Exception as error:  # the model's own refusal, of whatever type it raises
                 reason = " ".join(str(error).split()) or type(error).__name__
         height, width = classifier.preprocessing.input_size
+        channels = classifier.preprocessing.channels
         raise FclensError(
-            f"{classifier.name} cannot be explained on (3, {size[0]}, {size[1]}) inputs, only at its input "
-            f"size (3, {height}, {width}): {reason}; resize the tensor, or pass a path, PIL image or array"
+            f"{classifier.name} cannot be explained on ({channels}, {size[0]}, {size[1]}) inputs, only at its "
+            f"input size ({channels}, {height}, {width}): {reason}; resize the tensor, or pass a path, PIL image "
+            "or array"
         )
 
     def _rivals(self, probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -245,7 +245,8 @@ def explain(
 ) -> Explanation | list[Explanation]:
     """Explain images by the split tree of their target class.
 
-    One image (a file path, a PIL image, an (H, W, 3) array or a (3, H, W) tensor) gives one
+    One image (a file path, a PIL image, an (H, W, 3) array or a (3, H, W) tensor; (1, H, W) for a
+    one-channel model) gives one
     :class:`Explanation`; a list, a folder or an (N, 3, H, W) batch gives a list, one per image, in order.
 
     ``model``: a loaded :class:`~fclens.models.Classifier`, or anything :func:`~fclens.load_model` takes.

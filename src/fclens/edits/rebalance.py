@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fclens.edits import POST_HOC, REBALANCE_DEFAULTS, REBALANCE_METHODS, REFITS
-from fclens.edits.evaluate import FEW, MANY, HeadEvaluation, class_counts, evaluate_head
+from fclens.edits.evaluate import FEW, MANY, HeadEvaluation, class_counts, evaluate_heads
 from fclens.edits.layer import FinalLayer, as_final_layer, open_scan
 from fclens.edits.prior import adjust_head, class_prior, fit_head
 from fclens.errors import FclensError
@@ -121,9 +121,10 @@ def rebalance(
         else:
             fitted = fit_head(train, REFITS[method], prior=priors, tau=tau, seed=seed)
             layers[method] = FinalLayer(fitted.weight, fitted.bias, method=method, fit=fitted.fit)
-    evaluations = {
-        name: evaluate_head(evaluation, layer, train_counts=counts) for name, layer in layers.items()
-    }
+    judged = evaluate_heads(
+        evaluation, list(layers.values()), train_counts=counts
+    )  # one read of the features
+    evaluations = dict(zip(layers, judged, strict=True))
     return Rebalance(layers, evaluations, counts, float(tau))
 
 

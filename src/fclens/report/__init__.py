@@ -24,6 +24,7 @@ from fclens.report.files import (
     remove_stale,
     save_explanation,
 )
+from fclens.report.folders import explain_to_folder
 from fclens.report.html import default_classes, explanations_page, weights_page
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "MAPS_FILE",
     "chain_figure",
     "default_classes",
+    "explain_to_folder",
     "explanations_page",
     "figure_png",
     "fit_plot",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,8 @@ def output_folder(out: Path, path: Path) -> Path:
 
 def explain_to_folder(
     model: Classifier,
-    paths: Sequence[Path],
-    out: Path,
+    paths: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
     *,
     options: Options,
     target: int | None = None,
@@ -79,6 +80,7 @@ def explain_to_folder(
     """
     from tqdm import tqdm
 
+    out, paths = Path(out), [Path(path) for path in paths]
     names = names or {}
     rows: list[dict[str, Any]] = [{} for _ in paths]
     shown = []  # only for the page: a long run must not hold every explanation
