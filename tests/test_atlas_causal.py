@@ -161,6 +161,9 @@ def test_a_written_pair_edit_loads_back_and_predicts_what_the_edited_layer_predi
     edited_top = expected.logits(features.z).argmax(dim=1).numpy()
     np.testing.assert_array_equal(logits.argmax(dim=1).numpy()[clear], edited_top[clear])
 
+    # a rerun that writes no model removes the one the earlier run wrote, as it does the pages
+    assert main(args) == 0 and not path.exists()
+
 
 @pytest.mark.parametrize(
     ("write", "message"),

@@ -318,3 +318,6 @@ def test_a_written_model_predicts_on_images_what_evaluate_head_predicts_on_their
     clear = (top2[:, 0] - top2[:, 1]) > 0.2
     assert clear.any()
     assert np.array_equal(logits.argmax(dim=1).numpy()[clear.numpy()], evaluation.pred[clear.numpy()])
+    # a rerun that writes another method's model removes the one the earlier run wrote
+    assert main([*argv, "--methods", "tau-norm", "--write", "logit-adjust"]) == 0
+    assert {p.name for p in out.glob("*.safetensors")} == {"rebalanced-logit-adjust.safetensors"}

@@ -787,6 +787,7 @@ def _run_atlas(args: argparse.Namespace) -> int:
         from fclens.report.atlas import write_atlas_pages
 
         written += write_atlas_pages(found, args.out, causal=table)
+    written += [Path(model["path"])] if model is not None else []
     removed = report.remove_stale(args.out, written, PAGES)
     if args.json:
         _print_json(data)
@@ -974,11 +975,13 @@ def _run_rebalance(args: argparse.Namespace) -> int:
         written.append(
             write_model(train, result.layers[args.write], out / f"rebalanced-{args.write}.safetensors")
         )
+    removed = report.remove_stale(out, written, ("rebalanced-*.safetensors",))
     if args.json:
         _print_json({**result.to_dict(), "files": [str(p) for p in written]})
     else:
         print(result.to_text(), end="")
         print(f"wrote {', '.join(str(p) for p in written)}")
+        _print_removed(removed)
     return 0
 
 

@@ -47,8 +47,9 @@ __all__ = [
 ]
 
 INDEX = "index.html"
-PAGES = (INDEX, "class-*.html")
-"""The pages :func:`write_atlas_pages` may write: a rerun removes those it did not write this time."""
+PAGES = (INDEX, "class-*.html", "pair-*.safetensors")
+"""The files an atlas run may write (its pages, and the model of ``--write``): a rerun removes those it
+did not write this time."""
 CAUSAL_MS = (1, 4, 8, 32)
 """The numbers of neurons a class page's causal table shows (of those the test ran): enough to see the
 trend without a row per m."""

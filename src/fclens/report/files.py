@@ -122,7 +122,7 @@ def remove_stale(folder: str | Path, written: list[Path], patterns: tuple[str, .
     ``written`` (this run's); return them.
 
     A page counts as fclens's if it carries fclens's generator tag, a model file if its metadata names
-    what it was pruned from; any other file (the user's own ``index.html``, say) is left alone.
+    what it was edited (or pruned) from; any other file (the user's own ``index.html``, say) is left alone.
     """
     keep = {Path(path).resolve() for path in written}
     removed = []
@@ -143,7 +143,8 @@ def _made_by_fclens(path: Path) -> bool:
 
         try:
             with safe_open(path, framework="numpy") as file:
-                return "fclens_pruned_from" in (file.metadata() or {})
+                tags = file.metadata() or {}
+                return "fclens_edited_from" in tags or "fclens_pruned_from" in tags  # every fclens model
         except (SafetensorError, OSError):  # not a safetensors file after all: not ours to delete
             return False
     return False
