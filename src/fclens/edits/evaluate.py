@@ -55,26 +55,46 @@ _CHUNK = 8192
 
 
 def feature_batches(
-    scan: Scan, labelled: bool = False
+    scan: Scan, labelled: bool = False, rows: Any = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(index, z, label) of the scan's ``ok`` rows, a bounded batch at a time: int64 (n,), float32
-    (n, D), int64 (n,) with −1 for no label. ``labelled`` keeps the labelled rows only."""
+    """(index, z, label) of the scan's ``ok`` rows: int64 (n,), float32 (n, D), int64 (n,) with −1 for
+    no label, in batches of ``_CHUNK`` rows (the last one smaller). The shards' batches are joined or
+    split to that size: small products run slowly, and one batch's logits must stay bounded.
+    ``labelled`` keeps the labelled rows only, ``rows`` (source indices) those rows only."""
     if not scan.has_features:
         raise FclensError(f"{scan.directory} was scanned without features; rescan it with --features")
     classes = len(scan.class_names)
+    wanted = None if rows is None else np.asarray(rows, dtype=np.int64)
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    held = 0
     for table in scan.batches(["index", "label", "features"], ok_only=True):
-        label = table.column("label").to_numpy(zero_copy_only=False)
-        label = np.where(np.isnan(label.astype(np.float64)), -1, label).astype(np.int64)
+        label = _label_array(table.column("label").to_numpy(zero_copy_only=False), table.num_rows)
         if (label >= classes).any():
             raise FclensError(f"{scan.directory} has labels beyond its {classes} classes")
         column = table.column("features").combine_chunks()
         z = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1).astype(np.float32)
         index = table.column("index").to_numpy()
-        if labelled and (label < 0).any():
-            keep = label >= 0
+        keep = (label >= 0) if labelled else np.ones(len(label), bool)
+        if wanted is not None:
+            keep &= np.isin(index, wanted)
+        if not keep.all():
             index, z, label = index[keep], z[keep], label[keep]
-        if len(label):
-            yield index, z, label
+        pending.append((index, z, label))
+        held += len(index)
+        while held >= _CHUNK:
+            index, z, label = _joined(pending)
+            yield index[:_CHUNK], z[:_CHUNK], label[:_CHUNK]
+            pending, held = [(index[_CHUNK:], z[_CHUNK:], label[_CHUNK:])], held - _CHUNK
+    if held:
+        yield _joined(pending)
+
+
+def _joined(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batches of (index, z, label) as one."""
+    index, z, label = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return index, z, label
 
 
 @dataclass(frozen=True)
@@ -123,7 +143,7 @@ def read_features(scan: Scan | str | os.PathLike[str], labelled: bool = False) -
     if not parts:
         dim = scan.weight.shape[1]
         return Features(np.zeros(0, np.int64), torch.zeros(0, dim), torch.zeros(0, dtype=torch.int64))
-    index, z, label = (np.concatenate(column) for column in zip(*parts, strict=True))
+    index, z, label = _joined(parts)
     return Features(index, torch.from_numpy(z), torch.from_numpy(label))
 
 
@@ -360,25 +380,8 @@ def _batches(source: Scan | Features, rows: Any) -> Iterator[tuple[np.ndarray, t
     if isinstance(source, Features):
         yield from (source if rows is None else source.select(rows)).chunks()
         return
-    wanted = None if rows is None else np.asarray(rows, dtype=np.int64)
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for index, z, label in feature_batches(source):
-        if wanted is not None:
-            keep = np.isin(index, wanted)
-            index, z, label = index[keep], z[keep], label[keep]
-        parts.append((index, z, label))
-        if sum(len(part[0]) for part in parts) >= _CHUNK:  # shards are small; larger products run faster
-            yield _joined(parts)
-            parts = []
-    if parts:
-        yield _joined(parts)
-
-
-def _joined(
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    index, z, label = (np.concatenate(column) for column in zip(*parts, strict=True))
-    return index, torch.from_numpy(z), torch.from_numpy(label)
+    for index, z, label in feature_batches(source, rows=rows):
+        yield index, torch.from_numpy(z), torch.from_numpy(label)
 
 
 def _counts(given: Any, classes: int) -> np.ndarray:

@@ -74,9 +74,6 @@ LOSSES = ("ce", *PRIOR_LOSSES, "crt")
 ADJUSTMENTS = POST_HOC
 """The post-hoc methods of :func:`adjust_head`."""
 
-_CHUNK = 8192
-"""Rows per logits product in a re-fit: bounds the memory of one forward and backward pass."""
-
 
 def class_prior(prior: Any, classes: int, scan: Scan | None = None) -> np.ndarray:
     """A class prior (C,) float64 summing to 1 from ``"labels"`` (the labelled rows of ``scan``), a scan or
@@ -171,16 +168,12 @@ class _Rows:
             total += z.sum(dim=0, dtype=torch.float64)
             count += len(z)
         self.mean = (total / max(count, 1)).float()
-        if self.held is not None:
-            self.held = [(z - self.mean, y) for z, y in self.held]
+        for z, _ in self.held or []:
+            z -= self.mean  # in place: the held features are not copied a second time
 
     def _read(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for _, z, label in feature_batches(self.scan, labelled=True):
-            for start in range(0, len(label), _CHUNK):
-                yield (
-                    torch.from_numpy(z[start : start + _CHUNK]).to(self.device),
-                    torch.from_numpy(label[start : start + _CHUNK]).to(self.device),
-                )
+            yield torch.from_numpy(z).to(self.device), torch.from_numpy(label).to(self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.held is not None:
