@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 
 import fclens
 from fclens.pruning import METHODS, prune, prune_curve
-from fclens.scanning.store import shard_bytes
+from fclens.scanning.writer import shard_bytes
 
 SHARD_ROWS = 1024
 """Rows per shard, as ``fclens.scan`` writes them by default."""

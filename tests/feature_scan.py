@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fclens.options import SCAN_DEFAULTS
+from fclens.scanning.manifest import HEAD_FILE, MANIFEST
 from fclens.scanning.schema import SCHEMA_VERSION, scan_schema
-from fclens.scanning.store import HEAD_FILE, MANIFEST
 
 SIGMA = 1.0
 

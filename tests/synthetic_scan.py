@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fclens.options import SCAN_DEFAULTS
+from fclens.scanning.manifest import HEAD_FILE, MANIFEST
 from fclens.scanning.schema import SCHEMA_VERSION, scan_schema
-from fclens.scanning.store import HEAD_FILE, MANIFEST
 
 PATHS = ["", "+", "++", "-", "--"]
 NODE_MEANS = {"": 1.0, "+": 3.0, "++": 2.0, "-": -2.0, "--": -1.5}
@@ -127,6 +127,4 @@ def _head(directory: Path, classes: int) -> None:
     from safetensors.numpy import save
 
     weight = np.random.default_rng(0).normal(size=(classes, FEATURES)).astype(np.float32)
-    (directory / HEAD_FILE).write_bytes(
-        save({"weight": weight, "bias": np.zeros(classes, np.float32)})
-    )
+    (directory / HEAD_FILE).write_bytes(save({"weight": weight, "bias": np.zeros(classes, np.float32)}))

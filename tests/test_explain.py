@@ -152,9 +152,7 @@ def test_seed_is_recorded_only_for_noisy_maps(classifier: Classifier, chelsea: P
 
 
 def test_target_layer_draws_maps_elsewhere(classifier: Classifier, chelsea: Path) -> None:
-    explanation = explain(
-        classifier, chelsea, maps=["activation", "contribution"], target_layer="blocks.4"
-    )
+    explanation = explain(classifier, chelsea, maps=["activation", "contribution"], target_layer="blocks.4")
     assert explanation.feature_layer == "blocks.4"
     assert explanation.discriminative.map.shape == (14, 14)
     assert all(torch.isfinite(heat).all() for node in explanation.nodes for heat in node.maps.values())

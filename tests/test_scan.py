@@ -18,7 +18,7 @@ from fclens.cli import main
 from fclens.errors import FclensError
 from fclens.options import SCAN_DEFAULTS
 from fclens.scanning import LocalEngine, ScanError, read_scan, scan
-from fclens.scanning.store import MANIFEST
+from fclens.scanning.manifest import MANIFEST
 
 IN_PROCESS = LocalEngine(workers=0)
 """Decoding in the test's own process: no worker start-up for a dozen images."""

@@ -36,7 +36,8 @@ import pyarrow.dataset as ds
 from fclens.errors import FclensError
 
 if TYPE_CHECKING:
-    from fclens.scanning.store import Manifest, Scan
+    from fclens.scanning.manifest import Manifest
+    from fclens.scanning.reader import Scan
 
 __all__ = ["Atlas", "AtlasImage", "ClassAtlas", "NodeMean", "Pair", "Rival", "atlas", "read_maps"]
 
@@ -268,7 +269,7 @@ def _floats(values: Any) -> np.ndarray:
 
 
 def _opened(scan: Scan | str | os.PathLike[str]) -> Scan:
-    from fclens.scanning.store import Scan, read_scan
+    from fclens.scanning.reader import Scan, read_scan
 
     return scan if isinstance(scan, Scan) else read_scan(scan)
 

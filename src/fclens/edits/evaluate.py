@@ -31,7 +31,7 @@ from fclens.edits.layer import as_final_layer, open_scan
 from fclens.errors import FclensError
 
 if TYPE_CHECKING:
-    from fclens.scanning.store import Scan
+    from fclens.scanning.reader import Scan
 
 __all__ = [
     "FEW",
@@ -386,7 +386,7 @@ def _batches(source: Scan | Features, rows: Any) -> Iterator[tuple[np.ndarray, t
 
 def _counts(given: Any, classes: int) -> np.ndarray:
     """Training images per class from (C,) numbers or a training scan (or its directory)."""
-    from fclens.scanning.store import Scan
+    from fclens.scanning.reader import Scan
 
     counts = class_counts(given) if isinstance(given, (Scan, str, os.PathLike)) else given
     counts = np.asarray(counts, dtype=np.float64).reshape(-1)

@@ -18,7 +18,7 @@ from fclens.errors import FclensError
 from fclens.io import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from fclens.scanning.store import Scan
+    from fclens.scanning.reader import Scan
 
 __all__ = ["FinalLayer", "FitReport", "as_final_layer", "model_source", "open_scan", "write_model"]
 
@@ -74,7 +74,7 @@ class FinalLayer:
 def as_final_layer(head: Any) -> FinalLayer:
     """A :class:`FinalLayer` from one, a loaded model (its final layer), an ``fclens.Head``, a scan or its
     directory (the layer it scanned) or a (weight, bias) pair; a bias of None counts as zeros."""
-    from fclens.scanning.store import Scan
+    from fclens.scanning.reader import Scan
 
     if isinstance(head, FinalLayer):
         return head
@@ -107,7 +107,7 @@ def _tensor(values: Any) -> torch.Tensor:
 
 def open_scan(scan: Scan | str | os.PathLike[str]) -> Scan:
     """A :class:`fclens.Scan` from itself or its directory."""
-    from fclens.scanning.store import read_scan
+    from fclens.scanning.reader import read_scan
 
     return read_scan(scan) if isinstance(scan, (str, os.PathLike)) else scan
 

@@ -63,7 +63,7 @@ from fclens.edits.layer import FinalLayer, FitReport, as_final_layer, open_scan
 from fclens.errors import FclensError
 
 if TYPE_CHECKING:
-    from fclens.scanning.store import Scan
+    from fclens.scanning.reader import Scan
 
 __all__ = ["ADJUSTMENTS", "LOSSES", "PRIOR_LOSSES", "PriorLoss", "adjust_head", "class_prior", "fit_head"]
 
@@ -81,7 +81,7 @@ def class_prior(prior: Any, classes: int, scan: Scan | None = None) -> np.ndarra
 
     A class with no labelled row in a scan counts as one image, so that its log-prior stays finite (a
     class the data never showed is treated as the rarest there is, not as impossible)."""
-    from fclens.scanning.store import Scan
+    from fclens.scanning.reader import Scan
 
     if isinstance(prior, str) and prior == "labels":
         if scan is None:

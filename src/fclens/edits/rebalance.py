@@ -23,7 +23,7 @@ from fclens.errors import FclensError
 from fclens.io import csv_text
 
 if TYPE_CHECKING:
-    from fclens.scanning.store import Scan
+    from fclens.scanning.reader import Scan
 
 __all__ = ["Rebalance", "rebalance"]
 
@@ -130,7 +130,7 @@ def rebalance(
 
 def _check_pair(train: Scan, evaluation: Scan) -> None:
     """Both scans have features and labels, and are scans of the same final layer."""
-    from fclens.scanning.store import head_sha256
+    from fclens.scanning.manifest import head_sha256
 
     for scan, role in ((train, "training"), (evaluation, "evaluation")):
         if not scan.has_features:

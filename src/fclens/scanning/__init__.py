@@ -7,7 +7,8 @@
 
 Layers, each one job: :mod:`.sources` (folders, lists, Datasets → numbered items; labels matched to the
 model's classes), :mod:`.core` (one preprocessed batch → rows: the part both engines share),
-:mod:`.store` (manifest, final layer, atomic shards, resume, reading), and the engines that only move
+:mod:`.manifest` (the directory's layout and what it was made with), :mod:`.writer` (atomic
+shards, resume), :mod:`.reader` (:class:`Scan`, the one reader), and the engines that only move
 batches behind one protocol (:class:`Engine`), fed by :mod:`.decoding`: :class:`LocalEngine` (DataLoader
 workers) and :class:`RayEngine` (Ray Data; Ray is imported only when it runs).
 The package is called ``scanning`` so that the function :func:`fclens.scan` is never shadowed by it.
@@ -34,9 +35,11 @@ from fclens.options import LABEL_MODES, RUNNER_UP, SCAN_DEFAULTS, Options
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.decoding import Decoder, Decoding
 from fclens.scanning.local import LocalEngine
+from fclens.scanning.manifest import Manifest, ScanError
 from fclens.scanning.ray_engine import RayEngine, dataset_items
+from fclens.scanning.reader import Scan, read_scan
 from fclens.scanning.sources import Item, resolve_source
-from fclens.scanning.store import Manifest, Scan, ScanError, ScanWriter, read_scan
+from fclens.scanning.writer import ScanWriter
 
 __all__ = ["Engine", "LocalEngine", "RayEngine", "Scan", "ScanError", "read_scan", "scan"]
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from fclens.options import at_least
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.decoding import Decoding, batch_rows, collate
-from fclens.scanning.store import ScanWriter
+from fclens.scanning.writer import ScanWriter
 
 __all__ = ["LocalEngine", "default_workers"]
 

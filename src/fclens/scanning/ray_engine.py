@@ -4,7 +4,7 @@ Pending items → ``from_arrow`` → ``map_batches(_decode)`` (the scan's
 :class:`~fclens.scanning.decoding.Decoder`, which the local engine runs too: a preprocessed image per row,
 or the reason it could not be read) → ``map_batches(_ModelActor)`` on a pool of model actors, each of which builds one
 :class:`~fclens.scanning.core.BatchScanner`, the core that the local engine calls too → the driver hands
-every block of rows to :class:`~fclens.scanning.store.ScanWriter`, which writes shards atomically and
+every block of rows to :class:`~fclens.scanning.writer.ScanWriter`, which writes shards atomically and
 resumes. So the rows are the local engine's rows, wherever they were computed.
 
 With GPUs there is one actor per GPU and decoding runs as CPU tasks beside them. Without, there is one
@@ -37,7 +37,7 @@ from fclens.options import Options, at_least
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.decoding import Decoder, Decoding, batch_rows, collate
 from fclens.scanning.sources import Item, match_label
-from fclens.scanning.store import ScanWriter
+from fclens.scanning.writer import ScanWriter
 
 __all__ = ["RayEngine", "dataset_items"]
 

@@ -1,6 +1,6 @@
 """The row schema of a scan (README.md, "Scan a data set"): its version, its columns, its skipped rows.
 
-Kept apart from the per-batch core so that readers (store, atlas, prune, the CLI) get the schema without
+Kept apart from the per-batch core so that readers (the reader, atlas, prune, the CLI) get the schema without
 importing the scanning machinery.
 """
 

@@ -1,0 +1,223 @@
+"""Reading a scan: :class:`Scan` is the one reader of a scan's rows, features and maps.
+
+Built on ``pyarrow.dataset``, so that a pass reads only the columns (and rows) it needs: the atlas,
+pruning, the edits and a user's own queries all read through it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from fclens.scanning.manifest import (
+    _V1_NAMES,
+    HEAD_FILE,
+    MANIFEST,
+    Manifest,
+    ScanError,
+    manifest_path,
+    read_manifest,
+    shard_paths,
+)
+from fclens.scanning.schema import scan_schema
+
+__all__ = ["IncompleteScanWarning", "Scan", "read_scan"]
+
+
+class IncompleteScanWarning(UserWarning):
+    """A reader works on a scan that did not finish: its results cover only the rows present."""
+
+
+@dataclass
+class Scan:
+    """A scan directory, read: its :class:`Manifest`, its final layer and its rows.
+
+    Read rows with :meth:`rows` (a table of the columns asked for) or :meth:`batches` (the same, a
+    bounded piece at a time); ``table`` loads every column of every row, maps included.
+    """
+
+    directory: Path
+    manifest: Manifest
+    _head: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest.class_names)
+
+    @property
+    def has_features(self) -> bool:
+        return self.manifest.options.features
+
+    @cached_property
+    def grid(self) -> tuple[int, int]:
+        """The feature grid (h, w) of the maps: the manifest's (written when a scan starts), or for a
+        version-1 scan that never finished (whose manifest got it only at the end) the one whose h·w is a
+        shard's map size at the input's aspect ratio."""
+        if self.manifest.feature_grid is not None:
+            return self.manifest.feature_grid
+        sizes = self.rows(["contrast_map"], ok_only=True).column("contrast_map")
+        if not len(sizes):
+            raise ScanError(f"{self.directory} holds no scanned image yet; rerun the scan to finish it")
+        area = int(pc.list_value_length(sizes)[0].as_py())
+        height, width = self.manifest.preprocessing.get("input_size") or (1, 1)
+        h = max(1, round((area * height / width) ** 0.5))
+        return (h, area // h) if area % h == 0 else (area, 1)
+
+    @cached_property
+    def dataset(self) -> ds.Dataset:
+        """The shards as one ``pyarrow.dataset`` (no manifest or head in it): read with columns and filters."""
+        shards = shard_paths(self.directory)
+        if not shards:
+            return ds.dataset([], schema=scan_schema(self.manifest.options), format="parquet")
+        return ds.dataset([str(shard) for shard in shards], format="parquet")
+
+    def rows(
+        self,
+        columns: Sequence[str] | None = None,
+        *,
+        ok_only: bool = False,
+        filter: ds.Expression | None = None,
+    ) -> pa.Table:
+        """The rows (sorted by ``index`` when it is among ``columns``) with only ``columns`` (None: all).
+
+        ``ok_only`` keeps the images that were scanned; ``filter`` is any ``pyarrow.dataset`` expression.
+        """
+        table = self.dataset.to_table(columns=_names(columns), filter=_where(ok_only, filter))
+        return table.sort_by("index") if "index" in table.column_names else table
+
+    def batches(
+        self, columns: Sequence[str], *, ok_only: bool = False, filter: ds.Expression | None = None
+    ) -> Iterator[pa.Table]:
+        """The same rows a bounded piece at a time, in no set order: the unit of memory of a pass."""
+        for batch in self.dataset.to_batches(columns=_names(columns), filter=_where(ok_only, filter)):
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch])
+
+    @cached_property
+    def table(self) -> pa.Table:
+        """Every column of every row, sorted by the images' position in the source. This loads all the
+        maps into memory: for a large scan prefer :meth:`rows` with the columns you need."""
+        return self.rows()
+
+    def ok(self) -> pa.Table:
+        """Every column of the rows of the images that were scanned (status ``ok``); see ``table``."""
+        return self.table.filter(pc.equal(self.table.column("status"), "ok"))
+
+    def to_pandas(self, columns: Sequence[str] | None = None) -> Any:
+        """The rows as a pandas DataFrame; integer columns stay integers (nullable) where rows are skipped."""
+        import pandas as pd
+
+        nullable = {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+        return self.rows(columns).to_pandas(types_mapper=nullable.get)
+
+    @property
+    def weight(self) -> np.ndarray:
+        """The final layer's weight as scanned, (C, D) float32."""
+        return self._layer()["weight"]
+
+    @property
+    def bias(self) -> np.ndarray:
+        """Its bias, (C,) float32."""
+        return self._layer()["bias"]
+
+    def features(self) -> np.ndarray:
+        """z, the pooled input of the final layer, of every ``ok`` row by ``index``: (N_ok, D) float32."""
+        if not self.has_features:
+            raise ScanError(f"{self.directory} was scanned without features; rescan with --features")
+        column = self.rows(["index", "features"], ok_only=True).column("features").combine_chunks()
+        return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), -1)
+
+    def node_maps(self, row: int) -> np.ndarray:
+        """Row ``row``'s node maps (in ``node_path`` order) as (n, h, w) float32."""
+        maps = self.table.column("node_map")[row].values.flatten()
+        return maps.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, *self.grid)
+
+    def contrast_map(self, row: int) -> np.ndarray:
+        """Row ``row``'s contrast map (rival over target) as (h, w) float32."""
+        values = self.table.column("contrast_map")[row].values
+        return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(self.grid)
+
+    def locate(self, path: str) -> Path:
+        """Where a row's image is now. Version 2 stores absolute paths; version 1 stored them relative to
+        the scan's working directory, so those are tried from here, then from the folders above the
+        recorded source and above the scan directory. The path as given when nothing is found."""
+        given = Path(path)
+        if given.is_absolute() or given.exists():
+            return given
+        source = Path(self.manifest.source)
+        for base in (*source.parents, *self.directory.resolve().parents):
+            if (base / given).exists():
+                return base / given
+        return given
+
+    def incomplete(self) -> str | None:
+        """For a scan that did not finish, a one-line note of how much it holds and how to finish it."""
+        if self.manifest.complete:
+            return None
+        return (
+            f"{self.directory} is an incomplete scan ({self.dataset.count_rows()} of "
+            f"{self.manifest.counts.get('images', '?')} images); results cover those only. Rerun the same "
+            "`fclens scan` command to finish it"
+        )
+
+    def warn_if_incomplete(self) -> None:
+        """Warn (:class:`IncompleteScanWarning`) that a reader works on part of the data set."""
+        note = self.incomplete()
+        if note is not None:
+            warnings.warn(note, IncompleteScanWarning, stacklevel=3)
+
+    def _layer(self) -> dict[str, np.ndarray]:
+        if not self._head:
+            from safetensors.numpy import load
+
+            name = HEAD_FILE if (self.directory / HEAD_FILE).is_file() else _V1_NAMES[1]
+            self._head.update(load((self.directory / name).read_bytes()))
+        return self._head
+
+
+def _names(columns: Sequence[str] | None) -> list[str] | None:
+    return None if columns is None else list(dict.fromkeys(columns))
+
+
+def _where(ok_only: bool, filter: ds.Expression | None) -> ds.Expression | None:
+    ok = ds.field("status") == "ok" if ok_only else None
+    if ok is None or filter is None:
+        return filter if ok is None else ok
+    return ok & filter
+
+
+def read_scan(directory: str | os.PathLike[str]) -> Scan:
+    """Open a scan directory written by :func:`fclens.scan` (finished or not; schema version 1 or 2)."""
+    directory = Path(directory)
+    path = manifest_path(directory)
+    if path is None:
+        raise ScanError(_not_a_scan(directory))
+    manifest = read_manifest(path)
+    if not any((directory / name).is_file() for name in (HEAD_FILE, _V1_NAMES[1])):
+        raise ScanError(f"{directory} has no {HEAD_FILE}; the scan is incomplete: rerun it")
+    return Scan(directory, manifest)
+
+
+def _not_a_scan(directory: Path) -> str:
+    """Why ``directory`` cannot be read, and the commands that make it readable."""
+    from fclens.images import IMAGE_EXTENSIONS
+
+    if directory.is_dir():
+        entries = islice((p for p in directory.rglob("*") if p.is_file()), 2000)
+        if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries):
+            return (
+                f"{directory} is a folder of images, not a scan; scan it first: "
+                f"`fclens scan {directory} --out SCAN`, then `fclens atlas SCAN`"
+            )
+    return f"{directory} is not a scan (no {MANIFEST}); make one with `fclens scan SOURCE --out {directory}`"
