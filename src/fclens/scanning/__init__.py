@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from fclens.errors import FclensError
 from fclens.models import Classifier, load_model
 from fclens.options import LABEL_MODES, RUNNER_UP, SCAN_DEFAULTS, Options
+from fclens.runs import progress_bar, sigterm_interrupts
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.decoding import Decoder, Decoding
 from fclens.scanning.local import LocalEngine
@@ -98,14 +99,16 @@ def scan(
     )
     manifest = Manifest.of(classifier, options, identity, weight, bias, len(items))
     scanner = BatchScanner(classifier, options)
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         writer = ScanWriter(out, manifest, (weight, bias), scanner.schema, force=force, shard_rows=shard_rows)
         pending = writer.pending(items)
         if progress:
             _say_what_was_found(writer, len(items), len(pending))
         names = tuple(classifier.class_names) if labels == "auto" else None
         decoding = Decoding(pending, Decoder(classifier.preprocessing, dataset, names))
-        bar = _progress_bar(len(items), len(items) - len(pending), progress and bool(pending))
+        bar = progress_bar(
+            len(items), len(items) - len(pending), enabled=progress and bool(pending), desc="scan", unit="img"
+        )
         interrupted = False
         try:
             if pending:  # a finished scan starts no decode workers and no Ray
@@ -144,53 +147,6 @@ def _say_what_was_found(writer: ScanWriter, total: int, pending: int) -> None:
         )
     elif pending < total:
         print(f"resuming: {total - pending} of {total} images already scanned", file=sys.stderr)
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a scheduler's or ``kill``'s stop) interrupts the scan as Ctrl-C does, so finished work is kept.
-
-    Only the main thread can install a handler; elsewhere SIGTERM keeps its own handling.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    earlier = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, earlier)
-
-
-def _progress_bar(total: int, done: int, enabled: bool) -> Any:
-    """A tqdm bar on stderr (images/s, ETA), shown only when stderr is a terminal.
-
-    A terminal that reports no size (``script``, some IDE and container consoles say 0×0) made tqdm print
-    nothing at all: such a terminal gets 80×24, the size ``shutil.get_terminal_size`` falls back to.
-    """
-    from tqdm import tqdm
-
-    columns, lines = shutil.get_terminal_size()
-    try:
-        size = os.get_terminal_size(sys.stderr.fileno())
-        columns, lines = size.columns or columns, size.lines or lines
-    except (AttributeError, OSError, ValueError):  # not a terminal (or no file descriptor): tqdm stays off
-        pass
-    return tqdm(
-        total=total,
-        initial=done,
-        desc="scan",
-        unit="img",
-        disable=None if enabled else True,
-        smoothing=0.1,
-        ncols=columns,
-        nrows=lines,
-        file=sys.stderr,
-    )
 
 
 def _items(source: Any, classifier: Classifier, labels: str) -> tuple[list[Item], Any, str]:
