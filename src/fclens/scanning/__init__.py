@@ -17,12 +17,8 @@ The package is called ``scanning`` so that the function :func:`fclens.scan` is n
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
