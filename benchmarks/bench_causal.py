@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 import fclens
-from fclens.edits.pair import RULES, CausalTable, causal_test
+from fclens.edits.causal import CausalTable, causal_test
+from fclens.edits.pair import RULES
 from fclens.scanning import LocalEngine
 
 HERE = Path(__file__).resolve().parent

@@ -36,9 +36,10 @@ from torch import nn
 
 import fclens.images
 from fclens.explaining import explain
-from fclens.images import sample_image, to_batch
 from fclens.maps import NodeBatch, capture, node_maps, node_membership
 from fclens.models import Classifier, load_model
+from fclens.preprocessing import to_batch
+from fclens.samples import sample_image
 from fclens.scores import upsample_normalised
 from fclens.tree import split_tree
 
@@ -228,7 +229,7 @@ def photo_folder(directory: Path, count: int) -> list[Path]:
     generator = torch.Generator().manual_seed(0)
     paths = []
     for i in range(count):
-        with Image.open(sample_image(fclens.images.SAMPLE_NAMES[i % 2])) as photo:
+        with Image.open(sample_image(fclens.samples.SAMPLE_NAMES[i % 2])) as photo:
             width, height = photo.size
             side = int(min(width, height) * (0.6 + 0.4 * float(torch.rand(1, generator=generator))))
             left = int(torch.randint(0, width - side + 1, (1,), generator=generator))

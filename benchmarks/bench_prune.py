@@ -99,7 +99,7 @@ def synthetic_scan(directory: Path, images: int, seed: int = 0) -> None:
 def straightforward(directory: Path) -> list[tuple[float, float, float]]:
     """The loop prune_curve replaces: per point, the mask from scratch and one product over all images."""
     scan = fclens.read_scan(directory)
-    z = torch.from_numpy(scan.features())
+    z = scan.read_features().z
     labels = torch.from_numpy(scan.ok().column("label").to_numpy().astype(np.int64))
     w, b = torch.from_numpy(scan.weight), torch.from_numpy(scan.bias)
     ref = z @ w.T + b

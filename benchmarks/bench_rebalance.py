@@ -6,7 +6,7 @@ are subsampled to a long tail on the exponential profile, n_k = 400 · ρ^(−k/
 imbalance ρ = 10 and 100. A small CNN (three convolutions, global average pooling, a linear layer) is
 trained on the long-tailed set on the CPU (Adam, a fixed schedule), both sets are scanned by
 ``fclens.scan(..., features=True)``, and every method re-fits or adjusts the final layer on the
-training scan's stored features and is judged by ``evaluate_head`` on the test scan
+training scan's stored features and is judged by ``fclens.evaluate`` on the test scan
 (``fclens.rebalance``, what ``fclens rebalance`` runs, with every method).
 
 The model is a plain one-channel CNN; its preprocessing has ``channels=1`` with MNIST's mean and std,
@@ -17,7 +17,7 @@ confusable pairs, 48 px RGB): its SmallCNN (64 features) trained on a long-taile
 ρ^(−k/5), of ``make(400, seed)`` with known_answers' recipe (Adam, lr 1e-2, 10 epochs by default), and a
 balanced test set of 100 other images per class.
 
-``speed``: evaluate_head, adjust_head and fit_head (each loss) on the synthesised 50,000-image scan of
+``speed``: evaluate, adjust_layer and fit_layer (each loss) on the synthesised 50,000-image scan of
 EfficientNet-Lite0's 1000×1280 layer that bench_prune.py writes (features ≥ 0 stored as float16, labels
 the layer's top-1 with a quarter replaced at random), with each fit's final loss, gradient norm and passes.
 
@@ -42,8 +42,8 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 import fclens
 from fclens.edits import POST_HOC, REBALANCE_METHODS, REFITS
-from fclens.edits.evaluate import evaluate_head
-from fclens.edits.prior import adjust_head, fit_head
+from fclens.edits.evaluate import evaluate
+from fclens.edits.prior import adjust_layer, fit_layer
 from fclens.edits.rebalance import rebalance
 from fclens.scanning import LocalEngine
 
@@ -255,18 +255,18 @@ def speed(args: argparse.Namespace) -> None:
         print(f"{args.images} rows × {scan.weight.shape[1]} features, {scan.weight.shape[0]} classes, "
               f"{torch.get_num_threads()} torch threads")  # fmt: skip
         started = time.perf_counter()
-        evaluation = evaluate_head(scan, scan)
-        print(f"evaluate_head (scanned layer): {time.perf_counter() - started:.2f} s, "
+        evaluation = evaluate(scan, scan.layer)
+        print(f"evaluate (scanned layer): {time.perf_counter() - started:.2f} s, "
               f"accuracy {evaluation.accuracy:.3f}")  # fmt: skip
         for method in POST_HOC:
             started = time.perf_counter()
-            adjust_head(scan, method, prior=scan)
-            print(f"adjust_head {method}: {time.perf_counter() - started:.2f} s")
+            adjust_layer(scan.layer, method, prior=scan)
+            print(f"adjust_layer {method}: {time.perf_counter() - started:.2f} s")
         print(
             "| loss | seconds | passes | iterations | final loss | gradient norm |\n|---|---|---|---|---|---|"
         )
         for loss in args.losses.split(","):
-            fit = fit_head(scan, loss, max_iter=args.max_iter).fit
+            fit = fit_layer(scan, loss, max_iter=args.max_iter).fit
             print(f"| {loss} | {fit.seconds:.0f} | {fit.evaluations} | {fit.iterations} | {fit.loss:.4f} | "
                   f"{fit.grad_norm:.2e} |")  # fmt: skip
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from fclens.images import sample_folder
+from fclens.samples import sample_folder
 
 PHOTOS = (
     "astronaut",

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fclens.images import sample_image, to_batch
 from fclens.models import Classifier, load_model
+from fclens.preprocessing import to_batch
+from fclens.samples import sample_image
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fclens.images import Preprocessing
+from fclens.preprocessing import Preprocessing
 
 SIZE = 48
 """Side of an image, pixels."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import synthetic_scan as synthetic
-from fclens.atlasing import atlas, read_maps
+from fclens.atlasing import atlas
 from fclens.cli import main
 from fclens.errors import FclensError
 from fclens.scanning import read_scan
@@ -100,11 +100,11 @@ def test_without_labels_the_predictions_group_and_accuracy_is_null(tmp_path: Pat
     assert found.lowest_accuracy() == [] and not found.labelled
 
 
-def test_read_maps_returns_the_rows_asked_for(written: tuple[Path, dict[str, np.ndarray]]) -> None:
-    maps = read_maps(written[0], {3, 700, 1199})
+def test_the_map_reader_returns_the_rows_asked_for(written: tuple[Path, dict[str, np.ndarray]]) -> None:
+    maps = read_scan(written[0]).maps({3, 700, 1199})
     assert sorted(maps) == [3, 700, 1199]
-    assert maps[700]["node_map"].shape == (5, 49) and maps[700]["contrast_map"].shape == (49,)
-    assert maps[700]["node_path"] == synthetic.PATHS
+    assert maps[700].node_map.shape == (5, 7, 7) and maps[700].contrast_map.shape == (7, 7)
+    assert maps[700].node_path == synthetic.PATHS
 
 
 def test_bad_input(tmp_path: Path, written: tuple[Path, dict[str, np.ndarray]]) -> None:
@@ -164,7 +164,7 @@ def test_a_version_1_scan_still_reads_atlases_and_prunes(
         "runner-up",
     )
     assert scan.manifest.schema_version == 1 and scan.class_names == ["tabby", "espresso", "other"]
-    assert scan.features().shape == (6, 16) and scan.grid == (8, 8)
+    assert scan.read_features().z.shape == (6, 16) and scan.grid == (8, 8)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # not where the scan ran: its relative paths are found from the source

@@ -18,9 +18,8 @@ from markupsafe import escape
 
 import fclens
 from fclens.cli import main
-from fclens.edits.evaluate import read_features
-from fclens.edits.layer import as_final_layer
-from fclens.edits.pair import MS, RULES, TOP_PAIRS, causal_test, pair_edit
+from fclens.edits.causal import MS, TOP_PAIRS
+from fclens.edits.pair import RULES
 from fclens.report.atlas import CAUSAL_MS, class_page_name
 from fclens.scanning import LocalEngine
 from test_browser import HOSTILE, Visit
@@ -63,14 +62,14 @@ def test_the_json_holds_the_causal_test_of_the_top_pairs(
     for pair in tested:
         causal = pair["causal"]
         assert (causal["target"], causal["rival"]) == (pair["a"], pair["b"])
-        assert [(t["select"], t["m"]) for t in causal["trials"]] == [(r, m) for r in RULES for m in MS]
+        assert [(t["rule"], t["m"]) for t in causal["trials"]] == [(r, m) for r in RULES for m in MS]
         assert causal["sentence"].startswith(f"{pair['a_name']} → {pair['b_name']}: equalising")
     made = data["causal"]
     assert made["n_select"] + made["n_held_out"] == 300 and made["seed"] == 0 and made["written"] is None
     assert set(made["summary"]) == set(RULES) and "pairs" not in made
     # The CLI tests what the API tests: the same held-out figures and neurons for the same pair.
     first = tested[0]
-    direct = causal_test(striped, pairs=[(first["a"], first["b"])]).pairs[0].to_dict()
+    direct = fclens.causal_test(striped, pairs=[(first["a"], first["b"])]).pairs[0].to_dict()
     assert first["causal"]["trials"] == direct["trials"] and first["causal"]["before"] == direct["before"]
     # Without --causal, the JSON is the atlas's as before.
     assert main(["atlas", str(striped.directory), "--out", str(atlas_out / "plain"), "--json"]) == 0
@@ -103,7 +102,7 @@ def test_a_class_page_shows_each_tested_rivals_sentence_and_table(atlas_out: Pat
     shown = [m for m in MS if m in CAUSAL_MS]
     assert section.count("<tr") == 1 + 1 + len(RULES) * len(shown)  # the header, before, rule × m
     assert section.count('class="headline"') == 1 and section.count('class="before"') == 1
-    tree8 = next(t for t in top["trials"] if (t["select"], t["m"]) == ("tree", 8))
+    tree8 = next(t for t in top["trials"] if (t["rule"], t["m"]) == ("tree", 8))
     headline = section[section.index('class="headline"') :].split("</tr>")[0]
     assert f'<td class="num">{tree8["equalise"]["errors_kj"]}</td>' in headline
     # Every page escapes the hostile and the quoted names; the index summarises the rules at m = 8.
@@ -136,7 +135,7 @@ def test_a_written_pair_edit_loads_back_and_predicts_what_the_edited_layer_predi
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from fclens.images import to_batch
+    from fclens.preprocessing import to_batch
 
     out = tmp_path / "atlas"
     args = ["atlas", str(photo_scan.directory), "--out", str(out), "--json"]
@@ -144,12 +143,12 @@ def test_a_written_pair_edit_loads_back_and_predicts_what_the_edited_layer_predi
     written = json.loads(capsys.readouterr().out)["causal"]["written"]
     path = out / "pair-282-281-8.safetensors"
     assert written["path"] == str(path) and path.is_file()
-    expected = pair_edit(photo_scan, photo_scan, 282, 281, neurons=8, select="tree", split=True)
+    expected = fclens.pair_edit(photo_scan, 282, 281, 8, rule="tree", split=True)
     assert written["neurons"] == expected.neurons.tolist()
     model = fclens.load_model(photo_scan.manifest.model["source"], weights=path)
-    assert torch.equal(as_final_layer(model).weight, expected.weight)
-    assert torch.equal(as_final_layer(model).bias, expected.bias)
-    features = read_features(photo_scan)
+    assert torch.equal(fclens.FinalLayer.of(model).weight, expected.weight)
+    assert torch.equal(fclens.FinalLayer.of(model).bias, expected.bias)
+    features = photo_scan.read_features()
     paths = dict(zip(*photo_scan.rows(["index", "path"], ok_only=True).to_pydict().values(), strict=True))
     batch, _ = to_batch([Path(paths[i]) for i in features.index], model.preprocessing)
     with torch.inference_mode():
@@ -174,7 +173,7 @@ def test_a_written_pair_edit_loads_back_and_predicts_what_the_edited_layer_predi
         ("0,1@0", "M >= 1, got '0'"),
         ("0,1@many", "M >= 1, got 'many'"),
         ("0,6@4", "class index 6 is out of range"),
-        ("purple,1@4", "'purple' names no single class"),
+        ("purple,1@4", "class 'purple' matches no class of the scan"),
         ("blue rows,2@4", "names class 2 twice"),
         ("0,1@4", "passed as a module"),  # the striped net was scanned as a module: it cannot be written
     ],

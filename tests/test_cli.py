@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 import fclens
 from fclens.cli import main
-from fclens.images import sample_image
+from fclens.samples import sample_image
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

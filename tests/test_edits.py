@@ -12,10 +12,9 @@ import torch.nn.functional as F
 
 import fclens
 import feature_scan
+from fclens import FinalLayer, adjust_layer, evaluate, fit_layer
 from fclens.cli import main
-from fclens.edits.evaluate import evaluate_head, read_features
-from fclens.edits.layer import FinalLayer, as_final_layer
-from fclens.edits.prior import PriorLoss, adjust_head, class_prior, fit_head
+from fclens.edits.prior import PriorLoss, class_prior
 from fclens.errors import FclensError
 from fclens.scanning import LocalEngine, read_scan, scan
 from test_scan import make_photo_folder
@@ -32,6 +31,11 @@ def gaussian_scan(
     """A scan of ``counts`` images per class, scanned by the Bayes layer for ``prior``."""
     feature_scan.write(directory, MEANS, counts, feature_scan.bayes_layer(MEANS, prior), seed=seed, **kwargs)
     return directory
+
+
+def layer_of(directory: Path) -> FinalLayer:
+    """The final layer a scan recorded."""
+    return read_scan(directory).layer
 
 
 def written(directory: Path) -> dict[str, np.ndarray]:
@@ -70,7 +74,7 @@ def test_the_scanned_layer_evaluated_on_stored_features_gives_the_scans_own_pred
 ) -> None:
     ok = photo_scan.rows(["index", "pred", "label"], ok_only=True)
     for head in (photo_scan, classifier):  # the layer the scan stored, and the loaded model's own
-        evaluation = evaluate_head(photo_scan, head)
+        evaluation = evaluate(photo_scan, head)
         assert evaluation.n_images == ok.num_rows == 6
         assert evaluation.index.tolist() == ok.column("index").to_pylist()
         assert evaluation.pred.tolist() == ok.column("pred").to_pylist()
@@ -82,7 +86,7 @@ def test_the_scanned_layer_evaluated_on_stored_features_gives_the_scans_own_pred
 
 def test_figures_count_labelled_rows_per_class_and_split_by_training_counts(scans: dict[str, Path]) -> None:
     data = written(scans["eval"])
-    evaluation = evaluate_head(scans["eval"], scans["tail"], train_counts=TAIL)
+    evaluation = evaluate(scans["eval"], layer_of(scans["tail"]), train_counts=TAIL)
     label, pred = data["label"], data["pred"]
     known = label >= 0
     assert evaluation.n_images == len(label) and evaluation.n_labelled == known.sum()
@@ -103,7 +107,7 @@ def test_a_scan_without_features_is_refused_with_the_flag_named(tmp_path: Path) 
 
     synthetic_scan.write(tmp_path / "plain", rows=20)
     with pytest.raises(FclensError, match="--features"):
-        evaluate_head(tmp_path / "plain", tmp_path / "plain")
+        evaluate(tmp_path / "plain", read_scan(tmp_path / "plain").layer)
 
 
 # ------------------------------------------------------------------------------------------------- losses
@@ -148,9 +152,9 @@ def test_a_prior_of_the_wrong_length_or_with_zeros_is_refused() -> None:
 
 # ---------------------------------------------------------------------------------------------- re-fits
 def test_a_ce_refit_on_a_balanced_scan_keeps_the_scanned_layers_accuracy(scans: dict[str, Path]) -> None:
-    scanned = evaluate_head(scans["eval"], scans["balanced"])
-    layer = fit_head(scans["balanced"], "ce")
-    refit = evaluate_head(scans["eval"], layer)
+    scanned = evaluate(scans["eval"], layer_of(scans["balanced"]))
+    layer = fit_layer(scans["balanced"], "ce")
+    refit = evaluate(scans["eval"], layer)
     assert abs(refit.accuracy - scanned.accuracy) < 0.01
     assert layer.fit is not None and layer.fit.grad_norm < 1e-3 and layer.method == "ce"
 
@@ -158,9 +162,9 @@ def test_a_ce_refit_on_a_balanced_scan_keeps_the_scanned_layers_accuracy(scans: 
 @pytest.mark.slow
 def test_prior_aware_refits_beat_plain_ce_on_balanced_accuracy(scans: dict[str, Path]) -> None:
     """At imbalance 100 each prior-aware loss lifts the balanced accuracy by more than 5 points."""
-    ce = evaluate_head(scans["eval"], fit_head(scans["tail"], "ce")).balanced_accuracy
+    ce = evaluate(scans["eval"], fit_layer(scans["tail"], "ce")).balanced_accuracy
     for loss in ("pg-prior", "logit-adjust", "balanced-softmax", "crt"):
-        balanced = evaluate_head(scans["eval"], fit_head(scans["tail"], loss)).balanced_accuracy
+        balanced = evaluate(scans["eval"], fit_layer(scans["tail"], loss)).balanced_accuracy
         assert balanced > ce + 0.05, loss
 
 
@@ -168,16 +172,16 @@ def test_a_class_absent_from_the_scan_keeps_its_row(tmp_path: Path) -> None:
     counts = BALANCED.copy()
     counts[4] = 0
     directory = gaussian_scan(tmp_path / "missing", counts // 4, BALANCED / BALANCED.sum())
-    layer = fit_head(directory, "pg-prior")
-    scanned = as_final_layer(read_scan(directory))
+    layer = fit_layer(directory, "pg-prior")
+    scanned = read_scan(directory).layer
     assert torch.equal(layer.weight[4], scanned.weight[4]) and layer.bias[4] == scanned.bias[4]
     assert not torch.equal(layer.weight[3], scanned.weight[3])
 
 
 def test_a_refit_streamed_from_the_shards_equals_the_one_held_in_memory(tmp_path: Path) -> None:
     directory = gaussian_scan(tmp_path / "shards", BALANCED // 4, BALANCED / BALANCED.sum(), shard_rows=50)
-    held = fit_head(directory, "logit-adjust", max_iter=20)
-    streamed = fit_head(directory, "logit-adjust", max_iter=20, memory_limit=0)
+    held = fit_layer(directory, "logit-adjust", max_iter=20)
+    streamed = fit_layer(directory, "logit-adjust", max_iter=20, memory_limit=0)
     assert torch.allclose(held.weight, streamed.weight, atol=1e-4)
     assert torch.allclose(held.bias, streamed.bias, atol=1e-4)
 
@@ -187,11 +191,11 @@ def test_crt_from_a_random_start_and_pg_prior_from_the_scanned_layer_converge_to
 ) -> None:
     """One objective (class-balanced weights, τ = 1, weight decay: strictly convex), two starts: fits that
     converge land on the same minimum from either."""
-    crt, pg = fit_head(scans["tail"], "crt", seed=3), fit_head(scans["tail"], "pg-prior")
+    crt, pg = fit_layer(scans["tail"], "crt", seed=3), fit_layer(scans["tail"], "pg-prior")
     assert crt.fit is not None and pg.fit is not None and crt.fit.converged and pg.fit.converged
     assert abs(crt.fit.loss - pg.fit.loss) < 1e-6
     # the rare classes' rows are weakly determined (4 images each): compare what the layers do, not their digits
-    same = evaluate_head(scans["eval"], crt, reference=pg)
+    same = evaluate(scans["eval"], crt, reference=pg)
     assert same.agreement > 0.99 and same.kl < 1e-4
 
 
@@ -200,8 +204,8 @@ def test_the_fit_runs_on_centred_features_and_returns_the_layer_for_the_stored_o
     the fit reports."""
     counts = BALANCED // 4
     directory = gaussian_scan(tmp_path / "plain", counts, BALANCED / BALANCED.sum())
-    layer = fit_head(directory, "ce")
-    features = read_features(directory, labelled=True)
+    layer = fit_layer(directory, "ce")
+    features = read_scan(directory).read_features(labelled=True)
     logits = layer.logits(features.z)
     loss = torch.nn.functional.cross_entropy(logits, features.label) + 2.5e-4 * (layer.weight**2).sum()
     assert layer.fit is not None and abs(float(loss) - layer.fit.loss) < 1e-5
@@ -211,27 +215,27 @@ def test_the_fit_runs_on_centred_features_and_returns_the_layer_for_the_stored_o
 def test_post_hoc_adjustments_have_their_closed_forms() -> None:
     weight = torch.tensor([[3.0, 4.0], [0.6, 0.8], [0.0, 0.0]])
     layer = FinalLayer(weight, torch.tensor([1.0, 2.0, 3.0]))
-    adjusted = adjust_head(layer, "logit-adjust", prior=[0.5, 0.25, 0.25], tau=2.0)
+    adjusted = adjust_layer(layer, "logit-adjust", prior=[0.5, 0.25, 0.25], tau=2.0)
     assert torch.allclose(
         adjusted.bias, torch.tensor([1.0, 2.0, 3.0]) - 2.0 * torch.log(torch.tensor([0.5, 0.25, 0.25]))
     )
     assert torch.equal(adjusted.weight, weight)
-    normed = adjust_head(layer, "tau-norm", tau=1.0)
+    normed = adjust_layer(layer, "tau-norm", tau=1.0)
     assert torch.allclose(normed.weight[:2].norm(dim=1), torch.ones(2))
     assert torch.allclose(normed.bias[:2], torch.tensor([1.0 / 5, 2.0 / 1.0]))
     assert torch.equal(normed.weight[2], weight[2])  # a row of zeros stays
-    assert torch.equal(adjust_head(layer, "tau-norm", tau=0.0).weight, weight)
+    assert torch.equal(adjust_layer(layer, "tau-norm", tau=0.0).weight, weight)
 
 
 def test_post_hoc_logit_adjustment_undoes_the_training_prior_of_a_bayes_layer(scans: dict[str, Path]) -> None:
     """The scanned layer is Bayes-optimal for the training prior; subtracting log π_train makes it the
     Bayes layer for the uniform prior, which has the best balanced accuracy of all."""
-    adjusted = adjust_head(scans["tail"], "logit-adjust", prior=scans["tail"])
+    adjusted = adjust_layer(layer_of(scans["tail"]), "logit-adjust", prior=scans["tail"])
     balanced = feature_scan.bayes_layer(MEANS, np.full(CLASSES, 1 / CLASSES))
-    direct = as_final_layer(balanced)
+    direct = FinalLayer.of(balanced)
     assert torch.allclose(adjusted.bias - adjusted.bias.mean(), direct.bias - direct.bias.mean(), atol=1e-5)
-    before = evaluate_head(scans["eval"], scans["tail"]).balanced_accuracy
-    assert evaluate_head(scans["eval"], adjusted).balanced_accuracy > before + 0.05
+    before = evaluate(scans["eval"], layer_of(scans["tail"])).balanced_accuracy
+    assert evaluate(scans["eval"], adjusted).balanced_accuracy > before + 0.05
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -293,18 +297,18 @@ def test_rebalance_refuses_bad_input_in_one_line(
 
 
 @pytest.mark.slow
-def test_a_written_model_predicts_on_images_what_evaluate_head_predicts_on_their_features(
+def test_a_written_model_predicts_on_images_what_evaluate_predicts_on_their_features(
     photo_scan: fclens.Scan, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fclens.images import to_batch
+    from fclens.preprocessing import to_batch
 
     out = tmp_path / "out"
     argv = ["rebalance", str(photo_scan.directory), "--eval", str(photo_scan.directory), "--out", str(out)]
     assert main([*argv, "--methods", "tau-norm", "--write", "tau-norm"]) == 0
     written = fclens.load_model(weights=out / "rebalanced-tau-norm.safetensors")
-    expected = adjust_head(photo_scan, "tau-norm")
-    assert torch.allclose(as_final_layer(written).weight, expected.weight)
-    evaluation = evaluate_head(photo_scan, written)
+    expected = adjust_layer(photo_scan.layer, "tau-norm")
+    assert torch.allclose(FinalLayer.of(written).weight, expected.weight)
+    evaluation = evaluate(photo_scan, written)
     ok = photo_scan.rows(["index", "path"], ok_only=True)
     batch, _ = to_batch([Path(p) for p in ok.column("path").to_pylist()], written.preprocessing)
     with torch.inference_mode():

@@ -12,8 +12,8 @@ from PIL import Image
 
 from fclens.errors import FclensError
 from fclens.explaining import Explanation, explain
-from fclens.images import to_batch
 from fclens.models import Classifier
+from fclens.preprocessing import to_batch
 
 CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 

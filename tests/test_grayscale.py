@@ -13,8 +13,9 @@ from torchvision.transforms import functional as F
 
 import fclens
 from fclens.errors import FclensError
-from fclens.images import ImageError, Preprocessing, to_batch
+from fclens.images import ImageError
 from fclens.models import IMAGENET_MEAN, IMAGENET_STD, ModelError
+from fclens.preprocessing import Preprocessing, to_batch
 from fclens.scanning import LocalEngine
 
 SIDE = 32
@@ -129,7 +130,7 @@ def test_explain_a_colour_photo_and_a_grey_image_alike(gray: fclens.Classifier) 
 
 def test_scan_a_folder_with_features(gray: fclens.Classifier, tmp_path: Path) -> None:
     folder = fclens.sample_folder(tmp_path / "photos", count=6, side=48)
-    names = list(fclens.images.SAMPLE_CLASSES.values())
+    names = list(fclens.samples.SAMPLE_CLASSES.values())
     classifier = fclens.load_model(gray_cnn(), class_names=[*names, "c", "d"], preprocessing=GRAY)
     found = fclens.scan(
         classifier, folder, tmp_path / "scan", engine=LocalEngine(workers=0), features=True, progress=False
@@ -141,7 +142,9 @@ def test_scan_a_folder_with_features(gray: fclens.Classifier, tmp_path: Path) ->
     with torch.no_grad():
         pooled = classifier.module[:-1](inputs)
         probabilities = classifier.module(inputs).softmax(1)
-    np.testing.assert_allclose(found.features(), pooled.numpy(), rtol=2e-3, atol=1e-4)  # float16 storage
+    np.testing.assert_allclose(
+        found.read_features().z.numpy(), pooled.numpy(), rtol=2e-3, atol=1e-4
+    )  # float16 storage
     for row, expected in zip(rows, probabilities, strict=True):
         stored = dict(zip(row["top5"], row["top5_prob"], strict=True))  # all 4 classes, matched by index
         assert sorted(stored) == [0, 1, 2, 3]

@@ -16,16 +16,9 @@ from PIL import Image, ImageFile
 from torchvision.transforms import functional as F
 
 from fclens import images
-from fclens.images import (
-    SAMPLE_NAMES,
-    ImageError,
-    Preprocessing,
-    image_from_array,
-    iter_image_paths,
-    load_image,
-    sample_image,
-    to_batch,
-)
+from fclens.images import ImageError, image_from_array, iter_image_paths, load_image
+from fclens.preprocessing import Preprocessing, to_batch
+from fclens.samples import SAMPLE_NAMES, sample_image
 
 LITE0 = Preprocessing(input_size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}

@@ -11,8 +11,10 @@ from torch.nn import functional as F
 from fclens.errors import FclensError
 from fclens.explaining import explain
 from fclens.head import evaluating
-from fclens.images import ImageError, Preprocessing, sample_image, to_batch
+from fclens.images import ImageError
 from fclens.models import Classifier, load_model
+from fclens.preprocessing import Preprocessing, to_batch
+from fclens.samples import sample_image
 
 CLASSES = ["circle", "square", "stripe"]
 

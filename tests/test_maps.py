@@ -14,9 +14,9 @@ from torch import nn
 from fclens.errors import FclensError
 from fclens.explaining import explain
 from fclens.head import evaluating
-from fclens.images import Preprocessing, to_batch
 from fclens.maps import MAP_KINDS, NodeBatch, capture, node_maps, node_membership
 from fclens.models import Classifier, load_model
+from fclens.preprocessing import Preprocessing, to_batch
 from fclens.tree import SplitTree, split_tree
 
 SMALL = Preprocessing((96, 96), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

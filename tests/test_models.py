@@ -15,8 +15,10 @@ from torch import nn
 
 from fclens import models
 from fclens.errors import FclensError
-from fclens.images import Preprocessing, load_image, sample_image, to_batch
+from fclens.images import load_image
 from fclens.models import Classifier, ModelError, imagenet_class_names, load_model, read_weights
+from fclens.preprocessing import Preprocessing, to_batch
+from fclens.samples import sample_image
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,11 @@ import pytest
 import torch
 
 import feature_scan
-from fclens.edits.evaluate import Features, evaluate_head, read_features
-from fclens.edits.layer import FinalLayer
-from fclens.edits.pair import (
-    Outcome,
-    causal_test,
-    pair_edit,
-    pair_neurons,
-    select_neurons,
-    split_rows,
-)
+from fclens import FinalLayer, causal_test, evaluate, pair_edit, read_scan
+from fclens.edits.evaluate import PairOutcome
+from fclens.edits.pair import pair_neurons, select_neurons
 from fclens.errors import FclensError
+from fclens.scanning.features import Features
 
 # --- a layer whose pair neurons are set by construction -----------------------------------------------
 # Four classes, 48 neurons: ten "own" neurons per class (weight 1 on its row) and six neurons T that
@@ -46,10 +40,11 @@ def built() -> tuple[FinalLayer, Features]:
     z[np.ix_(confused, T)] = 2.5 + 0.2 * rng.standard_normal((confused.sum(), len(T)))
     z[np.ix_(label == J, T)] = 1.0
     layer = FinalLayer(torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32))
-    features = Features(
+    features = Features.of(
+        np.clip(z, 0, None),
+        label,
         index=np.arange(len(label), dtype=np.int64) * 3 + 5,  # source indices need not be positions
-        z=torch.tensor(np.clip(z, 0, None), dtype=torch.float32),
-        label=torch.from_numpy(label),
+        layer=layer,
     )
     return layer, features
 
@@ -63,17 +58,17 @@ def test_the_named_neurons_of_the_built_pair_hold_its_cause_and_tree_ranks_them_
     layer, features = made
     named = pair_neurons(layer, K, J, min_size=20)
     assert set(T) <= set(named)  # also class 1's own neurons: − for class 0, + for class 1
-    assert set(select_neurons(layer, K, J, len(T), "tree", features, min_size=20)) == set(T)
-    assert set(select_neurons(layer, K, J, len(T), "weight")) == set(T)  # w_1 − w_0 = 2 on T only
-    random = select_neurons(layer, K, J, 12, "random", seed=3)
+    assert set(select_neurons(features, K, J, len(T), rule="tree", min_size=20)) == set(T)
+    assert set(select_neurons(features, K, J, len(T), rule="weight")) == set(T)  # w_1 − w_0 = 2 on T only
+    random = select_neurons(features, K, J, 12, rule="random", seed=3)
     assert len(set(random)) == 12 and np.array_equal(
-        random[:4], select_neurons(layer, K, J, 4, "random", seed=3)
+        random[:4], select_neurons(features, K, J, 4, rule="random", seed=3)
     )
 
 
 def test_equalise_changes_only_the_rivals_row_on_the_chosen_columns(made) -> None:
     layer, features = made
-    edited = pair_edit(layer, features, K, J, neurons=8, select="contrast")
+    edited = pair_edit(features, K, J, 8, rule="contrast")
     changed = np.argwhere((edited.weight != layer.weight).numpy())
     assert set(changed[:, 0]) == {J}
     assert set(changed[:, 1]) <= set(edited.neurons) and len(edited.neurons) == 8
@@ -83,7 +78,7 @@ def test_equalise_changes_only_the_rivals_row_on_the_chosen_columns(made) -> Non
 
 def test_with_every_neuron_equalised_the_gap_is_the_bias_difference_on_every_image(made) -> None:
     layer, features = made
-    edited = pair_edit(layer, None, K, J, neurons=D, select="weight")
+    edited = pair_edit(features, K, J, D, rule="weight")
     assert torch.equal(edited.weight[J], layer.weight[K])
     shares = features.z @ edited.weight.T  # the neurons' part of each logit: equal for j and k, bit for bit
     assert torch.equal(shares[:, J], shares[:, K])
@@ -93,8 +88,8 @@ def test_with_every_neuron_equalised_the_gap_is_the_bias_difference_on_every_ima
 
 
 def test_tree_repairs_the_built_pair_on_held_out_rows_and_random_does_not(made) -> None:
-    layer, features = made
-    table = causal_test(features, pairs=[(K, J)], ms=(6,), head=layer, min_size=20)
+    _, features = made
+    table = causal_test(features, pairs=[(K, J)], ms=(6,), min_size=20)
     test = table.pair(K, J)
     assert test.n_target == 100 and test.before.errors_kj >= 40  # half of the held-out 0s, confused
     tree, random = test.trial("tree", 6), test.trial("random", 6)
@@ -107,13 +102,13 @@ def test_tree_repairs_the_built_pair_on_held_out_rows_and_random_does_not(made) 
 
 def test_the_held_out_and_selection_rows_are_disjoint_cover_the_rows_and_are_stratified(made) -> None:
     _, features = made
-    select, held = split_rows(features, seed=4)
+    select, held = features.split(seed=4)
     assert len(np.intersect1d(select, held)) == 0
     assert np.array_equal(np.sort(np.concatenate([select, held])), np.sort(features.index))
     label = dict(zip(features.index.tolist(), features.label.tolist(), strict=True))
     assert all(sum(label[i] == c for i in select) == 100 for c in range(4))
-    again, _ = split_rows(features, seed=4)
-    other, _ = split_rows(features, seed=5)
+    again, _ = features.split(seed=4)
+    other, _ = features.split(seed=5)
     assert np.array_equal(select, again) and not np.array_equal(select, other)
 
 
@@ -134,34 +129,35 @@ def scan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_split_rows_covers_every_ok_row_of_a_scan_labelled_or_not(scan_dir: Path) -> None:
-    select, held = split_rows(scan_dir, seed=0)
-    index = read_features(scan_dir).index
+    features = read_scan(scan_dir).read_features()
+    select, held = features.split(seed=0)
+    index = features.index
     assert len(np.intersect1d(select, held)) == 0 and len(select) + len(held) == len(index) == 909
     assert np.array_equal(np.union1d(select, held), np.sort(index))
 
 
-def test_the_fast_path_equals_evaluate_head_of_the_edited_layer_on_the_held_out_rows(scan_dir: Path) -> None:
+def test_the_fast_path_equals_evaluate_of_the_edited_layer_on_the_held_out_rows(scan_dir: Path) -> None:
     pairs = [(0, 1), (3, 2)]
     table = causal_test(scan_dir, pairs=pairs, ms=(1, 4, 16), seed=1)
-    select, held = split_rows(scan_dir, seed=1)
+    rows = read_scan(scan_dir).read_features()  # read once; its trees are the default min_size 20, "chains"
+    select, held = rows.split(seed=1)
     assert table.n_held_out == len(held)
-    rows = read_features(scan_dir)  # the scan read once; its trees are the default min_size 20, "chains"
     for k, j in pairs:
         test = table.pair(k, j)
-        assert _same(test.before, Outcome.of(evaluate_head(rows, scan_dir, rows=held), k, j))
+        assert _same(test.before, PairOutcome.of(evaluate(rows, rows.layer, rows=held), k, j))
         for trial in test.trials:
             for edit, outcome in (("equalise", trial.equalise), ("partial", trial.partial)):
-                edited = pair_edit(scan_dir, rows, k, j, trial.m, trial.select, edit, rows=select, seed=1)
+                edited = pair_edit(rows, k, j, trial.m, rule=trial.rule, edit=edit, rows=select, seed=1)
                 assert np.array_equal(edited.neurons, trial.neurons)
                 assert edited.strength == (1.0 if edit == "equalise" else trial.strength)
-                assert _same(outcome, Outcome.of(evaluate_head(rows, edited, rows=held), k, j))
+                assert _same(outcome, PairOutcome.of(evaluate(rows, edited, rows=held), k, j))
     exact = causal_test(scan_dir, pairs=pairs, ms=(1, 4, 16), seed=1, exact=True)
     for fast, slow in zip(table.pairs, exact.pairs, strict=True):
         for a, b in zip(fast.trials, slow.trials, strict=True):
             assert _same(a.equalise, b.equalise) and _same(a.partial, b.partial)
 
 
-def _same(a: Outcome, b: Outcome) -> bool:
+def _same(a: PairOutcome, b: PairOutcome) -> bool:
     counts = (a.errors_kj, a.errors_jk) == (b.errors_kj, b.errors_jk)
     rates = ("soft_kj", "soft_jk", "accuracy_k", "accuracy_j", "accuracy_other", "accuracy")
     return counts and all(getattr(a, r) == pytest.approx(getattr(b, r), abs=1e-6) for r in rates)
@@ -171,7 +167,7 @@ def test_the_table_defaults_to_the_top_pairs_and_reads_as_json_and_text(scan_dir
     table = causal_test(scan_dir, ms=(2, 8), top=3)
     assert len(table.pairs) == 3
     data = json.loads(json.dumps(table.to_dict(), allow_nan=False))
-    assert data["pairs"][0]["trials"][0]["select"] == "tree" and set(data["summary"]) == {
+    assert data["pairs"][0]["trials"][0]["rule"] == "tree" and set(data["summary"]) == {
         "tree", "contrast", "weight", "random"
     }  # fmt: skip
     assert data["pairs"][0]["sentence"].startswith("class ")
@@ -182,14 +178,14 @@ def test_the_table_defaults_to_the_top_pairs_and_reads_as_json_and_text(scan_dir
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda s: pair_edit(s, s, 0, 6), "rival class 6 is out of range"),
-        (lambda s: pair_edit(s, s, 2, 2), "the same class"),
-        (lambda s: pair_edit(s, s, 0, 1, neurons=0), "must be an integer >= 1"),
-        (lambda s: pair_edit(s, s, 0, 1, select="best"), "unknown selection rule 'best'"),
-        (lambda s: pair_edit(s, s, 0, 1, edit="zero"), "unknown edit 'zero'"),
+        (lambda s: pair_edit(s, 0, 6), "rival class 6 is out of range"),
+        (lambda s: pair_edit(s, 2, 2), "the same class"),
+        (lambda s: pair_edit(s, 0, 1, m=0), "must be an integer >= 1"),
+        (lambda s: pair_edit(s, 0, 1, rule="best"), "unknown selection rule 'best'"),
+        (lambda s: pair_edit(s, 0, 1, edit="zero"), "unknown edit 'zero'"),
         (lambda s: causal_test(s, ms=(4, 0)), "must be an integer >= 1"),
         (lambda s: causal_test(s, pairs=[(0, 1)], objective="f1"), "unknown objective 'f1'"),
-        (lambda s: split_rows(s, fraction=1.0), "between 0 and 1"),
+        (lambda s: read_scan(s).read_features().split(fraction=1.0), "between 0 and 1"),
     ],
 )
 def test_bad_input_is_one_clear_line(scan_dir: Path, call, message: str) -> None:

@@ -15,9 +15,10 @@ from torch import nn
 import fclens
 from fclens.cli import main
 from fclens.errors import FclensError
-from fclens.images import Preprocessing
-from fclens.pruning import METHODS, evaluate, prune, pruning_ranks
+from fclens.preprocessing import Preprocessing
+from fclens.pruning import METHODS, curve, prune, pruning_ranks
 from fclens.scanning import LocalEngine
+from fclens.scanning.features import Features
 from fclens.tree import split_tree
 
 PER_CLASS = [m for m in METHODS if m not in ("magnitude", "random")]
@@ -159,6 +160,11 @@ def test_unknown_method_lists_the_choices():
         prune(laplace_layer(), 0.5, method="biggest")
 
 
+def curve_of(z: np.ndarray, w: np.ndarray, b: np.ndarray | None, labels=None, **options) -> fclens.PruneCurve:
+    """The curve of the layer (w, b) on features z held in memory."""
+    return curve(Features.of(z, labels, layer=(w, b)), **options)
+
+
 @pytest.mark.parametrize("bias_correction", [False, True])
 def test_the_curve_equals_a_direct_evaluation_of_each_pruned_layer(bias_correction: bool):
     rng = np.random.default_rng(1)
@@ -169,7 +175,7 @@ def test_the_curve_equals_a_direct_evaluation_of_each_pruned_layer(bias_correcti
     y[::3] = rng.integers(0, 8, size=y[::3].shape)  # some labels the layer gets wrong
     labels = y.astype(np.float64)
     labels[::7] = np.nan  # and some images without a label
-    curve = evaluate(
+    curve = curve_of(
         z,
         w,
         b,
@@ -201,26 +207,26 @@ def test_both_corrections_in_one_pass_and_the_correction_helps_uncentred_inputs(
     rng = np.random.default_rng(2)
     w = laplace_layer(classes=10, inputs=128)
     z = (rng.exponential(1.0, size=(800, 128)) + 1.0).astype(np.float32)  # every input well above 0
-    curve = evaluate(z, w, None, methods=["random"], sparsities=[0.8], bias_correction="both")
+    curve = curve_of(z, w, None, methods=["random"], sparsities=[0.8], bias_correction="both")
     plain, corrected = curve.point("random", 0.8), curve.point("random", 0.8, bias_correction=True)
     assert (plain.bias_correction, corrected.bias_correction) == (False, True)
     assert corrected.kl < plain.kl and curve.n_labelled == 0 and plain.accuracy is None
 
 
-def test_evaluate_refuses_bad_input():
+def test_the_curve_refuses_bad_input():
     w, z = laplace_layer(), np.ones((5, 200), np.float32)
     with pytest.raises(FclensError, match="choose from"):
-        evaluate(z, w, None, methods=["tree", "smallest"])
+        curve_of(z, w, None, methods=["tree", "smallest"])
     with pytest.raises(FclensError, match=r"\[0, 1\)"):
-        evaluate(z, w, None, sparsities=[0.5, 1.0])
+        curve_of(z, w, None, sparsities=[0.5, 1.0])
     with pytest.raises(FclensError, match="200 inputs"):
-        evaluate(np.ones((5, 20), np.float32), w, None)
+        curve_of(np.ones((5, 20), np.float32), w, None)
 
 
 def test_the_curve_as_csv_json_and_text():
     w = laplace_layer()
     z = np.abs(np.random.default_rng(0).normal(size=(50, 200))).astype(np.float32)
-    curve = evaluate(z, w, None, methods=["magnitude", "tree"], sparsities=[0.5])
+    curve = curve_of(z, w, None, methods=["magnitude", "tree"], sparsities=[0.5])
     lines = curve.to_csv().splitlines()
     assert lines[0] == "method,sparsity,zeroed,bias_correction,accuracy,agreement,kl"
     assert lines[1].startswith("magnitude,0.5,0.5,False,,") and len(lines) == 3
@@ -305,7 +311,7 @@ def test_a_scans_curve_equals_a_direct_evaluation_of_its_features(scanned: fclen
     from fclens.pruning import prune_curve
 
     curve = prune_curve(scanned, methods=METHODS, sparsities=[0.0, 0.5, 0.9], bias_correction="both")
-    z = scanned.features()
+    z = scanned.read_features().z.numpy()
     y = np.asarray(scanned.ok().column("label").to_pylist())
     stored_pred = np.asarray(scanned.ok().column("pred").to_pylist())
     assert curve.n_images == curve.n_labelled == 300
@@ -401,7 +407,7 @@ def test_a_written_pruned_model_predicts_what_the_curve_said(
 ):
     from PIL import ImageOps
 
-    from fclens.images import to_batch
+    from fclens.preprocessing import to_batch
 
     photos = [Image.open(fclens.sample_image(name)).convert("RGB") for name in ("chelsea", "coffee")]
     photos += [ImageOps.mirror(p) for p in photos] + [
@@ -424,7 +430,9 @@ def test_a_written_pruned_model_predicts_what_the_curve_said(
     batch, _ = to_batch(photos, reloaded.preprocessing)
     with torch.no_grad():
         pruned_top = reloaded(batch).argmax(dim=1).numpy()
-    _, expected_top, _ = direct(scanned.features(), scanned.weight, scanned.bias, mask, shift=True)
+    _, expected_top, _ = direct(
+        scanned.read_features().z.numpy(), scanned.weight, scanned.bias, mask, shift=True
+    )
     np.testing.assert_array_equal(pruned_top, expected_top)
     stored_pred = np.asarray(scanned.ok().column("pred").to_pylist())
     assert (pruned_top == stored_pred).mean() == pytest.approx(point["agreement"])
@@ -450,7 +458,7 @@ def test_the_figure_draws_one_line_per_method_and_correction_and_the_page_embeds
     rng = np.random.default_rng(3)
     w = laplace_layer(classes=6, inputs=40)
     z = np.abs(rng.normal(size=(60, 40))).astype(np.float32)
-    unlabelled = evaluate(
+    unlabelled = curve_of(
         z, w, None, methods=["tree", "random"], sparsities=[0.5, 0.9], bias_correction="both"
     )
     figure = prune_figure(unlabelled)
@@ -463,7 +471,7 @@ def test_the_figure_draws_one_line_per_method_and_correction_and_the_page_embeds
     # Ticked at the sparsities asked for and nowhere else; narrow enough for a 1280 px window.
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["0.5", "0.9"]
     assert figure.get_figwidth() * figure.dpi <= 1200
-    labelled = evaluate(z, w, None, labels=rng.integers(0, 6, 60), methods=["tree"], sparsities=[0.5, 0.95])
+    labelled = curve_of(z, w, None, labels=rng.integers(0, 6, 60), methods=["tree"], sparsities=[0.5, 0.95])
     three = prune_figure(labelled)
     assert len(three.axes) == 3 and three.get_figwidth() * three.dpi <= 1200
     legend = three.axes[1].get_legend()  # the dotted line of the unpruned layer says what it is

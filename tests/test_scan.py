@@ -80,13 +80,12 @@ def test_rival_is_the_most_probable_other_class(scanned: fclens.Scan) -> None:
 
 def test_contributions_and_contrast_add_up_to_the_logits(scanned: fclens.Scan) -> None:
     bias = scanned.bias
-    for i, row in enumerate(scanned.table.to_pylist()):
-        if row["status"] != "ok":
-            continue
+    maps = scanned.maps(scanned.rows(["index"], ok_only=True).column("index").to_pylist())
+    for row in scanned.ok().to_pylist():
         share = dict(zip(row["node_path"], row["node_contribution"], strict=True))
         assert share["+"] + share["-"] + bias[row["target"]] == pytest.approx(row["logit_target"], abs=1e-3)
         assert share[""] == pytest.approx(share["+"] + share["-"], abs=1e-3)
-        contrast = scanned.contrast_map(i).mean() + bias[row["rival"]] - bias[row["target"]]
+        contrast = maps[row["index"]].contrast_map.mean() + bias[row["rival"]] - bias[row["target"]]
         assert contrast == pytest.approx(row["logit_rival"] - row["logit_target"], abs=0.02)
 
 
@@ -94,12 +93,12 @@ def test_rows_match_explain_on_the_same_images(scanned: fclens.Scan, classifier:
     ok = scanned.ok().to_pylist()
     targets = [row["target"] for row in ok]
     explanations = fclens.explain(classifier, [row["path"] for row in ok], target=targets, scores="all")
-    positions = [i for i, row in enumerate(scanned.table.to_pylist()) if row["status"] == "ok"]
-    for row, position, exp in zip(ok, positions, explanations, strict=True):
+    maps = scanned.maps([row["index"] for row in ok])
+    for row, exp in zip(ok, explanations, strict=True):
         assert row["node_path"] == [node.path for node in exp.nodes]
         assert row["node_size"] == [node.size for node in exp.nodes]
         expected = torch.stack([node.maps["activation"] for node in exp.nodes]).numpy()
-        np.testing.assert_allclose(scanned.node_maps(position), expected, rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(maps[row["index"]].node_map, expected, rtol=2e-3, atol=2e-3)
         scored = {path: score for path, score in zip(row["node_path"], row["node_score"], strict=True)}
         for node in exp.nodes:
             if exp.tree.node(node.path).is_leaf or not node.path:
@@ -110,7 +109,7 @@ def test_rows_match_explain_on_the_same_images(scanned: fclens.Scan, classifier:
 
 
 def test_features_are_the_final_layers_input(scanned: fclens.Scan) -> None:
-    features = scanned.features()
+    features = scanned.read_features().z.numpy()
     assert features.shape == (8, 1280)
     logits = features @ scanned.weight.T + scanned.bias
     assert (logits.argmax(axis=1) == scanned.ok().column("pred").to_numpy()).all()
@@ -229,7 +228,7 @@ def test_a_non_affine_head_is_scanned_with_gradient_maps(tmp_path: Path) -> None
     assert share["+"] + share["-"] + result.bias[row["target"]] == pytest.approx(
         row["logit_target"], abs=1e-3
     )
-    assert np.abs(result.node_maps(0)).sum() > 0
+    assert np.abs(result.maps([row["index"]])[row["index"]].node_map).sum() > 0
 
 
 def test_cli_scan_reports_skipped_images_and_exit_3(

@@ -24,23 +24,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
+from fclens import deprecation
 from fclens.errors import FclensError
+from fclens.scanning.reader import Scan, as_scan
 
 if TYPE_CHECKING:
+    from fclens.edits.causal import CausalTable, SavedEdit
     from fclens.scanning.manifest import Manifest
-    from fclens.scanning.reader import Scan
 
-__all__ = ["Atlas", "AtlasImage", "ClassAtlas", "NodeMean", "Pair", "Rival", "atlas", "read_maps"]
+__all__ = ["TOP_K", "Atlas", "AtlasImage", "ClassAtlas", "NodeMean", "Pair", "Rival", "atlas"]
 
+TOP_K = 8
+"""Images per list and class, unless asked otherwise."""
 MAX_RIVALS = 10
 """Rivals kept per class, most confusing first."""
 MAX_PAIRS = 100
@@ -145,15 +148,18 @@ class Pair:
 
 @dataclass
 class Atlas:
-    """The atlas of the scan in ``directory``: one :class:`ClassAtlas` per class present, by class index.
+    """The atlas of a scan: one :class:`ClassAtlas` per class present, by class index.
 
-    ``pairs`` are the confusion pairs over the data set, each direction on its own, most confusing first.
+    ``pairs`` are the confusion pairs over the data set, each direction on its own, most confusing first;
+    ``causal``, when asked for, whether the neurons named for the top pairs cause them.
     """
 
     scan: Scan
     classes: list[ClassAtlas]
     pairs: list[Pair]
     top_k: int
+    causal: CausalTable | None = None
+    """The causal test of the top pairs (``atlas(scan, causal=True)``), None when not asked for."""
 
     @property
     def directory(self) -> Path:
@@ -176,10 +182,14 @@ class Atlas:
         known = [c for c in self.classes if c.accuracy is not None]
         return sorted(known, key=lambda c: (c.accuracy, c.n))[:count]
 
-    def to_dict(self) -> dict[str, Any]:
-        """What ``fclens atlas --json`` prints; floats are plain, absent accuracies null."""
+    def to_dict(self, written: SavedEdit | None = None) -> dict[str, Any]:
+        """What ``fclens atlas --json`` prints and ``atlas.json`` holds; floats are plain, absent
+        accuracies null. With the causal test: each pair's test as ``pairs[].causal`` (null for a pair not
+        tested) and, under ``causal``, how the test was made, its summary over the pairs and ``written``,
+        the pair edit saved as a model (:func:`fclens.edits.causal.save_pair_edit`; null without one)."""
         names = self.class_names
-        return {
+        tested = {} if self.causal is None else {(t.target, t.rival): t for t in self.causal.pairs}
+        data: dict[str, Any] = {
             "scan": str(self.directory),
             "model": self.manifest.model.get("name"),
             "top_k": self.top_k,
@@ -192,6 +202,7 @@ class Atlas:
                     "b_name": names[p.b],
                     "soft_confusion": p.soft_confusion,
                     "errors": p.errors,
+                    **({} if self.causal is None else {"causal": _tested(tested, p)}),
                 }
                 for p in self.pairs
             ],
@@ -200,16 +211,32 @@ class Atlas:
                 for c in self.lowest_accuracy()
             ],
         }
+        if self.causal is not None:
+            made = {key: value for key, value in self.causal.to_dict().items() if key != "pairs"}
+            data["causal"] = {**made, "written": None if written is None else written.to_dict()}
+        return data
 
 
-def atlas(scan: Scan | str | os.PathLike[str], top_k: int = 8) -> Atlas:
-    """The atlas of a scan (a :class:`fclens.scanning.Scan` or its directory), ``top_k`` images per list.
+def _tested(tested: dict[tuple[int, int], Any], pair: Pair) -> dict[str, Any] | None:
+    test = tested.get((pair.a, pair.b))
+    return None if test is None else test.to_dict()
 
-    A scan that did not finish gives the atlas of the rows it holds, with an ``IncompleteScanWarning``.
+
+def atlas(
+    scan: Scan | str | os.PathLike[str], top_k: int = TOP_K, *, causal: bool = False, seed: int = 0
+) -> Atlas:
+    """The atlas of a scan (a :class:`fclens.Scan` or its directory), ``top_k`` images per list.
+
+    ``causal=True`` also tests whether the neurons named for the top pairs cause them
+    (:func:`fclens.causal_test` on the top 20 pairs whose target class has labelled images, the rows
+    split by ``seed``): it needs a labelled scan with features. A scan that did not finish gives the
+    atlas of the rows it holds, with an ``IncompleteScanWarning``.
     """
-    if top_k < 1:
-        raise FclensError(f"top_k must be at least 1, got {top_k}")
-    scan = _opened(scan)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise FclensError(f"top_k must be a whole number of at least 1, got {top_k!r}")
+    scan = as_scan(scan)
+    if causal:
+        scan.require_features()
     if not scan.dataset.files:
         raise FclensError(f"{scan.directory} holds no rows yet; rerun the scan that writes it to finish it")
     scan.warn_if_incomplete()
@@ -238,40 +265,38 @@ def atlas(scan: Scan | str | os.PathLike[str], top_k: int = 8) -> Atlas:
         )
         for k, row in sorted(summary.classes.items())
     ]
-    return Atlas(scan, classes, summary.pairs, top_k)
+    found = Atlas(scan, classes, summary.pairs, top_k)
+    return found if not causal else replace(found, causal=_causal_test(found, seed))
+
+
+def _causal_test(found: Atlas, seed: int) -> CausalTable:
+    """The causal test of the atlas's top pairs whose target class has labelled images."""
+    from fclens.edits.causal import TOP_PAIRS, causal_test
+
+    if not found.labelled:
+        raise FclensError(
+            f"the causal test judges each edit against the images' labels and {found.directory} has none; "
+            "scan a folder of class-name subfolders or a list with a label column"
+        )
+    labelled = {c.index for c in found.classes if c.accuracy is not None}
+    pairs = [(p.a, p.b) for p in found.pairs[:TOP_PAIRS] if p.a in labelled]
+    return causal_test(found.scan.read_features(), pairs, seed=seed)
 
 
 def read_maps(scan: Scan | str | os.PathLike[str], indices: set[int]) -> dict[int, dict[str, Any]]:
-    """``node_path``, ``node_map`` (n, h·w) and ``contrast_map`` (h·w) float32 of the rows with these indices.
-
-    One filtered read: only those rows' maps, what the pages draw, never the whole table.
-    """
-    wanted = ds.field("index").isin(pa.array(sorted(indices), pa.int64()))
-    found: dict[int, dict[str, Any]] = {}
-    columns = ["index", "node_path", "node_map", "contrast_map"]
-    for table in _opened(scan).batches(columns, ok_only=True, filter=wanted):
-        counts = pc.list_value_length(table.column("node_path")).to_numpy()
-        maps = _floats(pc.list_flatten(pc.list_flatten(table.column("node_map"))))
-        maps = np.split(maps.reshape(counts.sum(), -1), np.cumsum(counts)[:-1])
-        contrast = _floats(pc.list_flatten(table.column("contrast_map"))).reshape(table.num_rows, -1)
-        for i, (index, paths) in enumerate(
-            zip(table.column("index").to_pylist(), table.column("node_path").to_pylist(), strict=True)
-        ):
-            found[index] = {"node_path": paths, "node_map": maps[i], "contrast_map": contrast[i]}
-    return found
-
-
-def _floats(values: Any) -> np.ndarray:
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
+    """Deprecated: :meth:`fclens.Scan.maps` (maps shaped (n, h, w) and (h, w))."""
+    deprecation.warn("fclens.atlasing.read_maps(scan, indices)", "scan.maps(indices)")
+    return {
+        index: {
+            "node_path": maps.node_path,
+            "node_map": maps.node_map.reshape(len(maps.node_map), -1),
+            "contrast_map": maps.contrast_map.reshape(-1),
+        }
+        for index, maps in as_scan(scan).maps(indices).items()
+    }
 
 
 # --- the passes ----------------------------------------------------------------------------------------
-
-
-def _opened(scan: Scan | str | os.PathLike[str]) -> Scan:
-    from fclens.scanning.reader import Scan, read_scan
-
-    return scan if isinstance(scan, Scan) else read_scan(scan)
 
 
 def _flat(table: pa.Table, lists: list[str], keep: list[str]) -> pa.Table:

@@ -620,8 +620,9 @@ def _weights_file(source: str, weights_dir: Path | None) -> Path | None:
 
 # --------------------------------------------------------------------------------------------- explain
 def _run_explain(args: argparse.Namespace) -> int:
-    from fclens.images import iter_image_paths, sample_image
+    from fclens.images import iter_image_paths
     from fclens.report.folders import explain_to_folder
+    from fclens.samples import sample_image
 
     options = EXPLAIN_DEFAULTS.but(
         maps=tuple(kind.strip() for kind in args.maps.split(",") if kind.strip()),
@@ -756,11 +757,14 @@ def _one_line_warnings() -> Iterator[None]:
 def _run_atlas(args: argparse.Namespace) -> int:
     from fclens import report
     from fclens.atlasing import atlas
-    from fclens.report.atlas import PAGES, atlas_with_causal
+    from fclens.edits.causal import save_pair_edit
+    from fclens.edits.write import model_source
+    from fclens.report.atlas import PAGES
     from fclens.scanning import read_scan
 
     wanted = _parse_pair_write(args.write) if args.write else None
     causal = args.causal or wanted is not None or args.causal_seed is not None
+    seed = args.causal_seed or 0
     with _one_line_warnings():
         scan = read_scan(args.scan_dir)
     if causal and not scan.has_features:
@@ -769,25 +773,23 @@ def _run_atlas(args: argparse.Namespace) -> int:
             "rescan it with fclens scan --features"
         )
     if wanted is not None:
-        from fclens.edits.layer import model_source
-
-        wanted = (_scan_class(scan, wanted[0]), _scan_class(scan, wanted[1]), wanted[2])
+        wanted = (scan.class_index(wanted[0]), scan.class_index(wanted[1]), wanted[2])
         if wanted[0] == wanted[1]:
             raise FclensError(f"--write needs two classes; {args.write!r} names class {wanted[0]} twice")
         model_source(scan)  # a scan of a module cannot be written: say so before any work
     with _one_line_warnings():
-        found = atlas(scan, top_k=args.top_k)
-    data = found.to_dict()
-    table = model = None
-    if causal:
-        table, model = _causal(found, args.causal_seed or 0, wanted, args.out)
-        data = atlas_with_causal(data, table, model)
+        found = atlas(scan, top_k=args.top_k, causal=causal, seed=seed)
+    saved = None
+    if wanted is not None:
+        k, j, m = wanted
+        saved = save_pair_edit(scan, k, j, m, args.out / f"pair-{k}-{j}-{m}.safetensors", seed=seed)
+    data = found.to_dict(written=saved)
     written = [atomic_write_text(args.out / "atlas.json", json.dumps(data, indent=1, allow_nan=False) + "\n")]
     if args.html:
         from fclens.report.atlas import write_atlas_pages
 
-        written += write_atlas_pages(found, args.out, causal=table)
-    written += [Path(model["path"])] if model is not None else []
+        written += write_atlas_pages(found, args.out, causal=found.causal)
+    written += [saved.path] if saved is not None else []
     removed = report.remove_stale(args.out, written, PAGES)
     if args.json:
         _print_json(data)
@@ -796,62 +798,17 @@ def _run_atlas(args: argparse.Namespace) -> int:
             rival = f"{c.rivals[0].name} ({c.rivals[0].soft_confusion:.3f})" if c.rivals else "none"
             accuracy = "n/a" if c.accuracy is None else f"{c.accuracy:.3f}"
             print(f"{c.name}: {c.n} images, accuracy {accuracy}, top rival {rival}")
-        if table is not None:  # the text's first two paragraphs: how the test was made, and its summary
-            print("\n" + "\n\n".join(table.to_text().split("\n\n")[:2]).rstrip("\n"))
+        if (
+            found.causal is not None
+        ):  # the text's first two paragraphs: how the test was made, and its summary
+            print("\n" + "\n\n".join(found.causal.to_text().split("\n\n")[:2]).rstrip("\n"))
             print("each pair's sentence and table: pairs[].causal in atlas.json, the class pages (--html)\n")
-        if model is not None:
-            print(f"wrote {model['path']}: {model['sentence']}")
+        if saved is not None:
+            print(f"wrote {saved.path}: {saved.test.sentence(saved.layer.m)}")
         pages = f", pages: {args.out / 'index.html'}" if args.html else ""
         print(f"{len(found.classes)} classes, {len(found.pairs)} pairs; atlas: {written[0]}{pages}")
         _print_removed(removed)
     return 0
-
-
-def _causal(
-    found: Any, seed: int, wanted: tuple[int, int, int] | None, out: Path
-) -> tuple[Any, dict[str, Any] | None]:
-    """The causal test of the atlas's top pairs, the features read once; with ``wanted`` (K, J, M) the
-    edited model written too, and described by its own held-out test at m = M."""
-    from functools import partial
-
-    from fclens.edits.evaluate import read_features
-    from fclens.edits.layer import write_model
-    from fclens.edits.pair import TOP_PAIRS, causal_test, pair_edit
-
-    if not found.labelled:
-        raise FclensError(
-            f"--causal judges each edit against the images' labels and {found.directory} has none; scan a "
-            "folder of class-name subfolders or a list with a label column"
-        )
-    labelled = {c.index for c in found.classes if c.accuracy is not None}
-    scan = found.scan
-    options = scan.manifest.options
-    shape = {"min_size": options.min_size, "mode": options.mode}  # the scan's trees, as the atlas draws
-    features = read_features(scan)
-    test = partial(causal_test, features, seed=seed, head=scan, class_names=scan.class_names, **shape)
-    table = test([(p.a, p.b) for p in found.pairs[:TOP_PAIRS] if p.a in labelled])
-    if wanted is None:
-        return table, None
-    k, j, m = wanted
-    own = test([(k, j)], ms=(m,)).pair(k, j)
-    layer = pair_edit(scan, features, k, j, neurons=m, split=True, seed=seed, **shape)
-    tags = {
-        "fclens_pair": f"{k}->{j}",
-        "fclens_neurons": ",".join(str(c) for c in layer.neurons),
-        "fclens_split_seed": str(seed),
-    }
-    path = write_model(scan, layer, out / f"pair-{k}-{j}-{m}.safetensors", metadata=tags)
-    model = {
-        "path": str(path),
-        "target": k,
-        "rival": j,
-        "m": m,
-        "neurons": [int(c) for c in layer.neurons],
-        "method": layer.method,
-        "seed": seed,
-        "sentence": own.sentence(m),
-    }
-    return table, model
 
 
 def _parse_pair_write(spec: str) -> tuple[str, str, int]:
@@ -871,26 +828,10 @@ def _parse_pair_write(spec: str) -> tuple[str, str, int]:
     return classes[0], classes[1], m
 
 
-def _scan_class(scan: Any, text: str) -> int:
-    """A class of the scan by index or name (exact, else ignoring case) → its index."""
-    names = list(scan.class_names)
-    if text.lstrip("-").isdigit():
-        k = int(text)
-        if not 0 <= k < len(names):
-            raise FclensError(f"class index {k} is out of range: the scan has classes 0 … {len(names) - 1}")
-        return k
-    if text in names:
-        return names.index(text)
-    lowered = [name.lower() for name in names]
-    if lowered.count(text.lower()) == 1:
-        return lowered.index(text.lower())
-    raise FclensError(f"{text!r} names no single class of the scan; give the class's index or exact name")
-
-
 # ----------------------------------------------------------------------------------------------- prune
 def _run_prune(args: argparse.Namespace) -> int:
     from fclens import report
-    from fclens.edits.layer import model_source
+    from fclens.edits.write import model_source
     from fclens.pruning import parse_write, prune_curve, write_pruned
     from fclens.report.prune import OUTPUTS, prune_figure, prune_page
     from fclens.scanning import read_scan
@@ -947,8 +888,8 @@ def _print_removed(removed: list[Path]) -> None:
 # ------------------------------------------------------------------------------------------- rebalance
 def _run_rebalance(args: argparse.Namespace) -> int:
     from fclens import report
-    from fclens.edits.layer import model_source, write_model
     from fclens.edits.rebalance import rebalance
+    from fclens.edits.write import model_source, write_model
     from fclens.report.rebalance import rebalance_figure
     from fclens.scanning import read_scan
 
@@ -994,7 +935,7 @@ def _number(text: str, flag: str) -> float:
 
 # --------------------------------------------------------------------------------------------- samples
 def _run_samples(args: argparse.Namespace) -> int:
-    from fclens.images import SAMPLE_CLASSES, sample_folder
+    from fclens.samples import SAMPLE_CLASSES, sample_folder
 
     out = sample_folder(args.out, args.count, seed=args.seed)
     classes = sorted({path.parent.name for path in out.rglob("*.jpg")})

@@ -34,10 +34,11 @@ from torch import nn
 from fclens.batch import BatchResult, BatchRunner
 from fclens.errors import FclensError
 from fclens.head import find_head
-from fclens.images import ImageInput, iter_image_paths, to_batch
+from fclens.images import ImageInput, iter_image_paths
 from fclens.maps import MAP_KINDS, branch_sign, oriented
 from fclens.models import Classifier, load_model
 from fclens.options import EXPLAIN_DEFAULTS, RUNNER_UP, Options
+from fclens.preprocessing import to_batch
 from fclens.scores import upsample_normalised
 from fclens.tree import Node, SplitTree, pair_indices
 

@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fclens.classes import ClassNames
 from fclens.errors import FclensError
 from fclens.head import Head, find_head, input_channels
-from fclens.images import Preprocessing
+from fclens.preprocessing import Preprocessing
 
 EMBEDDED = {f"efficientnet_lite{n}": n for n in (0, 1, 2)}
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -75,27 +76,13 @@ class Classifier:
         return len(self.class_names)
 
     def class_index(self, target: int | str) -> int:
-        """A class given as an index, a numeric string or a name (case-insensitive) → its index."""
-        if isinstance(target, str) and target.strip().lstrip("-").isdigit():
-            target = int(target)
-        if isinstance(target, int):
-            if not 0 <= target < self.num_classes:
-                raise FclensError(
-                    f"class index {target} is out of range: {self.name} has {self.num_classes} classes"
-                )
-            return target
-        lowered = [name.lower() for name in self.class_names]
-        wanted = target.strip().lower()
-        if wanted in lowered:
-            return lowered.index(wanted)
-        close = difflib.get_close_matches(wanted, lowered, n=5, cutoff=0.5)
-        close += [name for name in lowered if wanted in name and name not in close][: 5 - len(close)]
-        hint = (
-            f"; did you mean {', '.join(repr(self.class_names[lowered.index(c)]) for c in close)}?"
-            if close
-            else ""
-        )
-        raise FclensError(f"unknown class {target!r}{hint}")
+        """A class given as an index, a numeric string or a name → its index (:mod:`fclens.classes`'s rule:
+        ``"Egyptian_cat"``, ``"egyptian cat"`` and ``285`` are one class)."""
+        return self._classes.index(target)
+
+    @cached_property
+    def _classes(self) -> ClassNames:
+        return ClassNames(self.class_names, owner=self.name)
 
     def to(self, device: str | torch.device) -> Classifier:
         """Move the module and every tensor cached from it (the head's weight and bias) to ``device``.
@@ -208,7 +195,7 @@ def _timm_preprocessing(module: nn.Module) -> Preprocessing:
     """A timm model's data config as timm itself resolves it (``timm.data.resolve_data_config``).
 
     Only the configuration comes from timm; the transform it describes is fclens's
-    :class:`~fclens.images.Preprocessing` (its docstring says why), equal to timm's
+    :class:`~fclens.preprocessing.Preprocessing` (its docstring says why), equal to timm's
     ``create_transform`` value for value.
     """
     from timm.data import resolve_data_config

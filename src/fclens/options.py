@@ -18,6 +18,7 @@ __all__ = [
     "EXPLAIN_DEFAULTS",
     "LABEL_MODES",
     "MAP_KIND_NAMES",
+    "MIN_SIZE",
     "PRUNE_DEFAULT_METHODS",
     "PRUNE_METHODS",
     "PRUNE_SPARSITIES",
@@ -34,6 +35,8 @@ __all__ = [
 TreeMode = Literal["chains", "full"]
 TREE_MODES: tuple[str, ...] = get_args(TreeMode)
 """chains: the author's + and − chains; full: the full binary tree (:func:`fclens.split_tree`)."""
+MIN_SIZE = 20
+"""The author's: a node with fewer weights is not split (:func:`fclens.split_tree`)."""
 
 ScoredNodes = Literal["all", "terminal", "none"]
 SCORED_NODES: tuple[str, ...] = get_args(ScoredNodes)
@@ -68,8 +71,8 @@ class Options:
     """
 
     maps: tuple[str, ...] = ("activation",)
-    min_size: int = 20
-    mode: TreeMode = "chains"
+    min_size: int = MIN_SIZE
+    mode: TreeMode = TREE_MODES[0]
     scores: ScoredNodes = "all"
     curves: bool = False
     contrast: int | str | None = None

@@ -37,8 +37,8 @@ b'_k = b_k + Σ_{removed c} w_kc · E[z_c], a standard correction for a layer wh
 
 Example::
 
-    mask = fclens.prune(model.head.weight, 0.9, method="tree")      # bool, True = kept
-    curve = fclens.prune_curve("scan/", methods=["tree", "magnitude"], sparsities=[0.5, 0.9])
+    mask = fclens.prune(scan.layer, 0.9, method="tree")             # bool, True = kept
+    curve = fclens.prune_curve(scan, methods=["tree", "magnitude"], sparsities=[0.5, 0.9])
     print(curve.to_text()); curve.point("tree", 0.9).agreement
 """
 
@@ -56,21 +56,23 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from fclens import deprecation
 from fclens.ald import as_matrix, fit_ald
 from fclens.errors import FclensError
 from fclens.io import atomic_write_text
-from fclens.options import PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES
+from fclens.options import MIN_SIZE, PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES
 from fclens.tree import split_tree
 
 if TYPE_CHECKING:
-    from fclens.scanning import Scan
+    from fclens.scanning.features import Features
+    from fclens.scanning.reader import Scan
 
 __all__ = [
     "DEFAULT_SPARSITIES",
     "METHODS",
     "PruneCurve",
     "PrunePoint",
-    "evaluate",
+    "curve",
     "parse_write",
     "prune",
     "prune_curve",
@@ -176,16 +178,29 @@ class PruneCurve:
 # ---------------------------------------------------------------------------------------------------------
 # Masks
 # ---------------------------------------------------------------------------------------------------------
-def prune(weight: Any, sparsity: float, method: str = "magnitude", seed: int = 0, min_size: int = 20) -> Any:
-    """The mask of ``method`` at ``sparsity``: bool, the shape of ``weight``, True = kept.
+def prune(
+    layer: Any = None,
+    sparsity: float = 0.5,
+    method: str = "magnitude",
+    seed: int = 0,
+    min_size: int = MIN_SIZE,
+    **old: Any,
+) -> Any:
+    """The mask of ``method`` at ``sparsity``: bool, True = kept, the shape of the layer's weight.
 
-    ``weight``: C×D (or C×D×1×1) tensor or array. The mask is of the same kind, so that
-    ``weight * mask`` works as it stands: a torch tensor gives a bool tensor on the weight's device,
+    ``layer``: a :class:`~fclens.FinalLayer` (or a loaded model, a scan: anything ``FinalLayer.of``
+    reads), or a weight, C×D (or C×D×1×1) tensor or array. The mask is of the same kind, so that
+    ``weight * mask`` works as it stands: a tensor (or a layer) gives a bool tensor on its device,
     anything else a numpy array. ``sparsity`` in [0, 1): the fraction of weights to zero, round(s·D) of
     every row for the per-class methods, round(s·C·D) of the layer for the global ones (see the module
     docstring for each method). ``seed`` drives ``random``; ``min_size`` is the split trees' (``tree`` only).
     """
+    deprecation.keyword(old, "weight", "layer")
+    layer = old.pop("layer", layer)
+    if old:
+        raise FclensError(f"prune() got unknown keywords {', '.join(sorted(old))}")
     _check_sparsity(sparsity)
+    weight = _weight_of(layer)
     w = as_matrix(weight)
     mask = _mask(pruning_ranks(w, method, seed=seed, min_size=min_size), method, sparsity)
     mask = mask.reshape(tuple(weight.shape) if hasattr(weight, "shape") else np.shape(weight))
@@ -195,7 +210,19 @@ def prune(weight: Any, sparsity: float, method: str = "magnitude", seed: int = 0
     return mask
 
 
-def pruning_ranks(w: np.ndarray, method: str, seed: int = 0, min_size: int = 20) -> np.ndarray:
+def _weight_of(layer: Any) -> Any:
+    """The weight to prune: a tensor, an array or nested lists as given, else its final layer's weight."""
+    torch = sys.modules.get("torch")
+    if isinstance(layer, (np.ndarray, list)) or (torch is not None and isinstance(layer, torch.Tensor)):
+        return layer
+    if layer is None:
+        raise FclensError("prune needs a final layer: prune(layer, sparsity, method=…)")
+    from fclens.layer import FinalLayer
+
+    return FinalLayer.of(layer).weight
+
+
+def pruning_ranks(w: np.ndarray, method: str, seed: int = 0, min_size: int = MIN_SIZE) -> np.ndarray:
     """Each weight's place in ``method``'s pruning order (0 = removed first): int64, shape of ``w`` (C×D),
     counted over the whole layer for a global method and within each row otherwise."""
     if method not in METHODS:
@@ -304,7 +331,7 @@ def _deviation(w: np.ndarray) -> np.ndarray:
 # Evaluation
 # ---------------------------------------------------------------------------------------------------------
 def prune_curve(
-    scan: Scan | str | os.PathLike[str],
+    scan: Scan | Features | str | os.PathLike[str],
     methods: Sequence[str] = PRUNE_DEFAULT_METHODS,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     bias_correction: bool | Literal["both"] = False,
@@ -314,26 +341,22 @@ def prune_curve(
 ) -> PruneCurve:
     """Accuracy, agreement and KL of each method's pruned layer at each sparsity, on a scan's features.
 
-    ``scan``: a :class:`fclens.Scan` or its directory, made with ``features=True``.
+    ``scan``: a :class:`fclens.Scan` or its directory, made with ``features=True``, or its features read
+    into memory (``scan.read_features()``: then ``pred_agreement`` is not known).
     ``bias_correction``: False, True, or "both" (each point twice). ``min_size``: the split trees' (the
     scan's own by default). ``device``: where the products run (default cpu).
     """
-    from fclens.scanning import read_scan
+    from fclens.scanning.features import Features
+    from fclens.scanning.reader import as_scan
 
-    if isinstance(scan, (str, os.PathLike)):
-        scan = read_scan(scan)
-    scan.warn_if_incomplete()
-    features = scan.features()
-    ok = scan.rows(["index", "label", "pred"], ok_only=True)
-    labels = ok.column("label").to_numpy(zero_copy_only=False)
-    pred = ok.column("pred").to_numpy(zero_copy_only=False)
-    if min_size is None:
-        min_size = scan.manifest.options.min_size
-    return evaluate(
-        features,
-        scan.weight,
-        scan.bias,
-        labels=labels,
+    pred = None
+    if not isinstance(scan, Features):
+        scan = as_scan(scan)
+        scan.warn_if_incomplete()
+        pred = scan.rows(["index", "pred"], ok_only=True).column("pred").to_numpy(zero_copy_only=False)
+        scan = scan.read_features()
+    return curve(
+        scan,
         pred=pred,
         methods=methods,
         sparsities=sparsities,
@@ -344,26 +367,27 @@ def prune_curve(
     )
 
 
-def evaluate(
-    features: Any,
-    weight: Any,
-    bias: Any,
-    labels: Any = None,
+def curve(
+    features: Features,
+    *,
     pred: Any = None,
     methods: Sequence[str] = PRUNE_DEFAULT_METHODS,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     bias_correction: bool | Literal["both"] = False,
     seed: int = 0,
-    min_size: int = 20,
+    min_size: int | None = None,
     device: str | None = None,
 ) -> PruneCurve:
-    """:func:`prune_curve` on arrays: ``features`` (N, D), ``weight`` (C, D), ``bias`` (C,) or None,
-    ``labels`` (N,) with NaN/None/negative for unknown, ``pred`` (N,) the stored top-1 (optional).
+    """:func:`prune_curve` on features held in memory with their layer (``Features.layer``); ``pred``
+    (N,): the top-1 the scan stored, for ``pred_agreement`` (optional).
 
     Every pruned layer is held at once, (methods × sparsities) × C × D float32: 123 MB for 24 points of
-    a 1000×1280 layer; they are judged by the one evaluator of any final layer
-    (:func:`fclens.edits.evaluate.evaluate_heads`), against the unpruned layer as its reference."""
+    a 1000×1280 layer; they are judged by the one evaluator of any final layer (:func:`fclens.evaluate`),
+    against the unpruned layer as its reference."""
     import torch
+
+    from fclens.edits.evaluate import evaluate
+    from fclens.layer import FinalLayer
 
     methods = list(dict.fromkeys(methods))
     if not methods:
@@ -380,18 +404,13 @@ def evaluate(
         raise FclensError(f"bias_correction must be False, True or 'both', got {bias_correction!r}")
     corrections = [False, True] if bias_correction == "both" else [bool(bias_correction)]
 
-    from fclens.edits.evaluate import Features, evaluate_heads
-    from fclens.edits.layer import FinalLayer
-
-    w = as_matrix(weight).astype(np.float32)
-    z = np.ascontiguousarray(features, dtype=np.float32)
-    if z.ndim != 2 or z.shape[1] != w.shape[1]:
-        raise FclensError(f"features have shape {z.shape}; the layer takes {w.shape[1]} inputs per image")
-    if z.shape[0] == 0:
+    if features.layer is None:
+        raise FclensError("these features hold no final layer to prune: read them from a scan")
+    w, b = features.layer.weight.numpy(), features.layer.bias.numpy()
+    if len(features) == 0:
         raise FclensError("the scan has no evaluated images (no rows with status ok)")
-    b = np.zeros(w.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32).reshape(-1)
-    data = Features.of(z, labels)
-    mean = z.mean(axis=0, dtype=np.float64)
+    min_size = features.min_size if min_size is None else min_size
+    mean = features.z.numpy().mean(axis=0, dtype=np.float64)
 
     # One layer per (method, sparsity, correction); a bias-corrected twin shares its weight tensor and
     # sparsity 0 the unpruned one, so the evaluator computes one product for each.
@@ -407,9 +426,9 @@ def evaluate(
                 configs.append((method, s, corrected, 1.0 - float(mask.mean())))
                 layer_b = b + bias_shift(w, mask, mean) if corrected else b
                 layers.append(FinalLayer(pruned, torch.from_numpy(layer_b), method=method))
-    reference, *evaluations = evaluate_heads(data, [unpruned, *layers], reference=unpruned, device=device)
+    reference, *evaluations = evaluate(features, [unpruned, *layers], reference=unpruned, device=device)
 
-    n, n_labelled = len(data), reference.n_labelled
+    n, n_labelled = len(features), reference.n_labelled
     points = [
         PrunePoint(
             method=method,
@@ -460,9 +479,11 @@ def write_pruned(
     """
     import torch
 
-    from fclens.edits.layer import FinalLayer, model_source, open_scan, write_model
+    from fclens.edits.write import model_source, write_model
+    from fclens.layer import FinalLayer
+    from fclens.scanning.reader import as_scan
 
-    scan = open_scan(scan)
+    scan = as_scan(scan)
     _check_sparsity(sparsity)
     source = model_source(scan)
     if min_size is None:
@@ -471,7 +492,7 @@ def write_pruned(
     mask = _mask(pruning_ranks(w, method, seed=seed, min_size=min_size), method, sparsity)
     bias = scan.bias.astype(np.float64)
     if bias_correction:
-        bias = bias + bias_shift(w, mask, scan.features().astype(np.float64).mean(axis=0))
+        bias = bias + bias_shift(w, mask, scan.read_features().z.numpy().mean(axis=0, dtype=np.float64))
     layer = FinalLayer(
         torch.from_numpy(w * mask),
         torch.from_numpy(bias.astype(np.float32)),
@@ -502,3 +523,15 @@ def parse_write(spec: str) -> tuple[str, float]:
         raise FclensError(f"sparsity must be a number in [0, 1), got {value!r}") from None
     _check_sparsity(sparsity)
     return method, sparsity
+
+
+def evaluate(
+    features: Any, weight: Any, bias: Any, labels: Any = None, pred: Any = None, **options: Any
+) -> PruneCurve:
+    """Deprecated: :func:`curve` on ``Features.of(features, labels, layer=(weight, bias))``."""
+    from fclens.scanning.features import Features
+
+    deprecation.warn(
+        "fclens.pruning.evaluate(features, weight, bias, …)", "fclens.pruning.curve(Features, …)"
+    )
+    return curve(Features.of(features, labels, layer=(weight, bias)), pred=pred, **options)

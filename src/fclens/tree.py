@@ -27,10 +27,11 @@ import numpy as np
 
 from fclens.ald import as_numpy, regression_fit
 from fclens.errors import FclensError
+from fclens.options import MIN_SIZE, TREE_MODES
 
-__all__ = ["MODES", "Node", "SplitTree", "class_trees", "split_tree"]
+__all__ = ["Node", "SplitTree", "class_trees", "split_tree"]
 
-MODES = ("chains", "full")
+MODE = TREE_MODES[0]
 
 
 @dataclass(eq=False)
@@ -196,8 +197,8 @@ def pair_indices(target: SplitTree, rival: SplitTree) -> np.ndarray:
 
 def split_tree(
     weights_row: Any,
-    min_size: int = 20,
-    mode: str = "chains",
+    min_size: int = MIN_SIZE,
+    mode: str = MODE,
     class_index: int | None = None,
 ) -> SplitTree:
     """Split one class's weight row recursively at each node's mean (PAPER.md §3).
@@ -208,8 +209,8 @@ def split_tree(
     author's: + nodes only grow their + child, − nodes their − child) or "full" (both children
     everywhere). ``class_index`` only labels the result.
     """
-    if mode not in MODES:
-        raise FclensError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
+    if mode not in TREE_MODES:
+        raise FclensError(f"mode must be one of {', '.join(map(repr, TREE_MODES))}; got {mode!r}")
     if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 2:
         raise FclensError(f"min_size must be an integer >= 2, got {min_size!r}")
     row = as_numpy(weights_row).astype(np.float64)
@@ -252,7 +253,7 @@ def split_tree(
 
 
 def class_trees(
-    rows: np.ndarray, classes: Sequence[int], min_size: int = 20, mode: str = "chains"
+    rows: np.ndarray, classes: Sequence[int], min_size: int = MIN_SIZE, mode: str = MODE
 ) -> list[SplitTree]:
     """The split trees of several classes, from their weight rows (K, D) float32; shared, not to be modified.
 

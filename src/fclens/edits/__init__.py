@@ -1,15 +1,17 @@
 """Edits of the final layer and their one evaluator (DESIGN.md, "The head floor").
 
-Every edit — a re-fit on a scan's stored features, a post-hoc adjustment, a pruning mask — yields a
-:class:`FinalLayer` (weight, bias), and :func:`evaluate_head` judges any of them the same way, on the
-pooled features a scan stored: no backbone, one matrix product per batch of rows.
+Every edit — a re-fit on a scan's stored features, a post-hoc adjustment, a pruning mask, a pair edit —
+yields a :class:`fclens.FinalLayer` (weight, bias), and :func:`fclens.evaluate` judges any of them the
+same way, on the pooled features a scan stored: no backbone, one matrix product per batch of rows.
 
-- :mod:`.layer`: :class:`FinalLayer`, what it can be made from, and writing a model with a new one;
-- :mod:`.evaluate`: the features and labels of a scan, read in bounded batches or held in memory
-  (:class:`Features`), and :func:`evaluate_heads` / :func:`evaluate_head`, which pruning uses too;
-- :mod:`.prior`: the imbalanced-data application (PAPER.md §6): :class:`PriorLoss`, :func:`fit_head`,
-  :func:`adjust_head`; :mod:`.rebalance`: every method of it against plain CE, on a training and an
-  evaluation scan (``fclens rebalance``).
+- :mod:`.evaluate`: :func:`fclens.evaluate` (one layer or many, one read of the features), which pruning
+  uses too, and its count of one pair's figures for an edit of one row (:class:`.evaluate.PairCount`);
+- :mod:`.prior`: the imbalanced-data application (PAPER.md §6): :class:`PriorLoss`, :func:`fit_layer`,
+  :func:`adjust_layer`; :mod:`.rebalance`: every method of it against plain CE, on a training and an
+  evaluation scan (``fclens rebalance``);
+- :mod:`.pair`: the edit for one confusion pair on chosen neurons; :mod:`.causal`: the causal test of
+  the atlas's pairs, judged on held-out rows;
+- :mod:`.write`: the scanned model written with an edited final layer.
 
 The method names are kept here, with the standard library only, so that the command's help needs no torch.
 """
@@ -21,9 +23,9 @@ REFITS = {
     "logit-adjust-loss": "logit-adjust",
     "crt": "crt",
 }
-"""The re-fits of ``fclens rebalance``, each the :func:`~fclens.edits.prior.fit_head` loss it runs."""
+"""The re-fits of ``fclens rebalance``, each the :func:`~fclens.edits.prior.fit_layer` loss it runs."""
 POST_HOC = ("logit-adjust", "tau-norm")
-"""The post-hoc adjustments (:func:`~fclens.edits.prior.adjust_head`): no training."""
+"""The post-hoc adjustments (:func:`~fclens.edits.prior.adjust_layer`): no training."""
 REBALANCE_METHODS = (*REFITS, *POST_HOC)
 REBALANCE_DEFAULTS = ("ce", "pg-prior", "balanced-softmax", "logit-adjust", "tau-norm", "crt")
 """The default methods: ``logit-adjust-loss`` at τ = 1 is ``balanced-softmax``, so it is left out."""

@@ -39,7 +39,7 @@ self-normalisation are our choices.
   converged ``crt`` and a converged ``pg-prior`` at τ = 1 find the same layer; only the start differs
   (``crt`` starts from a seeded random layer, the others from the scanned one).
 - ``ce``: plain cross-entropy re-training, the control.
-- post-hoc, no training (:func:`adjust_head`): ``logit-adjust`` (Menon et al.): b − τ log π_train;
+- post-hoc, no training (:func:`adjust_layer`): ``logit-adjust`` (Menon et al.): b − τ log π_train;
   ``tau-norm`` (Kang et al.): each class's row scaled by 1 / ‖w_k‖^τ. Kang et al.'s classifier has no
   bias; here the bias is scaled with its row, which keeps their method for a bias of zero.
 """
@@ -50,29 +50,28 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fclens import deprecation
 from fclens.edits import POST_HOC
-from fclens.edits.evaluate import class_counts, feature_batches
-from fclens.edits.layer import FinalLayer, FitReport, as_final_layer, open_scan
 from fclens.errors import FclensError
+from fclens.layer import FinalLayer, FitReport
+from fclens.scanning.features import class_counts, feature_batches
+from fclens.scanning.reader import Scan, as_scan
 
-if TYPE_CHECKING:
-    from fclens.scanning.reader import Scan
-
-__all__ = ["ADJUSTMENTS", "LOSSES", "PRIOR_LOSSES", "PriorLoss", "adjust_head", "class_prior", "fit_head"]
+__all__ = ["ADJUSTMENTS", "LOSSES", "PRIOR_LOSSES", "PriorLoss", "adjust_layer", "class_prior", "fit_layer"]
 
 PRIOR_LOSSES = ("pg-prior", "logit-adjust", "balanced-softmax")
 """The methods of :class:`PriorLoss`."""
 LOSSES = ("ce", *PRIOR_LOSSES, "crt")
-"""The objectives of :func:`fit_head`."""
+"""The objectives of :func:`fit_layer`."""
 ADJUSTMENTS = POST_HOC
-"""The post-hoc methods of :func:`adjust_head`."""
+"""The post-hoc methods of :func:`adjust_layer`."""
 
 
 def class_prior(prior: Any, classes: int, scan: Scan | None = None) -> np.ndarray:
@@ -81,14 +80,12 @@ def class_prior(prior: Any, classes: int, scan: Scan | None = None) -> np.ndarra
 
     A class with no labelled row in a scan counts as one image, so that its log-prior stays finite (a
     class the data never showed is treated as the rarest there is, not as impossible)."""
-    from fclens.scanning.reader import Scan
-
     if isinstance(prior, str) and prior == "labels":
         if scan is None:
             raise FclensError("prior='labels' needs a scan; give the training scan or C numbers")
         prior = scan
     if isinstance(prior, (Scan, str, os.PathLike)):
-        counts = class_counts(prior).astype(np.float64)
+        counts = class_counts(as_scan(prior)).astype(np.float64)
         if counts.sum() == 0:
             raise FclensError("the scan has no labelled rows to take the prior from; give C numbers")
         values = np.maximum(counts, 1.0)
@@ -181,13 +178,13 @@ class _Rows:
         return ((z - self.mean, y) for z, y in self._read())
 
 
-def fit_head(
+def fit_layer(
     scan: Scan | str | os.PathLike[str],
-    loss: str = "ce",
+    method: str = "ce",
+    *,
     prior: Any = "labels",
     tau: float = 1.0,
     seed: int = 0,
-    *,
     target: Any = None,
     weight_decay: float = 5e-4,
     max_iter: int = 500,
@@ -195,7 +192,7 @@ def fit_head(
     memory_limit: int = 2 << 30,
     device: str | torch.device | None = None,
 ) -> FinalLayer:
-    """Re-fit the final layer on a scan's stored features with ``loss`` (one of :data:`LOSSES`).
+    """Re-fit the final layer on a scan's stored features with the loss ``method`` (one of :data:`LOSSES`).
 
     Deterministic and full-batch: L-BFGS (strong-Wolfe line search) on the mean loss over the labelled
     rows plus ``weight_decay``/2 · ‖W‖², from the scanned layer (``crt``: from a random layer drawn with
@@ -215,8 +212,9 @@ def fit_head(
     ``memory_limit`` bytes, else streamed from the shards on every pass.
     """
     started = time.perf_counter()
-    scan = open_scan(scan)
-    scanned = as_final_layer(scan)
+    scan = as_scan(scan)
+    scan.require_features()
+    scanned = scan.layer
     classes = scanned.num_classes
     counts = class_counts(scan)
     if counts.sum() == 0:
@@ -225,7 +223,7 @@ def fit_head(
         raise FclensError(f"max_iter must be at least 1, got {max_iter}")
     prior_values = class_prior(prior, classes, scan)
     aim = None if target is None else class_prior(target, classes)
-    weights, shift = _terms(loss, prior_values, float(tau), aim)
+    weights, shift = _terms(method, prior_values, float(tau), aim)
     dev = torch.device(device or "cpu")
     rows = _Rows(scan, memory_limit, dev)
     present = torch.from_numpy(np.flatnonzero(counts > 0)).to(dev)
@@ -233,7 +231,7 @@ def fit_head(
     fixed_b = scanned.bias.to(dev) + fixed_w @ rows.mean  # the bias of centred features
     w = fixed_w[present].clone()
     b = fixed_b[present].clone()
-    if loss == "crt":
+    if method == "crt":
         generator = torch.Generator().manual_seed(seed)
         w = (torch.randn(w.shape, generator=generator) / math.sqrt(w.shape[1])).to(dev)
         b = torch.zeros_like(b)
@@ -290,14 +288,16 @@ def fit_head(
         time.perf_counter() - started,
         converged=iterations < max_iter,
     )
-    return FinalLayer(weight.cpu().contiguous(), bias.cpu().contiguous(), method=loss, fit=report)
+    return FinalLayer(weight.cpu().contiguous(), bias.cpu().contiguous(), method=method, fit=report)
 
 
-def adjust_head(head: Any, method: str = "logit-adjust", prior: Any = None, tau: float = 1.0) -> FinalLayer:
-    """A post-hoc adjustment of ``head`` (a FinalLayer, a loaded model, a scan or (weight, bias)); no
-    training. ``logit-adjust``: b − τ log π_train, ``prior`` a scan (its labelled rows) or C numbers;
-    ``tau-norm``: w_k / ‖w_k‖^τ and b_k / ‖w_k‖^τ (a row of zeros stays), no prior."""
-    layer = as_final_layer(head)
+def adjust_layer(
+    layer: Any, method: str = "logit-adjust", *, prior: Any = None, tau: float = 1.0
+) -> FinalLayer:
+    """A post-hoc adjustment of ``layer`` (a FinalLayer, or anything :meth:`FinalLayer.of` reads: a loaded
+    model, a scan); no training. ``logit-adjust``: b − τ log π_train, ``prior`` a scan (its labelled rows)
+    or C numbers; ``tau-norm``: w_k / ‖w_k‖^τ and b_k / ‖w_k‖^τ (a row of zeros stays), no prior."""
+    layer = FinalLayer.of(layer)
     if method not in ADJUSTMENTS:
         raise FclensError(f"unknown adjustment {method!r}; choose from {', '.join(ADJUSTMENTS)}")
     if not math.isfinite(tau) or tau < 0:
@@ -311,3 +311,20 @@ def adjust_head(head: Any, method: str = "logit-adjust", prior: Any = None, tau:
         raise FclensError("logit-adjust needs the training prior: a training scan or C numbers")
     log_prior = torch.from_numpy(np.log(class_prior(prior, layer.num_classes)))
     return FinalLayer(layer.weight, (layer.bias.double() - tau * log_prior).float(), method=method)
+
+
+# --- the names of 0.1, for one release ----------------------------------------------------------------
+
+
+def fit_head(scan: Scan | str | os.PathLike[str], loss: str = "ce", *args: Any, **options: Any) -> FinalLayer:
+    """Deprecated: :func:`fit_layer` (``loss=`` is now ``method=``)."""
+    deprecation.warn("fclens.fit_head(scan, loss=…)", "fclens.fit_layer(scan, method=…)")
+    positional = dict(zip(("prior", "tau", "seed"), args, strict=False))
+    return fit_layer(scan, loss, **positional, **options)
+
+
+def adjust_head(head: Any, method: str = "logit-adjust", *args: Any, **options: Any) -> FinalLayer:
+    """Deprecated: :func:`adjust_layer` (a scan's directory is now ``fclens.read_scan(path).layer``)."""
+    deprecation.warn("fclens.adjust_head(head, …)", "fclens.adjust_layer(layer, …)")
+    layer = as_scan(head).layer if isinstance(head, (str, os.PathLike)) else head
+    return adjust_layer(layer, method, **dict(zip(("prior", "tau"), args, strict=False)), **options)

@@ -1,9 +1,8 @@
 """Every imbalanced-data method on one training scan, judged on another scan of the same model.
 
-``rebalance(train, evaluation)`` re-fits or adjusts the final layer on the training scan's stored
+``rebalance(scan, evaluation)`` re-fits or adjusts the final layer on the training scan's stored
 features (:data:`fclens.edits.REBALANCE_METHODS`) and evaluates each layer, and the scanned one, on the
-evaluation scan with :func:`~fclens.edits.evaluate.evaluate_head`: the rows that choose an edit never
-judge it. ``fclens rebalance`` prints its table and writes its files.
+evaluation scan with :func:`fclens.evaluate`: the rows that choose an edit never judge it. ``fclens rebalance`` prints its table and writes its files.
 """
 
 from __future__ import annotations
@@ -11,19 +10,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from fclens import deprecation
 from fclens.edits import POST_HOC, REBALANCE_DEFAULTS, REBALANCE_METHODS, REFITS
-from fclens.edits.evaluate import FEW, MANY, HeadEvaluation, class_counts, evaluate_heads
-from fclens.edits.layer import FinalLayer, as_final_layer, open_scan
-from fclens.edits.prior import adjust_head, class_prior, fit_head
+from fclens.edits.evaluate import FEW, MANY, Evaluation, evaluate
+from fclens.edits.prior import adjust_layer, class_prior, fit_layer
 from fclens.errors import FclensError
 from fclens.io import csv_text
-
-if TYPE_CHECKING:
-    from fclens.scanning.reader import Scan
+from fclens.layer import FinalLayer
+from fclens.scanning.features import class_counts
+from fclens.scanning.manifest import head_sha256
+from fclens.scanning.reader import Scan, as_scan
 
 __all__ = ["Rebalance", "rebalance"]
 
@@ -36,12 +36,12 @@ class Rebalance:
     """Each method's layer and its figures on the evaluation scan, the scanned layer's first."""
 
     layers: dict[str, FinalLayer]
-    evaluations: dict[str, HeadEvaluation]
+    evaluations: dict[str, Evaluation]
     train_counts: np.ndarray
     tau: float
 
     def rows(self) -> list[dict[str, Any]]:
-        """One summary row per method (the figures of :meth:`HeadEvaluation.to_dict`, no per-class list)."""
+        """One summary row per method (the figures of :meth:`Evaluation.to_dict`, no per-class list)."""
         rows = []
         for name, evaluation in self.evaluations.items():
             row = {key: v for key, v in evaluation.to_dict().items() if key != "per_class_accuracy"}
@@ -90,19 +90,29 @@ class Rebalance:
 
 
 def rebalance(
-    train: Scan | str | os.PathLike[str],
-    evaluation: Scan | str | os.PathLike[str],
+    scan: Scan | str | os.PathLike[str] | None = None,
+    evaluation: Scan | str | os.PathLike[str] | None = None,
     methods: Sequence[str] = REBALANCE_DEFAULTS,
     tau: float = 1.0,
     prior: Any = "labels",
     seed: int = 0,
+    **old: Any,
 ) -> Rebalance:
-    """Each of ``methods`` fitted or adjusted on ``train`` and evaluated on ``evaluation`` (see the module).
+    """Each of ``methods`` fitted or adjusted on the training ``scan`` and evaluated on the ``evaluation``
+    scan (see the module).
 
     ``prior``: the training prior, ``"labels"`` (the training scan's labelled rows) or C numbers.
     ``tau`` applies to pg-prior, logit-adjust-loss, logit-adjust and tau-norm.
     """
-    train, evaluation = open_scan(train), open_scan(evaluation)
+    deprecation.keyword(old, "train", "scan")
+    scan = old.pop("scan", scan)
+    if old:
+        raise FclensError(f"rebalance() got unknown keywords {', '.join(sorted(old))}")
+    if scan is None or evaluation is None:
+        raise FclensError(
+            "rebalance needs a training scan and an evaluation scan: rebalance(scan, evaluation)"
+        )
+    train, evaluation = as_scan(scan), as_scan(evaluation)
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in REBALANCE_METHODS]
     if unknown or not methods:
@@ -114,27 +124,26 @@ def rebalance(
         scan.warn_if_incomplete()
     counts = class_counts(train)
     priors = class_prior(prior, len(train.class_names), train)
-    layers: dict[str, FinalLayer] = {SCANNED: as_final_layer(train)}
+    layers: dict[str, FinalLayer] = {SCANNED: train.layer}
     for method in methods:
         if method in POST_HOC:
-            layers[method] = adjust_head(train, method, prior=priors, tau=tau)
+            layers[method] = adjust_layer(train.layer, method, prior=priors, tau=tau)
         else:
-            fitted = fit_head(train, REFITS[method], prior=priors, tau=tau, seed=seed)
+            fitted = fit_layer(train, REFITS[method], prior=priors, tau=tau, seed=seed)
             layers[method] = FinalLayer(fitted.weight, fitted.bias, method=method, fit=fitted.fit)
-    judged = evaluate_heads(
-        evaluation, list(layers.values()), train_counts=counts
-    )  # one read of the features
+    judged = evaluate(evaluation, list(layers.values()), train_counts=counts)  # one read of the features
     evaluations = dict(zip(layers, judged, strict=True))
     return Rebalance(layers, evaluations, counts, float(tau))
 
 
 def _check_pair(train: Scan, evaluation: Scan) -> None:
     """Both scans have features and labels, and are scans of the same final layer."""
-    from fclens.scanning.manifest import head_sha256
-
     for scan, role in ((train, "training"), (evaluation, "evaluation")):
         if not scan.has_features:
-            raise FclensError(f"the {role} scan {scan.directory} has no features; rescan it with --features")
+            raise FclensError(
+                f"the {role} scan {scan.directory} has no features; rescan it with features=True "
+                "(fclens scan --features)"
+            )
         if class_counts(scan).sum() == 0:
             raise FclensError(
                 f"the {role} scan {scan.directory} has no labelled rows; rescan a labelled source "

@@ -10,8 +10,8 @@ Dataset item (which has no file) is marked on the page instead.
 
 With the causal test (``fclens atlas --causal``, :func:`fclens.causal_test`), each class page also shows,
 per tested rival, what equalising the rival's weights on the named neurons does on held-out images beside
-the other selection rules, and the index the summary over the pairs; :func:`atlas_with_causal` adds the
-same figures to the atlas's JSON.
+the other selection rules, and the index the summary over the pairs (the same figures as the atlas's JSON,
+:meth:`fclens.Atlas.to_dict`).
 """
 
 from __future__ import annotations
@@ -23,24 +23,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from fclens.atlasing import Atlas, AtlasImage, ClassAtlas, NodeMean, read_maps
-from fclens.edits.pair import headline_m
-from fclens.images import ImageError, Preprocessing, load_image
+from fclens.atlasing import Atlas, AtlasImage, ClassAtlas, NodeMean
+from fclens.edits.causal import headline_m
+from fclens.images import ImageError, load_image
 from fclens.io import atomic_write_text
 from fclens.maps import MAP_KINDS, branch_sign
+from fclens.preprocessing import Preprocessing
 from fclens.report._common import fmt
 from fclens.report.figures import colour_scale_css, overlay
 from fclens.report.html import Card, branch_class, image_uri, nest_cards, render
 from fclens.tree import class_trees
 
 if TYPE_CHECKING:
-    from fclens.edits.pair import CausalTable, Outcome, PairTest
+    from fclens.edits.causal import CausalTable, PairTest
+    from fclens.edits.evaluate import PairOutcome
+    from fclens.scanning.reader import RowMaps
 
 __all__ = [
     "CAUSAL_MS",
     "INDEX",
     "PAGES",
-    "atlas_with_causal",
     "class_page_name",
     "node_in_words",
     "write_atlas_pages",
@@ -77,7 +79,7 @@ class _Drawing:
 
     preprocessing: Preprocessing
     grid: tuple[int, int]
-    maps: dict[int, dict[str, Any]]
+    maps: dict[int, RowMaps]
     pictures: dict[str, Image.Image | str] = field(default_factory=dict)
 
     def picture(self, path: str) -> Image.Image | str:
@@ -107,7 +109,7 @@ def write_atlas_pages(found: Atlas, out: str | Path, causal: CausalTable | None 
     settings = found.manifest.preprocessing
     preprocessing = Preprocessing(**{key: value for key, value in settings.items() if value is not None})
     drawn = {i.index for c in found.classes for i in (*c.confusing_images, *c.rival_images)}
-    drawing = _Drawing(preprocessing, found.scan.grid, read_maps(found.scan, drawn) if drawn else {})
+    drawing = _Drawing(preprocessing, found.scan.grid, found.scan.maps(drawn) if drawn else {})
     trees = _trees(found)
     written = []
     present = {c.index for c in found.classes}
@@ -265,36 +267,21 @@ def _mean_card(node: Any, means: dict[str, NodeMean]) -> Card:
     return Card(node.path, node.label, branch_class(node.path), facts, details)
 
 
-def _node_map(row: dict[str, Any] | None, path: str | None, kind: str) -> np.ndarray | None:
+def _node_map(row: RowMaps | None, path: str | None, kind: str) -> np.ndarray | None:
     """A node's stored map as shown: a signed kind's − node negated (:func:`fclens.maps.oriented`)."""
-    if row is None or path is None or path not in row["node_path"]:
+    if row is None or path is None or path not in row.node_path:
         return None
-    heat = row["node_map"][row["node_path"].index(path)]
+    heat = row.node_map[row.node_path.index(path)]
     signed = kind in MAP_KINDS and MAP_KINDS[kind].signed
     return heat * branch_sign(path) if signed else heat
 
 
-def _contrast(row: dict[str, Any] | None) -> np.ndarray | None:
+def _contrast(row: RowMaps | None) -> np.ndarray | None:
     """The contrast map as shown: the evidence for the rival, zero where the image argues for the class."""
-    return None if row is None else np.clip(row["contrast_map"], 0, None)
+    return None if row is None else np.clip(row.contrast_map, 0, None)
 
 
 # --- the causal test -------------------------------------------------------------------------------
-
-
-def atlas_with_causal(
-    data: dict[str, Any], table: CausalTable, written: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The atlas's JSON (:meth:`Atlas.to_dict`) with each pair's test as ``pairs[].causal`` (null for a
-    pair not tested), and under ``causal`` how the test was made, its summary over the pairs and
-    ``written``, the model ``--write`` saved (null without one): one file answers both questions."""
-    tested = _tested(table)
-    pairs = [
-        {**pair, "causal": test.to_dict() if (test := tested.get((pair["a"], pair["b"]))) else None}
-        for pair in data["pairs"]
-    ]
-    made = {key: value for key, value in table.to_dict().items() if key != "pairs"}
-    return {**data, "pairs": pairs, "causal": {**made, "written": written}}
 
 
 @dataclass
@@ -354,7 +341,7 @@ def _causal_pair(test: PairTest, table: CausalTable) -> CausalPair:
     )
 
 
-def _outcome_cells(outcome: Outcome, partial: str) -> list[str]:
+def _outcome_cells(outcome: PairOutcome, partial: str) -> list[str]:
     return [
         str(outcome.errors_kj),
         str(outcome.errors_jk),
@@ -369,7 +356,7 @@ def _outcome_cells(outcome: Outcome, partial: str) -> list[str]:
 def _tree_errors(test: PairTest | None, m: int) -> list[str] | None:
     """The index's cells of a tested pair: its held-out errors k→j, then j→k, before → after ``tree``
     equalises m neurons (both ways: the edit trades one for the other)."""
-    if test is None or "tree" not in {t.select for t in test.trials}:
+    if test is None or "tree" not in {t.rule for t in test.trials}:
         return None
     before, after = test.before, test.trial("tree", m).equalise
     return [f"{before.errors_kj} → {after.errors_kj}", f"{before.errors_jk} → {after.errors_jk}"]

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
+from fclens.classes import ClassNames
 from fclens.errors import FclensError
-from fclens.images import ImageError, Preprocessing
+from fclens.images import ImageError
+from fclens.preprocessing import Preprocessing
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.schema import skipped_rows
-from fclens.scanning.sources import Item, decode, decode_dataset_item, match_label
+from fclens.scanning.sources import UNLABELLED, Item, decode, decode_dataset_item, label_matcher
 
 __all__ = ["DecodedBatch", "Decoder", "Decoding", "Record", "batch_rows", "collate"]
 
@@ -48,6 +51,10 @@ class Decoder:
         """The shape of every model input, (C, H, W), C = 3 or 1 (grayscale)."""
         return (self.preprocessing.channels, *self.preprocessing.input_size)
 
+    @cached_property
+    def _labels(self) -> ClassNames:
+        return label_matcher(self.class_names or ())
+
     def __call__(self, item: Item) -> Record:
         try:
             if self.dataset is None:
@@ -57,7 +64,7 @@ class Decoder:
                 pair = isinstance(element, (tuple, list)) and len(element) == 2
                 image, label = element if pair else (element, None)
                 if self.class_names is not None and label is not None and not _missing(label):
-                    item = replace(item, label=match_label(label, self.class_names))
+                    item = replace(item, label=self._labels.index(label, "label", UNLABELLED))
                 tensor = decode_dataset_item(image, self.preprocessing)
         except ImageError as error:
             return item, None, error.reason

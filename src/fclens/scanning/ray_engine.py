@@ -36,7 +36,7 @@ from fclens.models import Classifier
 from fclens.options import Options, at_least
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.decoding import Decoder, Decoding, batch_rows, collate
-from fclens.scanning.sources import Item, match_label
+from fclens.scanning.sources import UNLABELLED, Item, label_matcher
 from fclens.scanning.writer import ScanWriter
 
 __all__ = ["RayEngine", "dataset_items"]
@@ -288,7 +288,8 @@ def dataset_items(dataset: Any, class_names: Sequence[str], labels: str = "auto"
     given = table.column("label").to_pylist() if "label" in wanted else [None] * len(paths)
     if not paths:
         raise FclensError("the Ray Dataset has no rows")
-    classes = {label: match_label(label, class_names) for label in set(given) - {None}}
+    matcher = label_matcher(class_names)
+    classes = {label: matcher.index(label, "label", UNLABELLED) for label in set(given) - {None}}
     return [
         Item(position, str(path), classes.get(label))
         for position, (path, label) in enumerate(zip(paths, given, strict=True))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import islice
@@ -20,6 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from fclens.classes import ClassNames
+from fclens.errors import FclensError
+from fclens.layer import FinalLayer
+from fclens.scanning.features import Features
 from fclens.scanning.manifest import (
     _V1_NAMES,
     HEAD_FILE,
@@ -32,11 +36,22 @@ from fclens.scanning.manifest import (
 )
 from fclens.scanning.schema import scan_schema
 
-__all__ = ["IncompleteScanWarning", "Scan", "read_scan"]
+__all__ = ["IncompleteScanWarning", "RowMaps", "Scan", "as_features", "as_scan", "read_scan"]
 
 
 class IncompleteScanWarning(UserWarning):
     """A reader works on a scan that did not finish: its results cover only the rows present."""
+
+
+@dataclass(frozen=True)
+class RowMaps:
+    """One image's maps as scanned: ``node_path`` (the target tree's nodes, pre-order), ``node_map``
+    (n, h, w) float32 in that order (the scan's map kind) and ``contrast_map`` (h, w) float32: where the
+    image argues for the rival over the target."""
+
+    node_path: list[str]
+    node_map: np.ndarray
+    contrast_map: np.ndarray
 
 
 @dataclass
@@ -44,7 +59,8 @@ class Scan:
     """A scan directory, read: its :class:`Manifest`, its final layer and its rows.
 
     Read rows with :meth:`rows` (a table of the columns asked for) or :meth:`batches` (the same, a
-    bounded piece at a time); ``table`` loads every column of every row, maps included.
+    bounded piece at a time); the stored features with :meth:`read_features`, the maps of chosen images
+    with :meth:`maps`; ``table`` loads every column of every row, maps included.
     """
 
     directory: Path
@@ -131,22 +147,81 @@ class Scan:
         """Its bias, (C,) float32."""
         return self._layer()["bias"]
 
-    def features(self) -> np.ndarray:
-        """z, the pooled input of the final layer, of every ``ok`` row by ``index``: (N_ok, D) float32."""
+    @cached_property
+    def layer(self) -> FinalLayer:
+        """The final layer as scanned (the same numbers as :attr:`weight` and :attr:`bias`, as tensors)."""
+        return FinalLayer.of((self.weight, self.bias))
+
+    @property
+    def num_features(self) -> int:
+        """D, the inputs of the final layer."""
+        return int(self.weight.shape[1])
+
+    def class_index(self, value: int | str) -> int:
+        """A class of the scan by index or name (:mod:`fclens.classes`'s one rule) → its index."""
+        return self._classes.index(value)
+
+    @cached_property
+    def _classes(self) -> ClassNames:
+        return ClassNames(self.manifest.class_names, owner=f"the scan {self.directory}")
+
+    def require_features(self) -> None:
+        """Refuse, in one line, work that needs the features on a scan made without them."""
         if not self.has_features:
-            raise ScanError(f"{self.directory} was scanned without features; rescan with --features")
-        column = self.rows(["index", "features"], ok_only=True).column("features").combine_chunks()
-        return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), -1)
+            raise ScanError(
+                f"{self.directory} was scanned without features; rescan it with features=True "
+                "(fclens scan --features)"
+            )
+
+    def read_features(self, labelled: bool = False, rows: Any = None) -> Features:
+        """The stored features of the ``ok`` rows (``labelled``: the labelled ones; ``rows``: those source
+        indices), held in memory with the scan's class names, layer and tree shape: every edit takes them
+        in place of the scan, so that the shards are read once."""
+        return Features.read(self, labelled=labelled, rows=rows)
+
+    def maps(self, indices: Iterable[int]) -> dict[int, RowMaps]:
+        """The maps of the ``ok`` rows with these source indices, in one filtered read of only those rows
+        (what a page draws, never the whole table); an index that is not there is left out."""
+        wanted = ds.field("index").isin(pa.array(sorted({int(i) for i in indices}), pa.int64()))
+        found: dict[int, RowMaps] = {}
+        h, w = self.grid
+        columns = ["index", "node_path", "node_map", "contrast_map"]
+        for table in self.batches(columns, ok_only=True, filter=wanted):
+            counts = pc.list_value_length(table.column("node_path")).to_numpy()
+            maps = _floats(pc.list_flatten(pc.list_flatten(table.column("node_map"))))
+            maps = np.split(maps.reshape(int(counts.sum()), h, w), np.cumsum(counts)[:-1])
+            contrast = _floats(pc.list_flatten(table.column("contrast_map"))).reshape(table.num_rows, h, w)
+            for i, (index, paths) in enumerate(
+                zip(table.column("index").to_pylist(), table.column("node_path").to_pylist(), strict=True)
+            ):
+                found[index] = RowMaps(paths, maps[i], contrast[i])
+        return found
+
+    def features(self) -> np.ndarray:
+        """Deprecated: ``read_features().z.numpy()``."""
+        warnings.warn(
+            "Scan.features() is deprecated; use scan.read_features().z (a Features, with labels and index)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.read_features().z.numpy()
 
     def node_maps(self, row: int) -> np.ndarray:
-        """Row ``row``'s node maps (in ``node_path`` order) as (n, h, w) float32."""
-        maps = self.table.column("node_map")[row].values.flatten()
-        return maps.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, *self.grid)
+        """Deprecated: ``maps([index])[index].node_map`` (by the image's index, not its row position)."""
+        return self._row_maps(row, "node_maps").node_map
 
     def contrast_map(self, row: int) -> np.ndarray:
-        """Row ``row``'s contrast map (rival over target) as (h, w) float32."""
-        values = self.table.column("contrast_map")[row].values
-        return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(self.grid)
+        """Deprecated: ``maps([index])[index].contrast_map`` (by the image's index, not its row position)."""
+        return self._row_maps(row, "contrast_map").contrast_map
+
+    def _row_maps(self, row: int, name: str) -> RowMaps:
+        warnings.warn(
+            f"Scan.{name}(row) is deprecated; use scan.maps([index])[index] (by the image's index)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        index = self.rows(["index"]).column("index")[row].as_py()
+        return self.maps([index])[index]
 
     def locate(self, path: str) -> Path:
         """Where a row's image is now. Version 2 stores absolute paths; version 1 stored them relative to
@@ -186,6 +261,10 @@ class Scan:
         return self._head
 
 
+def _floats(values: Any) -> np.ndarray:
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
+
+
 def _names(columns: Sequence[str] | None) -> list[str] | None:
     return None if columns is None else list(dict.fromkeys(columns))
 
@@ -198,7 +277,9 @@ def _where(ok_only: bool, filter: ds.Expression | None) -> ds.Expression | None:
 
 
 def read_scan(directory: str | os.PathLike[str]) -> Scan:
-    """Open a scan directory written by :func:`fclens.scan` (finished or not; schema version 1 or 2)."""
+    """Open a scan directory written by :func:`fclens.scan` (finished or not; any schema version)."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise FclensError(f"read_scan takes a scan's directory, got {type(directory).__name__}")
     directory = Path(directory)
     path = manifest_path(directory)
     if path is None:
@@ -207,6 +288,21 @@ def read_scan(directory: str | os.PathLike[str]) -> Scan:
     if not any((directory / name).is_file() for name in (HEAD_FILE, _V1_NAMES[1])):
         raise ScanError(f"{directory} has no {HEAD_FILE}; the scan is incomplete: rerun it")
     return Scan(directory, manifest)
+
+
+def as_scan(scan: Scan | str | os.PathLike[str]) -> Scan:
+    """A :class:`Scan` from itself or its directory: every function that works on a data set opens its
+    scan here, once, and passes the Scan down."""
+    if isinstance(scan, Scan):
+        return scan
+    if not isinstance(scan, (str, os.PathLike)):
+        raise FclensError(f"expected a scan (a Scan, or its directory), got {type(scan).__name__}")
+    return read_scan(scan)
+
+
+def as_features(scan: Scan | Features | str | os.PathLike[str]) -> Features:
+    """The stored features of a scan (or its directory), read once; :class:`Features` as they are."""
+    return scan if isinstance(scan, Features) else as_scan(scan).read_features()
 
 
 def _not_a_scan(directory: Path) -> str:

@@ -9,9 +9,7 @@ classes, not after an hour of work.
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +19,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fclens.errors import FclensError
-from fclens.images import (
-    IMAGE_EXTENSIONS,
-    ImageError,
-    Preprocessing,
-    image_from_array,
-    iter_image_paths,
-    load_image,
-)
+from fclens.classes import ClassNames
+from fclens.errors import FclensError, first_line
+from fclens.images import IMAGE_EXTENSIONS, ImageError, image_from_array, iter_image_paths, load_image
+from fclens.preprocessing import Preprocessing
 
-__all__ = ["Item", "decode", "decode_dataset_item", "match_label", "resolve_source"]
+__all__ = ["UNLABELLED", "Item", "decode", "decode_dataset_item", "label_matcher", "resolve_source"]
 
 """``auto``: labels from class-name subfolders or a list's ``label`` column; ``none``: no labels."""
 
 _LIST_SUFFIXES = (".csv", ".parquet")
-_CLOSE = 0.7
-"""How alike (difflib's ratio) a class name must be to a label to be offered as what was meant."""
+UNLABELLED = "rename it to a class name or index, or pass --labels none"
+"""What to do about a label that names no class: the end of that error."""
 _LIST_CLASSES = 'python -c "import fclens; print(fclens.load_model().class_names)"'
 
 
@@ -76,11 +69,11 @@ def _folder_items(folder: Path, class_names: Sequence[str], with_labels: bool) -
         raise FclensError(
             f"{folder}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    matcher = _LabelMatcher(class_names)
+    matcher = label_matcher(class_names)
     items = []
     for position, file in enumerate(files):
         parts = file.relative_to(folder).parts
-        label = matcher(parts[0], "subfolder") if with_labels and len(parts) > 1 else None
+        label = matcher.index(parts[0], "subfolder", UNLABELLED) if with_labels and len(parts) > 1 else None
         items.append(Item(position, os.path.abspath(file), label))
     return items
 
@@ -102,7 +95,7 @@ def _list_items(path: Path, class_names: Sequence[str], with_labels: bool) -> li
             table = pq.read_table(path)
     except (OSError, pa.ArrowException) as error:
         raise FclensError(
-            f"{path}: cannot read the list ({_first_line(error)}); check that it is a valid "
+            f"{path}: cannot read the list ({first_line(error)}); check that it is a valid "
             f"{path.suffix[1:].upper()} file"
         ) from None
     if "path" not in table.column_names:
@@ -116,73 +109,24 @@ def _list_items(path: Path, class_names: Sequence[str], with_labels: bool) -> li
         if with_labels and "label" in table.column_names
         else [None] * len(paths)
     )
-    matcher = _LabelMatcher(class_names)
+    matcher = label_matcher(class_names)
     items = []
     for position, (file, label) in enumerate(zip(paths, given, strict=True)):
         if file is None or not str(file).strip():
             raise FclensError(f"{path}: row {position + 1} has an empty path; every row needs one")
         file = Path(str(file))
-        label = None if label is None or str(label).strip() == "" else matcher(label, "label")
+        label = (
+            None if label is None or str(label).strip() == "" else matcher.index(label, "label", UNLABELLED)
+        )
         items.append(Item(position, os.path.abspath(path.parent / file), label))
     if not items:
         raise FclensError(f"{path}: the list has no rows")
     return items
 
 
-def match_label(value: Any, class_names: Sequence[str], what: str = "label") -> int:
-    """A class given as a name (exact, or ignoring case and separators) or an index → its index."""
-    return _LabelMatcher(class_names)(value, what)
-
-
-class _LabelMatcher:
-    """Match labels to class names once per distinct value (a folder's images share their label)."""
-
-    def __init__(self, class_names: Sequence[str]) -> None:
-        self.names = list(class_names)
-        self.exact = {name: i for i, name in enumerate(self.names)}
-        self.loose: dict[str, int] = {}
-        for i, name in enumerate(self.names):
-            self.loose.setdefault(_loose(name), i)
-        self.known: dict[Any, int] = {}
-
-    def __call__(self, value: Any, what: str) -> int:
-        key = value.item() if isinstance(value, (np.generic, torch.Tensor)) else value
-        if key not in self.known:
-            self.known[key] = self._match(key, what)
-        return self.known[key]
-
-    def _match(self, value: Any, what: str) -> int:
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            index = int(value)
-        elif isinstance(value, str) and value.strip().isdigit() and value.strip() not in self.exact:
-            index = int(value.strip())
-        else:
-            text = str(value)
-            if text in self.exact:
-                return self.exact[text]
-            if _loose(text) in self.loose:
-                return self.loose[_loose(text)]
-            close = difflib.get_close_matches(_loose(text), list(self.loose), n=3, cutoff=_CLOSE)
-            if close:
-                hint = "closest: " + ", ".join(repr(self.names[self.loose[c]]) for c in close)
-            else:
-                hint = f"no class name is close; list them with `{_LIST_CLASSES}` (naming your model)"
-            raise FclensError(
-                f"{what} {text!r} matches no class of the model ({hint}); rename it to a class "
-                "name or index, or pass --labels none"
-            )
-        if not 0 <= index < len(self.names):
-            raise FclensError(f"{what} {index} is out of range: the model has {len(self.names)} classes")
-        return index
-
-
-def _loose(name: str) -> str:
-    """A class name without case and separators: "Egyptian_cat", "egyptian-cat" → "egyptiancat"."""
-    return re.sub(r"[\s_\-.,']+", "", name.lower())
-
-
-def _first_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+def label_matcher(class_names: Sequence[str]) -> ClassNames:
+    """The model's class names, looked up by :mod:`fclens.classes`'s one rule (each distinct label once)."""
+    return ClassNames(class_names, listing=f"list them with `{_LIST_CLASSES}` (naming your model)")
 
 
 # --- decoding ------------------------------------------------------------------------------------------
