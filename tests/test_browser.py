@@ -268,16 +268,18 @@ def test_prune_page_fits_a_1280_px_window(browser: Any, tmp_path: Path):
     """The figure is scaled to the page: no horizontal scrolling, every panel in view."""
     import numpy as np
 
-    from fclens.pruning import evaluate
+    from fclens.pruning import curve
     from fclens.report.prune import prune_page
+    from fclens.scanning.features import Features
 
     rng = np.random.default_rng(0)
     w = rng.laplace(size=(8, 60)).astype(np.float32)
     z = np.abs(rng.normal(size=(80, 60))).astype(np.float32)
-    curve = evaluate(z, w, None, labels=rng.integers(0, 8, 80), methods=["tree", "ald", "magnitude", "random"],
-                     sparsities=[0.5, 0.9, 0.99], bias_correction="both")  # fmt: skip
+    features = Features.of(z, rng.integers(0, 8, 80), layer=(w, None))
+    found = curve(features, methods=["tree", "ald", "magnitude", "random"], sparsities=[0.5, 0.9, 0.99],
+                  bias_correction="both")  # fmt: skip
     path = tmp_path / "prune.html"
-    path.write_text(prune_page(curve, "scan", "model"), encoding="utf-8")
+    path.write_text(prune_page(found, "scan", "model"), encoding="utf-8")
     visit = Visit(browser, path, width=1280)
     try:
         visit.check_clean()

@@ -105,7 +105,7 @@ def test_targets_by_name_index_and_list(classifier: Classifier, chelsea: Path, c
     assert [e.target.index for e in swapped] == [967, 281]
     with pytest.raises(FclensError, match="one per image"):
         explain(classifier, [chelsea, coffee], target=[967], scores="none")
-    with pytest.raises(FclensError, match="unknown class"):
+    with pytest.raises(FclensError, match="matches no class"):
         explain(classifier, chelsea, target="not a class", scores="none")
 
 

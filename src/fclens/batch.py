@@ -34,14 +34,11 @@ from fclens.maps import (
     stack_rows,
 )
 from fclens.models import Classifier
-from fclens.options import RUNNER_UP, Options
+from fclens.options import RUNNER_UP, TOP, Options
 from fclens.scores import deletion_insertion, masked_score
 from fclens.tree import SplitTree, class_trees
 
-__all__ = ["TOP", "BatchResult", "BatchRunner"]
-
-TOP = 5
-"""Classes kept per image, most probable first."""
+__all__ = ["BatchResult", "BatchRunner"]
 
 
 @dataclass

@@ -25,6 +25,7 @@ __all__ = [
     "RUNNER_UP",
     "SCAN_DEFAULTS",
     "SCORED_NODES",
+    "TOP",
     "TREE_MODES",
     "Options",
     "ScoredNodes",
@@ -35,6 +36,8 @@ __all__ = [
 TreeMode = Literal["chains", "full"]
 TREE_MODES: tuple[str, ...] = get_args(TreeMode)
 """chains: the author's + and − chains; full: the full binary tree (:func:`fclens.split_tree`)."""
+TOP = 5
+"""Classes kept per image, most probable first: an explanation's top 5 and a scan's ``top5`` columns."""
 MIN_SIZE = 20
 """The author's: a node with fewer weights is not split (:func:`fclens.split_tree`)."""
 

@@ -13,14 +13,11 @@ import pyarrow as pa
 from fclens.options import Options
 from fclens.scanning.sources import Item
 
-__all__ = ["SCHEMA_VERSION", "TOP", "scan_schema", "skipped_rows"]
+__all__ = ["SCHEMA_VERSION", "scan_schema", "skipped_rows"]
 
 SCHEMA_VERSION = 2
 """Version of the row schema and manifest; bumped whenever a column changes meaning or type. 2: one
 ``options`` in ``_manifest.json`` (beside ``_head.safetensors``), absolute ``path``s. 1 is still read."""
-
-TOP = 5
-"""Classes kept per image, most probable first."""
 
 
 def scan_schema(options: Options) -> pa.Schema:
