@@ -45,6 +45,10 @@ class ModelError(FclensError):
     """A model or weight file that cannot be loaded."""
 
 
+class HubError(ModelError):
+    """A model's pretrained weights cannot be fetched (offline, not cached): a local file is needed."""
+
+
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names, in index order (torchvision's short names)."""
     text = importlib.resources.files("fclens").joinpath("data/imagenet_classes.txt").read_text("utf-8")
@@ -193,8 +197,10 @@ def _device(device: str | torch.device) -> torch.device:
     except RuntimeError as error:
         raise ModelError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N") from error
     if device.type == "cuda" and not torch.cuda.is_available():
+        problem = "this machine has no usable CUDA GPU"
         raise ModelError(
-            "--device cuda was asked for, but this machine has no usable CUDA GPU; use --device cpu"
+            f"device={str(device)!r} was asked for, but {problem}; use device='cpu'",
+            cli=f"--device {device} was asked for, but {problem}; use --device cpu",
         )
     return device
 
@@ -249,10 +255,13 @@ def _embedded(name: str, weights: str | Path | None) -> nn.Module:
     return module
 
 
-def _hub_error(source: str, error: Exception) -> ModelError:
-    return ModelError(
-        f"could not get pretrained weights for {source} ({type(error).__name__}: offline or not cached?); "
-        f"pass weights=PATH (CLI: --weights PATH) to a local .safetensors or .pth file"
+def _hub_error(source: str, error: Exception) -> HubError:
+    problem = (
+        f"could not get pretrained weights for {source} ({type(error).__name__}: offline or not cached?)"
+    )
+    return HubError(
+        f"{problem}; pass weights=PATH, a local .safetensors or .pth file",
+        cli=f"{problem}; pass --weights PATH, a local .safetensors or .pth file",
     )
 
 

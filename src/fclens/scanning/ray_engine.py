@@ -133,9 +133,10 @@ def _pool(resources: dict[str, float], actors: int | None) -> tuple[int, int]:
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     kind, available = ("GPUs", gpus) if gpus else ("CPUs", cpus)
     if actors is not None and actors > available:
+        problem = f"{actors} model actors asked for, but the Ray cluster has {available} {kind}"
         raise FclensError(
-            f"{actors} model actors asked for, but the Ray cluster has {available} {kind}; "
-            f"use --actors {available} or fewer"
+            f"{problem}; use RayEngine(actors={available}) or fewer",
+            cli=f"{problem}; use --actors {available} or fewer",
         )
     return actors or max(available, 1), gpus
 

@@ -134,7 +134,10 @@ class Scan:
     def features(self) -> np.ndarray:
         """z, the pooled input of the final layer, of every ``ok`` row by ``index``: (N_ok, D) float32."""
         if not self.has_features:
-            raise ScanError(f"{self.directory} was scanned without features; rescan with --features")
+            raise ScanError(
+                f"{self.directory} was scanned without features; rescan with features=True",
+                cli=f"{self.directory} was scanned without features; rescan with fclens scan --features",
+            )
         column = self.rows(["index", "features"], ok_only=True).column("features").combine_chunks()
         return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), -1)
 

@@ -163,13 +163,18 @@ class _LabelMatcher:
             if _loose(text) in self.loose:
                 return self.loose[_loose(text)]
             close = difflib.get_close_matches(_loose(text), list(self.loose), n=3, cutoff=_CLOSE)
+            problem = f"{what} {text!r} matches no class of the model"
+            fix = "rename it to a class name or index"
             if close:
                 hint = "closest: " + ", ".join(repr(self.names[self.loose[c]]) for c in close)
-            else:
-                hint = f"no class name is close; list them with `{_LIST_CLASSES}` (naming your model)"
+                raise FclensError(
+                    f"{problem} ({hint}); {fix}, or pass labels='none'",
+                    cli=f"{problem} ({hint}); {fix}, or pass --labels none",
+                )
             raise FclensError(
-                f"{what} {text!r} matches no class of the model ({hint}); rename it to a class "
-                "name or index, or pass --labels none"
+                f"{problem} (no class name is close; they are model.class_names); {fix}, or pass labels='none'",
+                cli=f"{problem} (no class name is close; list them with `{_LIST_CLASSES}`, naming your model); "
+                f"{fix}, or pass --labels none",
             )
         if not 0 <= index < len(self.names):
             raise FclensError(f"{what} {index} is out of range: the model has {len(self.names)} classes")
