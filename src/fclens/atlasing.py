@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from fclens.errors import FclensError
+from fclens.options import ATLAS_TOP_K
 
 if TYPE_CHECKING:
     from fclens.scanning.manifest import Manifest
@@ -202,7 +203,7 @@ class Atlas:
         }
 
 
-def atlas(scan: Scan | str | os.PathLike[str], top_k: int = 8) -> Atlas:
+def atlas(scan: Scan | str | os.PathLike[str], top_k: int = ATLAS_TOP_K) -> Atlas:
     """The atlas of a scan (a :class:`fclens.scanning.Scan` or its directory), ``top_k`` images per list.
 
     A scan that did not finish gives the atlas of the rows it holds, with an ``IncompleteScanWarning``.

@@ -28,6 +28,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from fclens.errors import FclensError
+from fclens.options import SAMPLE_COUNT, SEED
 
 MAX_PIXELS = 89_478_485
 """Largest width × height decoded (PIL's own default); bigger files are refused from their header."""
@@ -547,8 +548,8 @@ def _sample_path(name: str) -> Path:
 
 def sample_folder(
     out: str | os.PathLike[str],
-    count: int = 100,
-    seed: int = 0,
+    count: int = SAMPLE_COUNT,
+    seed: int = SEED,
     side: int | None = None,
     photos: Mapping[str, Image.Image] | None = None,
 ) -> Path:

@@ -59,7 +59,7 @@ import numpy as np
 from fclens.ald import as_matrix, fit_ald
 from fclens.errors import FclensError
 from fclens.io import atomic_write_text
-from fclens.options import PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES
+from fclens.options import PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES, SEED
 from fclens.tree import split_tree
 
 if TYPE_CHECKING:
@@ -308,7 +308,7 @@ def prune_curve(
     methods: Sequence[str] = PRUNE_DEFAULT_METHODS,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     bias_correction: bool | Literal["both"] = False,
-    seed: int = 0,
+    seed: int = SEED,
     min_size: int | None = None,
     device: str | None = None,
 ) -> PruneCurve:
@@ -447,7 +447,7 @@ def write_pruned(
     sparsity: float,
     path: str | os.PathLike[str],
     bias_correction: bool = False,
-    seed: int = 0,
+    seed: int = SEED,
     min_size: int | None = None,
 ) -> Path:
     """Save the scanned model with ``method``'s mask at ``sparsity`` applied to its final layer.

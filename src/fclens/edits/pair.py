@@ -38,9 +38,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from fclens.edits import TOP_PAIRS
 from fclens.edits.evaluate import Features, HeadEvaluation, evaluate_logits, read_features
 from fclens.edits.layer import FinalLayer, as_final_layer, open_scan
 from fclens.errors import FclensError
+from fclens.options import SEED
 from fclens.tree import class_trees, pair_indices
 
 if TYPE_CHECKING:
@@ -69,8 +71,6 @@ EDITS = ("equalise", "partial")
 """The edits (:func:`pair_edit`)."""
 MS = (1, 2, 4, 8, 16, 32)
 """The numbers of neurons :func:`causal_test` edits, per rule."""
-TOP_PAIRS = 20
-"""The pairs :func:`causal_test` takes by default."""
 STRENGTHS = np.linspace(0.0, 1.0, 21)
 """The strengths the ``partial`` edit chooses from on the selection rows (0: no edit, 1: ``equalise``)."""
 OBJECTIVES = ("accuracy", "pair")
@@ -217,7 +217,7 @@ def pair_edit(
     strength: float | None = None,
     rows: Sequence[int] | np.ndarray | None = None,
     split: bool = False,
-    seed: int = 0,
+    seed: int = SEED,
     *,
     objective: str = "accuracy",
     min_size: int | None = None,
@@ -648,7 +648,7 @@ def causal_test(
     pairs: Iterable[Any] | None = None,
     ms: Sequence[int] = MS,
     rules: Sequence[str] = RULES,
-    seed: int = 0,
+    seed: int = SEED,
     head: Any = None,
     *,
     fraction: float = 0.5,

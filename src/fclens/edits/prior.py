@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fclens.edits import POST_HOC
+from fclens.edits import POST_HOC, PRIOR_TAU
 from fclens.edits.evaluate import class_counts, feature_batches
 from fclens.edits.layer import FinalLayer, FitReport, as_final_layer, open_scan
 from fclens.errors import FclensError
@@ -133,7 +133,9 @@ class PriorLoss(nn.Module):
     ``target``: the prior to aim for (default uniform: the balanced error). The mean over the batch.
     """
 
-    def __init__(self, prior: Any, method: str = "pg-prior", tau: float = 1.0, target: Any = None) -> None:
+    def __init__(
+        self, prior: Any, method: str = "pg-prior", tau: float = PRIOR_TAU, target: Any = None
+    ) -> None:
         super().__init__()
         if method not in PRIOR_LOSSES:
             raise FclensError(f"unknown prior loss {method!r}; choose from {', '.join(PRIOR_LOSSES)}")
@@ -185,7 +187,7 @@ def fit_head(
     scan: Scan | str | os.PathLike[str],
     loss: str = "ce",
     prior: Any = "labels",
-    tau: float = 1.0,
+    tau: float = PRIOR_TAU,
     seed: int = 0,
     *,
     target: Any = None,
@@ -293,7 +295,9 @@ def fit_head(
     return FinalLayer(weight.cpu().contiguous(), bias.cpu().contiguous(), method=loss, fit=report)
 
 
-def adjust_head(head: Any, method: str = "logit-adjust", prior: Any = None, tau: float = 1.0) -> FinalLayer:
+def adjust_head(
+    head: Any, method: str = "logit-adjust", prior: Any = None, tau: float = PRIOR_TAU
+) -> FinalLayer:
     """A post-hoc adjustment of ``head`` (a FinalLayer, a loaded model, a scan or (weight, bias)); no
     training. ``logit-adjust``: b − τ log π_train, ``prior`` a scan (its labelled rows) or C numbers;
     ``tau-norm``: w_k / ‖w_k‖^τ and b_k / ‖w_k‖^τ (a row of zeros stays), no prior."""

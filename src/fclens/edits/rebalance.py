@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fclens.edits import POST_HOC, REBALANCE_DEFAULTS, REBALANCE_METHODS, REFITS
+from fclens.edits import POST_HOC, PRIOR_TAU, REBALANCE_DEFAULTS, REBALANCE_METHODS, REFITS
 from fclens.edits.evaluate import FEW, MANY, HeadEvaluation, class_counts, evaluate_heads
 from fclens.edits.layer import FinalLayer, as_final_layer, open_scan
 from fclens.edits.prior import adjust_head, class_prior, fit_head
 from fclens.errors import FclensError
 from fclens.io import csv_text
+from fclens.options import SEED
 
 if TYPE_CHECKING:
     from fclens.scanning.reader import Scan
@@ -93,9 +94,9 @@ def rebalance(
     train: Scan | str | os.PathLike[str],
     evaluation: Scan | str | os.PathLike[str],
     methods: Sequence[str] = REBALANCE_DEFAULTS,
-    tau: float = 1.0,
+    tau: float = PRIOR_TAU,
     prior: Any = "labels",
-    seed: int = 0,
+    seed: int = SEED,
 ) -> Rebalance:
     """Each of ``methods`` fitted or adjusted on ``train`` and evaluated on ``evaluation`` (see the module).
 
