@@ -48,6 +48,9 @@ class ModelError(FclensError):
 class HubError(ModelError):
     """A model's pretrained weights cannot be fetched (offline, not cached): a local file is needed."""
 
+    problem: str = ""
+    """What went wrong, without the fix (a caller that takes weight files otherwise words its own)."""
+
 
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names, in index order (torchvision's short names)."""
@@ -259,10 +262,12 @@ def _hub_error(source: str, error: Exception) -> HubError:
     problem = (
         f"could not get pretrained weights for {source} ({type(error).__name__}: offline or not cached?)"
     )
-    return HubError(
+    hub = HubError(
         f"{problem}; pass weights=PATH, a local .safetensors or .pth file",
         cli=f"{problem}; pass --weights PATH, a local .safetensors or .pth file",
     )
+    hub.problem = problem
+    return hub
 
 
 def _timm(name: str, weights: str | Path | None) -> nn.Module:

@@ -22,6 +22,7 @@ from fclens.edits.prior import adjust_head, class_prior, fit_head
 from fclens.errors import FclensError
 from fclens.io import csv_text
 from fclens.options import SEED
+from fclens.runs import progress_bar
 
 if TYPE_CHECKING:
     from fclens.scanning.reader import Scan
@@ -97,11 +98,14 @@ def rebalance(
     tau: float = PRIOR_TAU,
     prior: Any = "labels",
     seed: int = SEED,
+    *,
+    progress: bool = True,
 ) -> Rebalance:
     """Each of ``methods`` fitted or adjusted on ``train`` and evaluated on ``evaluation`` (see the module).
 
     ``prior``: the training prior, ``"labels"`` (the training scan's labelled rows) or C numbers.
-    ``tau`` applies to pg-prior, logit-adjust-loss, logit-adjust and tau-norm.
+    ``tau`` applies to pg-prior, logit-adjust-loss, logit-adjust and tau-norm. ``progress``: a bar on
+    stderr, method by method, when it is a terminal.
     """
     train, evaluation = open_scan(train), open_scan(evaluation)
     methods = list(dict.fromkeys(methods))
@@ -116,12 +120,14 @@ def rebalance(
     counts = class_counts(train)
     priors = class_prior(prior, len(train.class_names), train)
     layers: dict[str, FinalLayer] = {SCANNED: as_final_layer(train)}
-    for method in methods:
-        if method in POST_HOC:
-            layers[method] = adjust_head(train, method, prior=priors, tau=tau)
-        else:
-            fitted = fit_head(train, REFITS[method], prior=priors, tau=tau, seed=seed)
-            layers[method] = FinalLayer(fitted.weight, fitted.bias, method=method, fit=fitted.fit)
+    with progress_bar(len(methods), enabled=progress, desc="rebalance", unit="method") as bar:
+        for method in methods:
+            if method in POST_HOC:
+                layers[method] = adjust_head(train, method, prior=priors, tau=tau)
+            else:
+                fitted = fit_head(train, REFITS[method], prior=priors, tau=tau, seed=seed)
+                layers[method] = FinalLayer(fitted.weight, fitted.bias, method=method, fit=fitted.fit)
+            bar.update()
     judged = evaluate_heads(
         evaluation, list(layers.values()), train_counts=counts
     )  # one read of the features
