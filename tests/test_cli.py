@@ -335,6 +335,14 @@ def test_errors_speak_python_to_python_and_flags_to_the_command(
     )
     copy = pickle.loads(pickle.dumps(refused.value))  # what a Ray worker sends back keeps both
     assert (str(copy), copy.cli) == (str(refused.value), refused.value.cli)
+    with pytest.raises(ScanError) as refused:
+        fclens.read_scan(PHOTOS)  # images, not a scan: what makes one, in each caller's words
+    assert str(refused.value).endswith(
+        f"scan it first: fclens.scan(model, {str(PHOTOS)!r}, out=SCAN), then pass SCAN"
+    )
+    assert refused.value.cli.endswith(
+        f"scan it first: `fclens scan {PHOTOS} --out SCAN`, then `fclens atlas SCAN`"
+    )
 
 
 def test_survey_tells_how_to_give_weights_that_cannot_be_fetched() -> None:

@@ -34,6 +34,7 @@ from torch import nn
 from fclens.errors import FclensError
 from fclens.head import Head, find_head, input_channels
 from fclens.images import Preprocessing
+from fclens.options import DEVICE
 
 EMBEDDED = {f"efficientnet_lite{n}": n for n in (0, 1, 2)}
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -126,7 +127,7 @@ class Classifier:
 def load_model(
     source: str | nn.Module | None = None,
     weights: str | Path | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = DEVICE,
     class_names: list[str] | None = None,
     preprocessing: Preprocessing | None = None,
     input_size: int | tuple[int, int] | None = None,

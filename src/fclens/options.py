@@ -16,6 +16,7 @@ from fclens.errors import FclensError
 __all__ = [
     "ATLAS_TOP_K",
     "BIAS_CORRECTIONS",
+    "DEVICE",
     "ENGINES",
     "EXPLAIN_DEFAULTS",
     "LABEL_MODES",
@@ -51,6 +52,9 @@ LABEL_MODES: tuple[str, ...] = ("auto", "none")
 
 RUNNER_UP = "runner-up"
 """``contrast=RUNNER_UP``: contrast each image's target with its most probable other class."""
+
+DEVICE = "cpu"
+"""Where a model runs unless asked otherwise (:func:`fclens.load_model`, the command's ``--device``)."""
 
 ENGINES: tuple[str, ...] = ("local", "ray")
 """What moves a scan's batches: ``fclens scan --engine`` word → ``LocalEngine`` / ``RayEngine`` (fclens.scanning)."""

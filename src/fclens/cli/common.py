@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fclens.errors import FclensError
-from fclens.options import TREE_MODES, Options
+from fclens.options import DEVICE, TREE_MODES, Options
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -48,7 +48,7 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
         type=existing("a local weight file"),
         help="local weight file (.safetensors, or .pth read with weights_only)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    parser.add_argument("--device", default=DEVICE, help=f"cpu, cuda, cuda:N (default {DEVICE})")
 
 
 def load(args: argparse.Namespace) -> Any:
