@@ -34,10 +34,9 @@ from torch import nn
 from fclens.errors import FclensError
 from fclens.head import Head, find_head, input_channels
 from fclens.images import Preprocessing
-from fclens.options import DEVICE
+from fclens.options import DEFAULT_MODEL, DEVICE, EMBEDDED_MODELS
 
-EMBEDDED = {f"efficientnet_lite{n}": n for n in (0, 1, 2)}
-DEFAULT_MODEL = "efficientnet_lite0"
+EMBEDDED = {name: n for n, name in enumerate(EMBEDDED_MODELS)}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

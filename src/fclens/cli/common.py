@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fclens.errors import FclensError
-from fclens.options import DEVICE, TREE_MODES, Options
+from fclens.options import DEFAULT_MODEL, DEVICE, EMBEDDED_MODELS, TREE_MODES, Options
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -40,8 +40,8 @@ def model_flags(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--weights``, ``--device``: which classifier a command loads, and where it runs."""
     parser.add_argument(
         "--model",
-        default=None,
-        help="efficientnet_lite0 (default, offline), efficientnet_lite1/2, timm:NAME, torchvision:NAME",
+        default=DEFAULT_MODEL,
+        help=f"{', '.join(EMBEDDED_MODELS)} (offline), timm:NAME, torchvision:NAME (default {DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--weights",
