@@ -66,12 +66,13 @@ def explain_cost(images: int, repeats: int, work: Path) -> None:
     import torch
 
     import fclens
+    import fclens.models
     from fclens import cli
 
     folder = make_photo_folder(work / "photos", images)
     paths = sorted(folder.rglob("*.jpg"))
     model = fclens.load_model()
-    cli._load = lambda args: model  # startup excluded: the command gets the model already loaded
+    fclens.models.load_model = lambda *args, **kwargs: model  # startup excluded: the command gets it loaded
     outputs = work / "out"
 
     def command_line() -> None:

@@ -372,3 +372,18 @@ def test_lite0_classifier_r2_in_the_papers_band(lite0_weight):
     assert summary["degenerate"]["pos"]["count"] == 0 and summary["degenerate"]["neg"]["count"] == 0
     assert (fit.n_classes, fit.n_inputs) == (1000, 1280)
     assert np.isfinite(fit.mle.loglik).all()
+
+
+def test_to_text_reads_the_typed_fields_and_leaves_out_parts_not_fitted():
+    w = np.random.default_rng(3).laplace(0.0, 1.0, (30, 200))
+    fit = fit_ald(w)
+    text = fit.to_text("toy")
+    summary = fit.summary()
+    assert text.splitlines()[0] == "toy: final layer 30 classes × 200 inputs"
+    assert f"median {summary['r2_quantiles']['pos']['p50']:.4g}" in text and "n/a" not in text
+    counts = summary["aic"]["best_counts"]
+    assert f"ald {counts['ald']}, gauss {counts['gauss']}, laplace {counts['laplace']}" in text
+    assert fit.pos.r2_quantiles().p50 == summary["r2_quantiles"]["pos"]["p50"]
+    assert "beyond the paper" not in fit_ald(w, method="regression").to_text()
+    only_mle = fit_ald(w, method="mle").to_text()
+    assert "regression" not in only_mle and "classes best described by" in only_mle

@@ -128,7 +128,7 @@ def test_cli_writes_json_and_pages(
         f"class-{k}.html" for k in range(CLASSES)
     ]
     assert main(["atlas", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
-    assert "not a scan" in capsys.readouterr().err
+    assert "nothing does not exist; give a directory written by fclens scan" in capsys.readouterr().err
 
 
 # --- a version-1 scan (tests/fixtures/scan-v1, written by fclens 067169c) and an incomplete one ---------

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import pickle
+import pty
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 from safetensors.torch import save_file
 
 import fclens
+import feature_scan
 from fclens.cli import main
+from fclens.errors import FclensError
 from fclens.samples import sample_image
+from fclens.scanning import ScanError
+from fclens.surveying import SURVEY_COLUMNS, survey
+
+PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -26,9 +37,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ([], ["weights"], ["tree"], ["survey"], ["explain"]):
-        with pytest.raises(SystemExit) as exit_:
-            main([*command, "--help"])
-        assert exit_.value.code == 0
+        assert main([*command, "--help"]) == 0
     assert "--json" in capsys.readouterr().out
 
 
@@ -36,12 +45,12 @@ HEAVY = ("torch", "torchvision", "timm", "numpy", "scipy", "matplotlib", "PIL", 
 HEAVY += ("pyarrow", "pandas", "polars", "duckdb", "ray")
 HELP_PROBE = """
 import argparse, contextlib, io, json, sys
-from fclens.cli import _parser, main
-(commands,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+from fclens.cli import build_parser, main
+(commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
 asked = [["--help"], ["--version"]] + [[name, "--help"] for name in commands.choices]
 for argv in asked:
-    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
-        main(argv)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(argv) == 0, argv
     assert out.getvalue().strip(), argv
 heavy = sorted(name for name in sys.modules if name.split(".")[0] in HEAVY)
 print(json.dumps({"commands": list(commands.choices), "heavy": heavy}))
@@ -51,8 +60,8 @@ print(json.dumps({"commands": list(commands.choices), "heavy": heavy}))
 def test_help_and_version_import_nothing_heavy() -> None:
     """--help of fclens and of every subcommand, and --version, answer without torch & co.
 
-    Heavy imports belong inside the ``_run_*`` functions (the rule atop fclens/cli.py); a subcommand
-    added later is checked too, since the probe walks the parser's subcommands.
+    Heavy imports belong inside each command's ``run`` (the rule atop fclens/cli/__init__.py); a
+    subcommand added later is checked too, since the probe walks the parser's subcommands.
     """
     done = subprocess.run(
         [sys.executable, "-c", f"HEAVY = {HEAVY!r}" + HELP_PROBE],
@@ -67,9 +76,7 @@ def test_help_and_version_import_nothing_heavy() -> None:
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        main(["--version"])
-    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"fclens {fclens.__version__}"
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"fclens {fclens.__version__}"
 
 
 def test_weights_json_summary_and_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -86,11 +93,16 @@ def test_weights_json_summary_and_files(capsys: pytest.CaptureFixture[str], tmp_
 
 
 def test_weights_plots_and_page(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, out, _ = run(
+    code, out, err = run(
         capsys, "weights", "--out", str(tmp_path), "--plots", "--html", "--plot-classes", "285,espresso"
     )
-    assert code == 0 and "marginal mean" in out
+    assert code == 0 and "marginal mean" in out and err == ""  # no bar where stderr is no terminal
     assert "per-class R² pos: median 0.847" in out and "gauss 912" in out and "n/a" not in out
+    wrote = out.splitlines()[-1]  # every file by name, the page included; the class plots counted
+    assert wrote == (
+        f"wrote {tmp_path}/: ald.csv, summary.json, r2-histogram.png, slope-intercept.png, weights.html, "
+        "classes/ (2 fit plots)"
+    )
     assert (tmp_path / "r2-histogram.png").stat().st_size > 10_000
     assert sorted(p.name for p in (tmp_path / "classes").iterdir()) == [
         "0285-Egyptian_cat.png",
@@ -258,3 +270,188 @@ def test_samples_make_a_labelled_folder_a_scan_can_read(
     again = fclens.sample_folder(tmp_path / "again", 6)  # seeded: the same call makes the same files
     assert [p.read_bytes() for p in photos] == [p.read_bytes() for p in sorted(again.rglob("*.jpg"))]
     assert run(capsys, "samples", "--out", str(out / "ATTRIBUTION.md"))[0] == 2
+
+
+def test_help_lists_every_exit_code_and_flag_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    epilog = " ".join(capsys.readouterr().out.split()).split("Exit codes: ")[1]
+    assert [part.split()[0] for part in epilog.split("; ")] == ["0", "1", "2", "3", "130"]
+    code, out, err = run(capsys, "scan", str(PHOTOS))  # --out missing
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("fclens scan: error: ") and "--out" in err and "fclens scan --help" in err
+
+
+def existing_scan(directory: Path) -> Path:
+    """A small scan with stored features and labels (the head floor's synthetic one): a real input."""
+    means = feature_scan.class_means(3, 4, spread=1.0)
+    counts = np.array([30, 20, 10])
+    feature_scan.write(directory, means, counts, feature_scan.bayes_layer(means, counts / counts.sum()))
+    return directory
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["explain", "missing_folder/", "--out", "OUT"],
+        ["explain", str(PHOTOS / "tabby" / "0.jpg"), "missing.jpg", "--out", "OUT"],
+        ["scan", "missing_folder/", "--out", "OUT"],
+        ["scan", "missing.csv", "--out", "OUT"],
+        ["atlas", "missing_scan/", "--out", "OUT"],
+        ["prune", "missing_scan/", "--out", "OUT"],
+        ["rebalance", "missing_scan/", "--eval", "SCAN", "--out", "OUT"],
+        ["rebalance", "SCAN", "--eval", "missing_scan/", "--out", "OUT"],
+        ["weights", "--weights", "missing.safetensors", "--out", "OUT"],
+        ["tree", "--class", "1", "--weights", "missing.pth"],
+        ["survey", "--models", "efficientnet_lite0", "--weights-dir", "missing_folder/", "--out", "OUT"],
+    ],
+)
+def test_a_missing_input_is_exit_2_in_one_line_before_any_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    existing_scan(tmp_path / "SCAN")
+    code, out, err = run(capsys, *args)
+    missing = next(arg for arg in args if arg.startswith("missing"))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"{missing} does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "OUT").exists()  # explain wrote no summary.csv, scan no manifest
+
+
+def test_errors_speak_python_to_python_and_flags_to_the_command(
+    capsys: pytest.CaptureFixture[str], classifier: fclens.Classifier, tmp_path: Path
+) -> None:
+    """One refusal, two wordings: ``str(error)`` names keywords, the command names flags."""
+    out = tmp_path / "scan"
+    out.mkdir()
+    (out / "part-00000.parquet").write_bytes(b"")  # shards but no manifest: not a scan to resume
+    with pytest.raises(ScanError) as refused:
+        fclens.scan(classifier, PHOTOS, out, progress=False)
+    assert str(refused.value).endswith("pass another out= directory, or force=True")
+    assert "--" not in str(refused.value)
+    code, _, err = run(capsys, "scan", str(PHOTOS), "--out", str(out))
+    assert (
+        code == 2
+        and err == f"fclens: error: {out} holds shards but no manifest; use another --out, or --force\n"
+    )
+    copy = pickle.loads(pickle.dumps(refused.value))  # what a Ray worker sends back keeps both
+    assert (str(copy), copy.cli) == (str(refused.value), refused.value.cli)
+    with pytest.raises(ScanError) as refused:
+        fclens.read_scan(PHOTOS)  # images, not a scan: what makes one, in each caller's words
+    assert str(refused.value).endswith(
+        f"scan it first: fclens.scan(model, {str(PHOTOS)!r}, out=SCAN), then pass SCAN"
+    )
+    assert refused.value.cli.endswith(
+        f"scan it first: `fclens scan {PHOTOS} --out SCAN`, then `fclens atlas SCAN`"
+    )
+
+
+def test_survey_tells_how_to_give_weights_that_cannot_be_fetched() -> None:
+    """With no hub, the survey's hint is its own flag (--weights-dir), not load_model's weights=."""
+    code = (
+        "import json\nfrom fclens.cli import main\nfrom fclens.surveying import survey\n"
+        "print(json.dumps([survey(['timm:resnet18'], progress=False)[0].reason]))\n"
+        "main(['survey', '--models', 'timm:resnet18', '--json'])"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    python, command = done.stdout.split("\n", 1)
+    (python,), (row,) = json.loads(python), json.loads(command)
+    assert "could not get pretrained weights for timm:resnet18" in python
+    assert python.endswith("pass weights_dir= a folder holding resnet18.safetensors (or .pth)")
+    assert row["status"] == "failed"
+    assert row["reason"].endswith("pass --weights-dir DIR, a folder holding resnet18.safetensors (or .pth)")
+
+
+def test_survey_rows_are_typed(tmp_path: Path) -> None:
+    save_file(
+        timm.create_model("resnet18", num_classes=10).state_dict(), str(tmp_path / "resnet18.safetensors")
+    )
+    (row,) = survey(["timm:resnet18"], weights_dir=tmp_path, progress=False)
+    assert (row.status, row.classes, row.inputs, row.reason) == ("ok", 10, 512, "")
+    assert 0 < row.joint_pos_r2 <= 1 and 0 <= row.ald_preferred <= 10
+    assert tuple(row.to_dict()) == SURVEY_COLUMNS
+    with pytest.raises(FclensError, match="weights_dir='nowhere' is not a folder"):
+        survey(["timm:resnet18"], weights_dir="nowhere")
+
+
+def test_ctrl_c_or_sigterm_keeps_whole_files_and_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while the second class plot is drawn: exit 130, one line saying what was kept."""
+    from fclens.report import weights
+
+    drawn = []
+
+    def stopped(*args: object) -> None:
+        drawn.append(args)
+        if len(drawn) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's stop: taken as Ctrl-C
+        return real(*args)
+
+    real, handler = weights.fit_plot, signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(weights, "fit_plot", stopped)
+    code, out, err = run(capsys, "weights", "--out", str(tmp_path), "--plots", "--plot-classes", "1,2,3")
+    assert code == 130 and out == ""
+    assert err == f"fclens: interrupted: 5 files kept in {tmp_path}, each whole; rerun to write them all\n"
+    kept = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    assert kept == {"ald.csv", "summary.json", "r2-histogram.png", "slope-intercept.png", "0001-goldfish.png"}
+    assert signal.getsignal(signal.SIGTERM) is handler  # the command's own handler is gone
+
+
+def test_an_internal_error_is_exit_1_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fclens.tree
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(fclens.tree, "split_tree", broken)
+    code, out, err = run(capsys, "tree", "--class", "1")
+    assert code == 1 and out == ""
+    assert err == "fclens: internal error: ZeroDivisionError: a bug (rerun with --debug for the traceback)\n"
+
+
+def on_terminal(args: list[str], cwd: Path) -> str:
+    """What ``fclens ARGS`` writes to stderr when stderr is a terminal (a pseudo-terminal here)."""
+    primary, secondary = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "fclens", *args], cwd=cwd, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=secondary,
+    ) as process:  # fmt: skip
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 1 << 16)
+            except OSError:  # EIO: the command closed its end
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert process.wait(timeout=300) in (0, 3), b"".join(chunks)
+    os.close(primary)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "bar"),
+    [
+        (["weights", "--plots", "--plot-classes", "285", "--out", "w"], "weights: 100%"),
+        (["survey", "--models", "efficientnet_lite0"], "survey: 100%"),
+        (["scan", str(PHOTOS), "--out", "s", "--workers", "0"], "scan: 100%"),
+        (
+            ["rebalance", "SCAN", "--eval", "SCAN", "--methods", "tau-norm,logit-adjust", "--out", "r"],
+            "rebalance: 100%",
+        ),
+    ],
+)
+def test_a_progress_bar_on_a_terminal_and_none_in_a_pipe(tmp_path: Path, args: list[str], bar: str) -> None:
+    existing_scan(tmp_path / "SCAN")
+    shown = on_terminal(args, tmp_path)
+    assert bar in shown and "<" in shown and "/s]" in shown  # the time left, and items per second
+    piped = subprocess.run(
+        [sys.executable, "-m", "fclens", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert piped.returncode in (0, 3) and bar.split(":")[0] + ":" not in piped.stderr

@@ -173,7 +173,7 @@ def test_offline_hub_miss_suggests_a_weight_file() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     ).stdout
-    assert "could not get pretrained weights for timm:resnet18" in out and "--weights PATH" in out
+    assert "could not get pretrained weights for timm:resnet18" in out and "pass weights=PATH" in out
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ def unreachable_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
 
 def test_an_unreachable_hub_fails_at_once_with_the_same_message(unreachable_hub: Path) -> None:
     for name in ("resnet18", "resnet34"):  # the second model reuses the first one's probe
-        with pytest.raises(ModelError, match=f"pretrained weights for timm:{name} .*--weights PATH"):
+        with pytest.raises(ModelError, match=f"pretrained weights for timm:{name} .*weights=PATH"):
             load_model(f"timm:{name}")
     assert not any(unreachable_hub.iterdir())  # and wrote nothing into the cache
 
@@ -221,7 +221,7 @@ def test_an_unreachable_torchvision_host_fails_before_downloading(
     monkeypatch.setattr(models, "_reachable", lambda url: False)
     monkeypatch.setattr(torchvision.models, "get_model", lambda *a, **k: pytest.fail("tried to download"))
     try:
-        with pytest.raises(ModelError, match=r"torchvision:resnet18 .*--weights PATH"):
+        with pytest.raises(ModelError, match=r"torchvision:resnet18 .*weights=PATH"):
             load_model("torchvision:resnet18")
     finally:
         torch.hub.set_dir(torch_hub)

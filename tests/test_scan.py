@@ -162,7 +162,7 @@ def test_another_model_or_options_into_the_same_directory_is_refused(
 ) -> None:
     out = tmp_path / "scan"
     scan(classifier, Interrupting(photos), out, engine=IN_PROCESS, progress=False)
-    with pytest.raises(ScanError, match=r"min_size: 20 then, 10 now.*--force"):
+    with pytest.raises(ScanError, match=r"min_size: 20 then, 10 now.*force=True"):
         scan(classifier, Interrupting(photos), out, engine=IN_PROCESS, min_size=10, progress=False)
     redone = scan(
         classifier, Interrupting(photos), out, engine=IN_PROCESS, min_size=10, force=True, progress=False
@@ -189,7 +189,7 @@ def test_a_list_gives_paths_relative_to_itself_and_labels_by_name_or_index(
     ("text", "message"),
     [
         ("file,label\na.jpg,1\n", r"no 'path' column \(columns: file, label\)"),
-        ("path,label\na.jpg,tiger kat\n", r"label 'tiger kat' matches no class.*'tiger cat'.*--labels none"),
+        ("path,label\na.jpg,tiger kat\n", r"label 'tiger kat' matches no class.*'tiger cat'.*labels='none'"),
         ("path,label\na.jpg,1000\n", r"label 1000 is out of range"),
     ],
 )
@@ -410,9 +410,10 @@ def test_a_label_folder_with_no_close_class_says_how_to_list_the_classes(
     Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "kitty_cats" / "a.jpg")
     with pytest.raises(FclensError) as refused:
         scan(classifier, tmp_path / "photos", tmp_path / "scan", progress=False)
-    message = str(refused.value)
-    assert "no class name is close" in message and "fclens.load_model().class_names" in message
-    assert "closest" not in message
+    message, command = str(refused.value), refused.value.cli  # Python's words, and the command's
+    assert "no class name is close" in message and "model.class_names" in message
+    assert "fclens.load_model().class_names" in command and "--labels none" in command
+    assert "closest" not in message + command
 
 
 def test_classifier_to_moves_the_module_and_the_heads_cached_weight() -> None:

@@ -178,7 +178,7 @@ def test_more_actors_than_the_cluster_holds_is_one_line(
     with pytest.raises(FclensError) as error:
         scan(classifier, photos, tmp_path / "scan", engine=RayEngine(address=cluster.address, actors=3))
     assert str(error.value) == (
-        "3 model actors asked for, but the Ray cluster has 2 CPUs; use --actors 2 or fewer"
+        "3 model actors asked for, but the Ray cluster has 2 CPUs; use RayEngine(actors=2) or fewer"
     )
 
 

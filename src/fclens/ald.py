@@ -43,6 +43,7 @@ __all__ = [
     "ALDFit",
     "MLEFit",
     "PartFit",
+    "Quantiles",
     "RegressionFit",
     "fit_ald",
     "regression_fit",
@@ -87,6 +88,18 @@ class RegressionFit:
     reason: str
 
 
+class Quantiles(NamedTuple):
+    """The spread of a per-class figure over the classes (finite values only; None when there are none)."""
+
+    min: float | None
+    p05: float | None
+    p25: float | None
+    p50: float | None
+    p75: float | None
+    p95: float | None
+    max: float | None
+
+
 @dataclass(frozen=True, eq=False)
 class PartFit:
     """The paper's regression fit of one part (positive or negative) of every class: arrays of shape (C,).
@@ -111,6 +124,10 @@ class PartFit:
         return RegressionFit(
             **{f.name: _scalar(getattr(self, f.name)[k]) for f in fields(self)},
         )
+
+    def r2_quantiles(self) -> Quantiles:
+        """How well the classes fit, spread over the classes: quantiles of the per-class R²."""
+        return _quantiles(self.r2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,6 +159,10 @@ class MLEFit:
     best: np.ndarray
     n: np.ndarray
     reason: np.ndarray
+
+    def best_counts(self) -> dict[str, int]:
+        """How many classes each hypothesis of :data:`MODELS` describes best (lowest AIC)."""
+        return {name: int(np.sum(self.best == name)) for name in MODELS}
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,7 +212,10 @@ class ALDFit:
         if self.pos is not None and self.neg is not None:
             assert self.joint_pos is not None and self.joint_neg is not None
             out["joint"] = {"pos": _joint_summary(self.joint_pos), "neg": _joint_summary(self.joint_neg)}
-            out["r2_quantiles"] = {"pos": _quantiles(self.pos.r2), "neg": _quantiles(self.neg.r2)}
+            out["r2_quantiles"] = {
+                "pos": self.pos.r2_quantiles()._asdict(),
+                "neg": self.neg.r2_quantiles()._asdict(),
+            }
             out["degenerate"] = {
                 "pos": _reason_counts(self.pos.reason),
                 "neg": _reason_counts(self.neg.reason),
@@ -209,11 +233,40 @@ class ALDFit:
             }
             out["aic"] = {
                 "note": _MLE_NOTE,
-                "best_counts": {name: int(np.sum(m.best == name)) for name in MODELS},
+                "best_counts": m.best_counts(),
                 "median_gauss_minus_ald": _nanmedian(m.aic_gauss - m.aic_ald),
                 "median_laplace_minus_ald": _nanmedian(m.aic_laplace - m.aic_ald),
             }
         return out
+
+    def to_text(self, name: str = "the final layer") -> str:
+        """The per-model figures as a few lines for a person: the paper's first, then what goes beyond it.
+
+        ``name``: what the first line calls the layer (``fclens weights`` gives the model's name).
+        """
+
+        def number(value: float | None) -> str:
+            return "n/a" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+        lines = [f"{name}: final layer {self.n_classes} classes × {self.n_inputs} inputs"]
+        if self.pos is not None and self.neg is not None:
+            assert self.joint_pos is not None and self.joint_neg is not None
+            pos, neg = self.joint_pos, self.joint_neg
+            lines += [
+                "the paper's regression fit (arXiv 2205.11908):",
+                f"  marginal mean  pos {number(self.marginal_mean_pos)}   neg {number(self.marginal_mean_neg)}",
+                f"  joint fit      pos mean {number(pos.mean)} R² {number(pos.r2)}   "
+                f"neg mean {number(neg.mean)} R² {number(neg.r2)}",
+            ]
+            for part, fit in (("pos", self.pos), ("neg", self.neg)):
+                q = fit.r2_quantiles()
+                lines.append(
+                    f"  per-class R² {part}: median {number(q.p50)} (5% {number(q.p05)}, 95% {number(q.p95)})"
+                )
+        if self.mle is not None:
+            counts = ", ".join(f"{model} {count}" for model, count in self.mle.best_counts().items())
+            lines += ["beyond the paper (maximum likelihood, AIC):", f"  classes best described by {counts}"]
+        return "\n".join(lines)
 
     def to_json(self, class_names: Sequence[str] | None = None) -> str:
         """The :meth:`summary` plus every per-class array, as a JSON document (NaN → null).
@@ -723,14 +776,12 @@ def _nanmedian(a: np.ndarray) -> float | None:
     return float(np.median(finite)) if finite.size else None
 
 
-def _quantiles(a: np.ndarray) -> dict[str, float | None]:
+def _quantiles(a: np.ndarray) -> Quantiles:
     """min, 5 %, 25 %, 50 %, 75 %, 95 %, max of the finite entries of ``a`` (None if there are none)."""
-    keys = ("min", "p05", "p25", "p50", "p75", "p95", "max")
     finite = a[np.isfinite(a)]
     if not finite.size:
-        return dict.fromkeys(keys)
-    values = np.quantile(finite, [0, 0.05, 0.25, 0.5, 0.75, 0.95, 1])
-    return {k: float(v) for k, v in zip(keys, values, strict=True)}
+        return Quantiles(*[None] * len(Quantiles._fields))
+    return Quantiles(*map(float, np.quantile(finite, [0, 0.05, 0.25, 0.5, 0.75, 0.95, 1])))
 
 
 def _reason_counts(reason: np.ndarray) -> dict[str, Any]:

@@ -34,16 +34,15 @@ import pyarrow.compute as pc
 
 from fclens import deprecation
 from fclens.errors import FclensError
+from fclens.options import ATLAS_TOP_K, SEED
 from fclens.scanning.reader import Scan, as_scan
 
 if TYPE_CHECKING:
     from fclens.edits.causal import CausalTable, SavedEdit
     from fclens.scanning.manifest import Manifest
 
-__all__ = ["TOP_K", "Atlas", "AtlasImage", "ClassAtlas", "NodeMean", "Pair", "Rival", "atlas"]
+__all__ = ["Atlas", "AtlasImage", "ClassAtlas", "NodeMean", "Pair", "Rival", "atlas"]
 
-TOP_K = 8
-"""Images per list and class, unless asked otherwise."""
 MAX_RIVALS = 10
 """Rivals kept per class, most confusing first."""
 MAX_PAIRS = 100
@@ -223,7 +222,7 @@ def _tested(tested: dict[tuple[int, int], Any], pair: Pair) -> dict[str, Any] | 
 
 
 def atlas(
-    scan: Scan | str | os.PathLike[str], top_k: int = TOP_K, *, causal: bool = False, seed: int = 0
+    scan: Scan | str | os.PathLike[str], top_k: int = ATLAS_TOP_K, *, causal: bool = False, seed: int = SEED
 ) -> Atlas:
     """The atlas of a scan (a :class:`fclens.Scan` or its directory), ``top_k`` images per list.
 

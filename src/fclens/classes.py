@@ -35,12 +35,19 @@ class ClassNames:
     """The class names of a model or a scan, looked up by :meth:`index` (each distinct value once).
 
     ``owner`` names whose classes they are in messages ("the model", "the scan"); ``listing`` says how to
-    list them, for a value that nothing is close to.
+    list them, for a value that nothing is close to (``cli_listing``: the same in the command's words).
     """
 
-    def __init__(self, names: Sequence[str], owner: str = "the model", listing: str = "") -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        owner: str = "the model",
+        listing: str = "",
+        cli_listing: str | None = None,
+    ) -> None:
         self.names = [str(name) for name in names]
         self.owner, self.listing = owner, listing
+        self.cli_listing = listing if cli_listing is None else cli_listing
         self._exact = {name: i for i, name in enumerate(self.names)}
         self._loose: dict[str, int] = {}
         for i, name in enumerate(self.names):
@@ -50,21 +57,21 @@ class ClassNames:
     def __len__(self) -> int:
         return len(self.names)
 
-    def index(self, value: Any, what: str = "class", hint: str = "") -> int:
+    def index(self, value: Any, what: str = "class", hint: str = "", cli_hint: str | None = None) -> int:
         """``value`` (an index, a numeric string or a name) → its class index; FclensError naming the
         closest names otherwise. ``what`` names the value in the message ("label", "subfolder", …) and
-        ``hint`` ends it (what to do instead)."""
+        ``hint`` ends it (what to do instead; ``cli_hint``: the same in the command's words)."""
         if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # a numpy or torch scalar
             value = value.item()
         try:
             return self._known[value]
         except (KeyError, TypeError):  # TypeError: an unhashable value, refused below
             pass
-        found = self._find(value, what, hint)
+        found = self._find(value, what, hint, hint if cli_hint is None else cli_hint)
         self._known[value] = found
         return found
 
-    def _find(self, value: Any, what: str, hint: str) -> int:
+    def _find(self, value: Any, what: str, hint: str, cli_hint: str) -> int:
         if isinstance(value, str) and value in self._exact:
             return self._exact[value]
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
@@ -79,9 +86,11 @@ class ClassNames:
             return self._in_range(int(text), what)
         if loose(text) in self._loose:
             return self._loose[loose(text)]
+        problem = f"{what} {value!r} matches no class of {self.owner}"
+        ending = (f"; {hint}" if hint else "", f"; {cli_hint}" if cli_hint else "")
         raise FclensError(
-            f"{what} {value!r} matches no class of {self.owner}{self._closest(text)}"
-            + (f"; {hint}" if hint else "")
+            problem + self._closest(text, self.listing) + ending[0],
+            cli=problem + self._closest(text, self.cli_listing) + ending[1],
         )
 
     def _in_range(self, index: int, what: str) -> int:
@@ -92,11 +101,11 @@ class ClassNames:
             )
         return index
 
-    def _closest(self, text: str) -> str:
+    def _closest(self, text: str, listing: str) -> str:
         """ "; did you mean 'a', 'b'?" with up to five close names (by spelling, then containing the text)."""
         key = loose(text)
         close = difflib.get_close_matches(key, list(self._loose), n=5, cutoff=_CLOSE)
         close += [name for name in self._loose if key and key in name and name not in close][: 5 - len(close)]
         if not close:
-            return f" (no class name is close{'; ' + self.listing if self.listing else ''})"
+            return f" (no class name is close{'; ' + listing if listing else ''})"
         return f"; did you mean {', '.join(repr(self.names[self._loose[name]]) for name in close)}?"

@@ -56,6 +56,10 @@ class HeadError(FclensError):
     """The model has no final layer fclens can read (one-line message for the user)."""
 
 
+_TARGET_LAYER_FLAG = "name a spatial layer with fclens explain --target-layer NAME"
+"""The command's words for ``target_layer=``."""
+
+
 @dataclass
 class Head:
     """The final layer of a classifier and the features it sees.
@@ -235,8 +239,9 @@ def _token_grid(tokens: int, model: nn.Module) -> tuple[int, int]:
         return int(grid[0]), int(grid[1])
     side = round(tokens**0.5)
     if side * side != tokens:
+        problem = f"cannot arrange {tokens} tokens on a square grid"
         raise HeadError(
-            f"cannot arrange {tokens} tokens on a square grid; pass target_layer= a spatial layer"
+            f"{problem}; pass target_layer= a spatial layer", cli=f"{problem}; {_TARGET_LAYER_FLAG}"
         )
     return side, side
 
@@ -299,7 +304,11 @@ def _probe(model: nn.Module, shape: tuple[int, int, int], target_layer: str | No
     """:func:`find_head`'s work: one recorded forward, then the search."""
     modules = dict(model.named_modules())
     if target_layer is not None and target_layer not in modules:
-        raise HeadError(f"no layer named {target_layer!r} in the model; see model.named_modules() for names")
+        raise HeadError(
+            f"no layer named {target_layer!r} in the model; see model.named_modules() for names",
+            cli=f"no layer named {target_layer!r} in the model (--target-layer); see the module names "
+            "that model.named_modules() gives in Python",
+        )
     param = next(model.parameters(), None)
     if param is None:
         raise HeadError("the model has no parameters, so it has no final linear layer")
@@ -363,7 +372,8 @@ def _probe(model: nn.Module, shape: tuple[int, int, int], target_layer: str | No
                 return _describe(model, final, weight, bias, prelogits, call, before)
     spatial = [c for c in before if _is_spatial(c.output)]
     if not spatial:
-        raise HeadError("no layer before the final layer outputs a spatial feature map; pass target_layer=")
+        problem = "no layer before the final layer outputs a spatial feature map"
+        raise HeadError(f"{problem}; pass target_layer=", cli=f"{problem}; {_TARGET_LAYER_FLAG}")
     # Prefer the latest layer that the head pools affinely; else the latest readable spatial layer.
     fallback: Head | None = None
     for call in reversed(spatial):
@@ -375,7 +385,8 @@ def _probe(model: nn.Module, shape: tuple[int, int, int], target_layer: str | No
             return head
         fallback = fallback or head
     if fallback is None:
-        raise HeadError("no layer before the final layer outputs a readable feature map; pass target_layer=")
+        problem = "no layer before the final layer outputs a readable feature map"
+        raise HeadError(f"{problem}; pass target_layer=", cli=f"{problem}; {_TARGET_LAYER_FLAG}")
     return fallback
 
 

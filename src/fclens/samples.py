@@ -19,8 +19,9 @@ from PIL import Image, ImageOps
 
 from fclens.errors import FclensError
 from fclens.images import load_image
+from fclens.options import SAMPLE_COUNT, SEED
 
-__all__ = ["SAMPLE_CLASSES", "SAMPLE_COUNT", "SAMPLE_NAMES", "sample_folder", "sample_image"]
+__all__ = ["SAMPLE_CLASSES", "SAMPLE_NAMES", "sample_folder", "sample_image"]
 
 
 SAMPLE_NAMES: tuple[str, ...] = ("chelsea", "coffee")
@@ -28,9 +29,6 @@ SAMPLE_NAMES: tuple[str, ...] = ("chelsea", "coffee")
 
 SAMPLE_CLASSES: Mapping[str, str] = {"chelsea": "tabby", "coffee": "espresso"}
 """The ImageNet class each sample photo shows: :func:`sample_folder` files its crops under that name."""
-
-SAMPLE_COUNT = 100
-"""How many photos :func:`sample_folder` (and ``fclens samples``) writes unless asked otherwise."""
 
 
 def sample_image(name: str = "chelsea") -> Path:
@@ -56,7 +54,7 @@ def _sample_path(name: str) -> Path:
 def sample_folder(
     out: str | os.PathLike[str],
     count: int = SAMPLE_COUNT,
-    seed: int = 0,
+    seed: int = SEED,
     side: int | None = None,
     photos: Mapping[str, Image.Image] | None = None,
 ) -> Path:

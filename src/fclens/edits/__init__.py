@@ -29,3 +29,7 @@ POST_HOC = ("logit-adjust", "tau-norm")
 REBALANCE_METHODS = (*REFITS, *POST_HOC)
 REBALANCE_DEFAULTS = ("ce", "pg-prior", "balanced-softmax", "logit-adjust", "tau-norm", "crt")
 """The default methods: ``logit-adjust-loss`` at τ = 1 is ``balanced-softmax``, so it is left out."""
+PRIOR_TAU = 1.0
+"""The strength τ of the prior in the losses and adjustments that take one, unless asked otherwise."""
+TOP_PAIRS = 20
+"""The pairs :func:`~fclens.edits.pair.causal_test` (and ``fclens atlas --causal``) takes by default."""

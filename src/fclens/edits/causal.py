@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from fclens import deprecation
+from fclens.edits import TOP_PAIRS
 from fclens.edits.evaluate import Evaluation, PairCount, PairOutcome, evaluate_logits
 from fclens.edits.pair import (
     RULES,
@@ -53,6 +54,7 @@ from fclens.edits.pair import (
 )
 from fclens.errors import FclensError
 from fclens.numbers import json_number, nan_mean, percent, signed
+from fclens.options import SEED
 from fclens.scanning.features import Features
 from fclens.scanning.reader import Scan, as_features, as_scan
 
@@ -69,8 +71,6 @@ __all__ = [
 
 MS = (1, 2, 4, 8, 16, 32)
 """The numbers of neurons :func:`causal_test` edits, per rule."""
-TOP_PAIRS = 20
-"""The pairs :func:`causal_test` takes by default."""
 
 
 def headline_m(ms: Sequence[int]) -> int:
@@ -292,7 +292,7 @@ def causal_test(
     pairs: Iterable[Any] | None = None,
     ms: Sequence[int] = MS,
     rules: Sequence[str] = RULES,
-    seed: int = 0,
+    seed: int = SEED,
     layer: Any = None,
     *,
     fraction: float = 0.5,
@@ -461,7 +461,7 @@ def save_pair_edit(
     rival: int,
     m: int,
     path: str | os.PathLike[str],
-    seed: int = 0,
+    seed: int = SEED,
 ) -> SavedEdit:
     """Write the scanned model with the ``tree``-selected ``equalise`` edit of target → rival (indices or
     names) on ``m`` neurons, chosen on the first half of the seeded split, and test that edit on the

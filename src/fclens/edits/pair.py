@@ -31,6 +31,7 @@ from fclens.classes import ClassNames
 from fclens.edits.evaluate import PairCount
 from fclens.errors import FclensError
 from fclens.layer import FinalLayer
+from fclens.options import SEED
 from fclens.scanning.features import Features
 from fclens.scanning.reader import Scan, as_features, as_scan
 from fclens.tree import class_trees, pair_indices
@@ -89,7 +90,7 @@ def select_neurons(
     rule: str = "tree",
     layer: Any = None,
     rows: Sequence[int] | np.ndarray | None = None,
-    seed: int = 0,
+    seed: int = SEED,
     min_size: int | None = None,
     mode: str | None = None,
     **old: Any,
@@ -197,7 +198,7 @@ def pair_edit(
     strength: float | None = None,
     rows: Sequence[int] | np.ndarray | None = None,
     split: bool = False,
-    seed: int = 0,
+    seed: int = SEED,
     objective: str = "accuracy",
     layer: Any = None,
     min_size: int | None = None,
@@ -381,7 +382,7 @@ def _check_rule(rule: str) -> str:
     return rule
 
 
-def split_rows(scan: ScanLike, seed: int = 0, fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(scan: ScanLike, seed: int = SEED, fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Deprecated: ``scan.read_features().split(seed, fraction)``."""
     deprecation.warn("fclens.split_rows(scan)", "fclens.read_scan(path).read_features().split(seed)")
     return as_features(scan).split(seed, fraction)

@@ -58,9 +58,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fclens import deprecation
-from fclens.edits import POST_HOC
+from fclens.edits import POST_HOC, PRIOR_TAU
 from fclens.errors import FclensError
 from fclens.layer import FinalLayer, FitReport
+from fclens.options import SEED
 from fclens.scanning.features import class_counts, feature_batches
 from fclens.scanning.reader import Scan, as_scan
 
@@ -130,7 +131,9 @@ class PriorLoss(nn.Module):
     ``target``: the prior to aim for (default uniform: the balanced error). The mean over the batch.
     """
 
-    def __init__(self, prior: Any, method: str = "pg-prior", tau: float = 1.0, target: Any = None) -> None:
+    def __init__(
+        self, prior: Any, method: str = "pg-prior", tau: float = PRIOR_TAU, target: Any = None
+    ) -> None:
         super().__init__()
         if method not in PRIOR_LOSSES:
             raise FclensError(f"unknown prior loss {method!r}; choose from {', '.join(PRIOR_LOSSES)}")
@@ -183,8 +186,8 @@ def fit_layer(
     method: str = "ce",
     *,
     prior: Any = "labels",
-    tau: float = 1.0,
-    seed: int = 0,
+    tau: float = PRIOR_TAU,
+    seed: int = SEED,
     target: Any = None,
     weight_decay: float = 5e-4,
     max_iter: int = 500,
@@ -292,7 +295,7 @@ def fit_layer(
 
 
 def adjust_layer(
-    layer: Any, method: str = "logit-adjust", *, prior: Any = None, tau: float = 1.0
+    layer: Any, method: str = "logit-adjust", *, prior: Any = None, tau: float = PRIOR_TAU
 ) -> FinalLayer:
     """A post-hoc adjustment of ``layer`` (a FinalLayer, or anything :meth:`FinalLayer.of` reads: a loaded
     model, a scan); no training. ``logit-adjust``: b − τ log π_train, ``prior`` a scan (its labelled rows)

@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 
 from fclens import deprecation
-from fclens.edits import POST_HOC, REBALANCE_DEFAULTS, REBALANCE_METHODS, REFITS
+from fclens.edits import POST_HOC, PRIOR_TAU, REBALANCE_DEFAULTS, REBALANCE_METHODS, REFITS
 from fclens.edits.evaluate import FEW, MANY, Evaluation, evaluate
 from fclens.edits.prior import adjust_layer, class_prior, fit_layer
 from fclens.errors import FclensError
 from fclens.io import csv_text
 from fclens.layer import FinalLayer
+from fclens.options import SEED
+from fclens.runs import progress_bar
 from fclens.scanning.features import class_counts
 from fclens.scanning.manifest import head_sha256
 from fclens.scanning.reader import Scan, as_scan
@@ -93,16 +95,19 @@ def rebalance(
     scan: Scan | str | os.PathLike[str] | None = None,
     evaluation: Scan | str | os.PathLike[str] | None = None,
     methods: Sequence[str] = REBALANCE_DEFAULTS,
-    tau: float = 1.0,
+    tau: float = PRIOR_TAU,
     prior: Any = "labels",
-    seed: int = 0,
+    seed: int = SEED,
+    *,
+    progress: bool = True,
     **old: Any,
 ) -> Rebalance:
     """Each of ``methods`` fitted or adjusted on the training ``scan`` and evaluated on the ``evaluation``
     scan (see the module).
 
     ``prior``: the training prior, ``"labels"`` (the training scan's labelled rows) or C numbers.
-    ``tau`` applies to pg-prior, logit-adjust-loss, logit-adjust and tau-norm.
+    ``tau`` applies to pg-prior, logit-adjust-loss, logit-adjust and tau-norm. ``progress``: a bar on
+    stderr, method by method, when it is a terminal.
     """
     deprecation.keyword(old, "train", "scan")
     scan = old.pop("scan", scan)
@@ -125,12 +130,14 @@ def rebalance(
     counts = class_counts(train)
     priors = class_prior(prior, len(train.class_names), train)
     layers: dict[str, FinalLayer] = {SCANNED: train.layer}
-    for method in methods:
-        if method in POST_HOC:
-            layers[method] = adjust_layer(train.layer, method, prior=priors, tau=tau)
-        else:
-            fitted = fit_layer(train, REFITS[method], prior=priors, tau=tau, seed=seed)
-            layers[method] = FinalLayer(fitted.weight, fitted.bias, method=method, fit=fitted.fit)
+    with progress_bar(len(methods), enabled=progress, desc="rebalance", unit="method") as bar:
+        for method in methods:
+            if method in POST_HOC:
+                layers[method] = adjust_layer(train.layer, method, prior=priors, tau=tau)
+            else:
+                fitted = fit_layer(train, REFITS[method], prior=priors, tau=tau, seed=seed)
+                layers[method] = FinalLayer(fitted.weight, fitted.bias, method=method, fit=fitted.fit)
+            bar.update()
     judged = evaluate(evaluation, list(layers.values()), train_counts=counts)  # one read of the features
     evaluations = dict(zip(layers, judged, strict=True))
     return Rebalance(layers, evaluations, counts, float(tau))

@@ -26,6 +26,7 @@ from fclens.report.files import (
 )
 from fclens.report.folders import explain_to_folder
 from fclens.report.html import default_classes, explanations_page, weights_page
+from fclens.report.weights import weights_to_folder
 
 __all__ = [
     "CHAIN_FILE",
@@ -46,4 +47,5 @@ __all__ = [
     "save_figure",
     "slope_intercept",
     "weights_page",
+    "weights_to_folder",
 ]

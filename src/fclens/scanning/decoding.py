@@ -64,7 +64,7 @@ class Decoder:
                 pair = isinstance(element, (tuple, list)) and len(element) == 2
                 image, label = element if pair else (element, None)
                 if self.class_names is not None and label is not None and not _missing(label):
-                    item = replace(item, label=self._labels.index(label, "label", UNLABELLED))
+                    item = replace(item, label=self._labels.index(label, "label", *UNLABELLED))
                 tensor = decode_dataset_item(image, self.preprocessing)
         except ImageError as error:
             return item, None, error.reason

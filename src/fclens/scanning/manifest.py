@@ -227,8 +227,10 @@ def read_manifest(path: Path) -> Manifest:
     try:
         values = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as error:
+        problem = f"{path}: cannot read the manifest ({error})"
         raise ScanError(
-            f"{path}: cannot read the manifest ({error}); use another --out, or --force"
+            f"{problem}; pass another out= directory, or force=True",
+            cli=f"{problem}; use another --out, or --force",
         ) from None
     version = values.get("schema_version") if isinstance(values, dict) else None
     if not isinstance(version, int) or version > SCHEMA_VERSION:
@@ -239,4 +241,7 @@ def read_manifest(path: Path) -> Manifest:
     try:
         return Manifest.from_dict(values)
     except (KeyError, TypeError, ValueError, FclensError) as error:
-        raise ScanError(f"{path}: the manifest is damaged ({error}); rerun the scan with --force") from None
+        problem = f"{path}: the manifest is damaged ({error})"
+        raise ScanError(
+            f"{problem}; rerun the scan with force=True", cli=f"{problem}; rerun the scan with --force"
+        ) from None

@@ -133,9 +133,10 @@ def _pool(resources: dict[str, float], actors: int | None) -> tuple[int, int]:
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     kind, available = ("GPUs", gpus) if gpus else ("CPUs", cpus)
     if actors is not None and actors > available:
+        problem = f"{actors} model actors asked for, but the Ray cluster has {available} {kind}"
         raise FclensError(
-            f"{actors} model actors asked for, but the Ray cluster has {available} {kind}; "
-            f"use --actors {available} or fewer"
+            f"{problem}; use RayEngine(actors={available}) or fewer",
+            cli=f"{problem}; use --actors {available} or fewer",
         )
     return actors or max(available, 1), gpus
 
@@ -289,7 +290,7 @@ def dataset_items(dataset: Any, class_names: Sequence[str], labels: str = "auto"
     if not paths:
         raise FclensError("the Ray Dataset has no rows")
     matcher = label_matcher(class_names)
-    classes = {label: matcher.index(label, "label", UNLABELLED) for label in set(given) - {None}}
+    classes = {label: matcher.index(label, "label", *UNLABELLED) for label in set(given) - {None}}
     return [
         Item(position, str(path), classes.get(label))
         for position, (path, label) in enumerate(zip(paths, given, strict=True))

@@ -168,9 +168,10 @@ class Scan:
     def require_features(self) -> None:
         """Refuse, in one line, work that needs the features on a scan made without them."""
         if not self.has_features:
+            problem = f"{self.directory} was scanned without features"
             raise ScanError(
-                f"{self.directory} was scanned without features; rescan it with features=True "
-                "(fclens scan --features)"
+                f"{problem}; rescan it with features=True",
+                cli=f"{problem}; rescan it with fclens scan --features",
             )
 
     def read_features(self, labelled: bool = False, rows: Any = None) -> Features:
@@ -283,7 +284,7 @@ def read_scan(directory: str | os.PathLike[str]) -> Scan:
     directory = Path(directory)
     path = manifest_path(directory)
     if path is None:
-        raise ScanError(_not_a_scan(directory))
+        raise _not_a_scan(directory)
     manifest = read_manifest(path)
     if not any((directory / name).is_file() for name in (HEAD_FILE, _V1_NAMES[1])):
         raise ScanError(f"{directory} has no {HEAD_FILE}; the scan is incomplete: rerun it")
@@ -305,15 +306,20 @@ def as_features(scan: Scan | Features | str | os.PathLike[str]) -> Features:
     return scan if isinstance(scan, Features) else as_scan(scan).read_features()
 
 
-def _not_a_scan(directory: Path) -> str:
-    """Why ``directory`` cannot be read, and the commands that make it readable."""
+def _not_a_scan(directory: Path) -> ScanError:
+    """Why ``directory`` cannot be read, and the calls (or commands) that make it readable."""
     from fclens.images import IMAGE_EXTENSIONS
 
     if directory.is_dir():
         entries = islice((p for p in directory.rglob("*") if p.is_file()), 2000)
         if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries):
-            return (
-                f"{directory} is a folder of images, not a scan; scan it first: "
-                f"`fclens scan {directory} --out SCAN`, then `fclens atlas SCAN`"
+            problem = f"{directory} is a folder of images, not a scan; scan it first"
+            return ScanError(
+                f"{problem}: fclens.scan(model, {str(directory)!r}, out=SCAN), then pass SCAN",
+                cli=f"{problem}: `fclens scan {directory} --out SCAN`, then `fclens atlas SCAN`",
             )
-    return f"{directory} is not a scan (no {MANIFEST}); make one with `fclens scan SOURCE --out {directory}`"
+    problem = f"{directory} is not a scan (no {MANIFEST})"
+    return ScanError(
+        f"{problem}; make one with fclens.scan(model, source, out={str(directory)!r})",
+        cli=f"{problem}; make one with `fclens scan SOURCE --out {directory}`",
+    )

@@ -29,8 +29,11 @@ __all__ = ["UNLABELLED", "Item", "decode", "decode_dataset_item", "label_matcher
 """``auto``: labels from class-name subfolders or a list's ``label`` column; ``none``: no labels."""
 
 _LIST_SUFFIXES = (".csv", ".parquet")
-UNLABELLED = "rename it to a class name or index, or pass --labels none"
-"""What to do about a label that names no class: the end of that error."""
+UNLABELLED = (
+    "rename it to a class name or index, or pass labels='none'",
+    "rename it to a class name or index, or pass --labels none",
+)
+"""What to do about a label that names no class, in Python's words and the command's: the end of that error."""
 _LIST_CLASSES = 'python -c "import fclens; print(fclens.load_model().class_names)"'
 
 
@@ -73,7 +76,7 @@ def _folder_items(folder: Path, class_names: Sequence[str], with_labels: bool) -
     items = []
     for position, file in enumerate(files):
         parts = file.relative_to(folder).parts
-        label = matcher.index(parts[0], "subfolder", UNLABELLED) if with_labels and len(parts) > 1 else None
+        label = matcher.index(parts[0], "subfolder", *UNLABELLED) if with_labels and len(parts) > 1 else None
         items.append(Item(position, os.path.abspath(file), label))
     return items
 
@@ -116,7 +119,7 @@ def _list_items(path: Path, class_names: Sequence[str], with_labels: bool) -> li
             raise FclensError(f"{path}: row {position + 1} has an empty path; every row needs one")
         file = Path(str(file))
         label = (
-            None if label is None or str(label).strip() == "" else matcher.index(label, "label", UNLABELLED)
+            None if label is None or str(label).strip() == "" else matcher.index(label, "label", *UNLABELLED)
         )
         items.append(Item(position, os.path.abspath(path.parent / file), label))
     if not items:
@@ -126,7 +129,11 @@ def _list_items(path: Path, class_names: Sequence[str], with_labels: bool) -> li
 
 def label_matcher(class_names: Sequence[str]) -> ClassNames:
     """The model's class names, looked up by :mod:`fclens.classes`'s one rule (each distinct label once)."""
-    return ClassNames(class_names, listing=f"list them with `{_LIST_CLASSES}` (naming your model)")
+    return ClassNames(
+        class_names,
+        listing="they are model.class_names",
+        cli_listing=f"list them with `{_LIST_CLASSES}`, naming your model",
+    )
 
 
 # --- decoding ------------------------------------------------------------------------------------------

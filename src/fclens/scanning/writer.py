@@ -72,14 +72,17 @@ class ScanWriter:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:
+            problem = f"cannot write to {self.directory}: {error.strerror or error}"
             raise ScanError(
-                f"cannot write to {self.directory}: {error.strerror or error}; choose another --out"
+                f"{problem}; pass another out= directory", cli=f"{problem}; choose another --out"
             ) from None
         path = manifest_path(self.directory)
         if path is None:
             if shard_paths(self.directory):
+                problem = f"{self.directory} holds shards but no manifest"
                 raise ScanError(
-                    f"{self.directory} holds shards but no manifest; use another --out, or --force"
+                    f"{problem}; pass another out= directory, or force=True",
+                    cli=f"{problem}; use another --out, or --force",
                 )
             return
         if force:
@@ -88,9 +91,10 @@ class ScanWriter:
             return
         differences = read_manifest(path).differences(self.manifest)
         if differences:
+            problem = f"{self.directory} holds another scan ({'; '.join(differences)})"
             raise ScanError(
-                f"{self.directory} holds another scan ({'; '.join(differences)}); "
-                "use another --out, or --force to start over"
+                f"{problem}; pass another out= directory, or force=True to start over",
+                cli=f"{problem}; use another --out, or --force to start over",
             )
 
     def pending(self, items: list[Item]) -> list[Item]:
