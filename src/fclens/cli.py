@@ -756,6 +756,7 @@ def _one_line_warnings() -> Iterator[None]:
 def _run_atlas(args: argparse.Namespace) -> int:
     from fclens import report
     from fclens.atlasing import atlas
+    from fclens.formatting import percent
     from fclens.report.atlas import PAGES, atlas_with_causal
     from fclens.scanning import read_scan
 
@@ -794,8 +795,7 @@ def _run_atlas(args: argparse.Namespace) -> int:
     else:
         for c in found.lowest_accuracy(5) or sorted(found.classes, key=lambda c: -c.n)[:5]:
             rival = f"{c.rivals[0].name} ({c.rivals[0].soft_confusion:.3f})" if c.rivals else "none"
-            accuracy = "n/a" if c.accuracy is None else f"{c.accuracy:.3f}"
-            print(f"{c.name}: {c.n} images, accuracy {accuracy}, top rival {rival}")
+            print(f"{c.name}: {c.n} images, accuracy {percent(c.accuracy)}, top rival {rival}")
         if table is not None:  # the text's first two paragraphs: how the test was made, and its summary
             print("\n" + "\n\n".join(table.to_text().split("\n\n")[:2]).rstrip("\n"))
             print("each pair's sentence and table: pairs[].causal in atlas.json, the class pages (--html)\n")

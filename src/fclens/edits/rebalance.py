@@ -20,6 +20,7 @@ from fclens.edits.evaluate import FEW, MANY, HeadEvaluation, class_counts, evalu
 from fclens.edits.layer import FinalLayer, as_final_layer, open_scan
 from fclens.edits.prior import adjust_head, class_prior, fit_head
 from fclens.errors import FclensError
+from fclens.formatting import percent
 from fclens.io import csv_text
 
 if TYPE_CHECKING:
@@ -69,10 +70,10 @@ class Rebalance:
         return csv_text(rows, list(rows[0]))
 
     def to_text(self) -> str:
-        """The table: method, accuracy, balanced accuracy, many / medium / few (percent)."""
+        """The table: method, accuracy, balanced accuracy, many / medium / few (:func:`percent`)."""
 
         def cell(value: float | None) -> str:
-            return "–" if value is None else f"{100 * value:.1f}"
+            return "–" if value is None else percent(value)
 
         heads = ("method", "accuracy", "balanced", "many", "medium", "few")
         lines = [f"{heads[0]:<20}" + "".join(f"{h:>10}" for h in heads[1:])]
