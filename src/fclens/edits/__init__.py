@@ -27,3 +27,15 @@ POST_HOC = ("logit-adjust", "tau-norm")
 REBALANCE_METHODS = (*REFITS, *POST_HOC)
 REBALANCE_DEFAULTS = ("ce", "pg-prior", "balanced-softmax", "logit-adjust", "tau-norm", "crt")
 """The default methods: ``logit-adjust-loss`` at τ = 1 is ``balanced-softmax``, so it is left out."""
+REBALANCE_MEANINGS = {
+    "ce": "plain cross-entropy re-fit: the control",
+    "pg-prior": "CE weighted by (π_target/π_train)^τ: the paper's application",
+    "balanced-softmax": "CE on logits + log π_train (Ren et al., NeurIPS 2020)",
+    "logit-adjust-loss": "CE on logits + τ log π_train (Menon et al., ICLR 2021); at τ = 1 it is `balanced-softmax`",
+    "crt": "classifier re-training with class-balanced sampling (Kang et al., ICLR 2020): from a random "
+    "layer (`--seed`), the CE weighted by 1/π_train, its full-batch expectation",
+    "logit-adjust": "logits − τ log π_train (Menon et al.)",
+    "tau-norm": "each class's row (and bias) divided by ‖w_k‖^τ (Kang et al.)",
+}
+"""What each method does, in one sentence: the one place the README's table and the rebalance page
+take it from (backticks mark code)."""

@@ -9,11 +9,13 @@ judge it. ``fclens rebalance`` prints its table and writes its files.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from fclens.edits import POST_HOC, REBALANCE_DEFAULTS, REBALANCE_METHODS, REFITS
 from fclens.edits.evaluate import FEW, MANY, HeadEvaluation, class_counts, evaluate_heads
@@ -26,7 +28,7 @@ from fclens.io import csv_text
 if TYPE_CHECKING:
     from fclens.scanning.reader import Scan
 
-__all__ = ["Rebalance", "rebalance"]
+__all__ = ["Rebalance", "rebalance", "shared_images"]
 
 SCANNED = "scanned"
 """The row of the layer as scanned: the reference every method is read against."""
@@ -40,6 +42,8 @@ class Rebalance:
     evaluations: dict[str, HeadEvaluation]
     train_counts: np.ndarray
     tau: float
+    shared: str | None = None
+    """Why the evaluation scan is no fair judge (:func:`shared_images`), or None."""
 
     def rows(self) -> list[dict[str, Any]]:
         """One summary row per method (the figures of :meth:`HeadEvaluation.to_dict`, no per-class list)."""
@@ -57,6 +61,7 @@ class Rebalance:
     def to_dict(self) -> dict[str, Any]:
         return {
             "tau": self.tau,
+            "shared_images": self.shared,
             "train_counts": [int(v) for v in self.train_counts],
             "methods": self.rows(),
             "per_class_accuracy": {
@@ -113,6 +118,9 @@ def rebalance(
     _check_pair(train, evaluation)
     for scan in (train, evaluation):
         scan.warn_if_incomplete()
+    shared = shared_images(train, evaluation)
+    if shared is not None:
+        warnings.warn(shared, stacklevel=2)
     counts = class_counts(train)
     priors = class_prior(prior, len(train.class_names), train)
     layers: dict[str, FinalLayer] = {SCANNED: as_final_layer(train)}
@@ -126,7 +134,31 @@ def rebalance(
         evaluation, list(layers.values()), train_counts=counts
     )  # one read of the features
     evaluations = dict(zip(layers, judged, strict=True))
-    return Rebalance(layers, evaluations, counts, float(tau))
+    return Rebalance(layers, evaluations, counts, float(tau), shared)
+
+
+def shared_images(train: Scan, evaluation: Scan) -> str | None:
+    """Why ``evaluation`` cannot judge layers fitted on ``train``, in one sentence, or None: it is the same
+    scan, it holds image files the training scan holds, or both scan one torch Dataset (same type and
+    size: its items, "<dataset 3>", name no file to compare). A re-fit judged on the images it was
+    fitted on reads near 100% and says nothing."""
+    judged = (
+        "re-fits judged on the images they were fitted on read near 100%; judge on a scan of other images"
+    )
+    if train.directory.resolve() == evaluation.directory.resolve():
+        return f"the evaluation scan is the training scan ({train.directory}): {judged}"
+    source = train.manifest.source
+    if source.startswith("dataset:") and source == evaluation.manifest.source:
+        return f"both scans are of one dataset ({source}), so they may hold the same images: {judged}"
+    paths = [scan.rows(["path"], ok_only=True).column("path") for scan in (train, evaluation)]
+    files = [pc.filter(path, pc.invert(pc.starts_with(path, "<"))) for path in paths]  # not "<dataset 3>"
+    shared = pc.sum(pc.is_in(files[1], value_set=files[0].unique())).as_py() or 0
+    if shared:
+        return (
+            f"{shared} of the evaluation scan's {len(paths[1])} images are in the training scan too "
+            f"({train.directory}): {judged}"
+        )
+    return None
 
 
 def _check_pair(train: Scan, evaluation: Scan) -> None:
