@@ -96,3 +96,21 @@ def browser() -> Iterator[object]:
     from test_browser import launched_browser
 
     yield from launched_browser()
+
+
+@pytest.fixture(scope="session")
+def sample_scans(classifier: Classifier, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two labelled scans with features by the embedded model: 40 crops and flips of fclens's sample photos
+    each (tabby and espresso), drawn with seeds 0 ("train") and 1 ("eval"). Lite0 calls most tabby crops
+    Egyptian cat or tiger cat, so the tabby class has rivals with errors, as on a real data set."""
+    from fclens.samples import sample_folder
+    from fclens.scanning import LocalEngine, scan
+
+    root = tmp_path_factory.mktemp("sample-scans")
+    scans = {}
+    for name, seed in (("train", 0), ("eval", 1)):
+        photos = sample_folder(root / f"photos-{name}", count=40, seed=seed)
+        out = root / f"scan-{name}"
+        scan(classifier, photos, out, features=True, engine=LocalEngine(workers=0), progress=False)
+        scans[name] = out
+    return scans

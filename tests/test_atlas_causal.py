@@ -92,19 +92,44 @@ def test_the_cli_prints_the_summary_over_the_pairs(striped: fclens.Scan, tmp_pat
     assert again["causal"]["seed"] == 3 and again["pairs"][0]["causal"]["target"] == again["pairs"][0]["a"]
 
 
-def test_a_class_page_shows_each_tested_rivals_sentence_and_table(atlas_out: Path) -> None:
+def unchanged(after: dict[str, Any], before: dict[str, Any]) -> bool:
+    """The JSON's figures of an edit that changed no error and no accuracy (null: no images either way)."""
+    keys = ("errors_kj", "errors_jk", "accuracy_k", "accuracy_j", "accuracy_other")
+    return all(after[key] == before[key] for key in keys)
+
+
+def test_a_class_page_shows_each_tested_rival_collapsed_with_its_chart_sentence_and_trimmed_table(
+    atlas_out: Path,
+) -> None:
     data = read_json(atlas_out)
     top = data["pairs"][0]["causal"]
     page = (atlas_out / class_page_name(top["target"])).read_text("utf-8")
-    section = page[page.index(f'id="causal-{top["rival"]}"') :]
-    section = section[: section.index("</table>")]
+    section = page[page.index(f'<details class="causal-pair" id="causal-{top["rival"]}">') :]
+    section = section[: section.index("</details>")]
     assert str(escape(top["sentence"])) in section
+    assert section.count('<svg class="chart"') == 2 and section.count("<polyline") == 2 * len(RULES)
+    # A row is left out exactly when neither edit changed an error or an accuracy; the page names it.
     shown = [m for m in MS if m in CAUSAL_MS]
-    assert section.count("<tr") == 1 + 1 + len(RULES) * len(shown)  # the header, before, rule × m
-    assert section.count('class="headline"') == 1 and section.count('class="before"') == 1
+    quiet = [
+        (t["rule"], t["m"])
+        for t in top["trials"]
+        if t["m"] in shown
+        and (t["rule"], t["m"]) != ("tree", 8)
+        and unchanged(t["equalise"], top["before"])
+        and unchanged(t["partial"], top["before"])
+    ]
+    table = section[: section.index("</table>")]
+    assert table.count("<tr") == 1 + 1 + len(RULES) * len(shown) - len(quiet)  # header, before, the rest
+    for rule, m in quiet:
+        assert f'<tr><td>{rule}</td><td class="num">{m}</td>' not in table
+    if quiet:
+        assert "Left out, as neither edit changed an error or an accuracy:" in section
+    assert table.count('class="headline"') == 1 and table.count('class="before"') == 1
     tree8 = next(t for t in top["trials"] if (t["rule"], t["m"]) == ("tree", 8))
-    headline = section[section.index('class="headline"') :].split("</tr>")[0]
+    headline = table[table.index('class="headline"') :].split("</tr>")[0]
     assert f'<td class="num">{tree8["equalise"]["errors_kj"]}</td>' in headline
+    # Every figure of the test says it is counted on the held-out half.
+    assert "held-out half" in section
     # Every page escapes the hostile and the quoted names; the index summarises the rules at m = 8.
     for path in atlas_out.glob("*.html"):
         text = path.read_text("utf-8")
@@ -115,12 +140,34 @@ def test_a_class_page_shows_each_tested_rivals_sentence_and_table(atlas_out: Pat
     assert f'href="{class_page_name(top["target"])}#causal-{top["rival"]}"' in index
 
 
+def test_a_tested_rival_with_nothing_to_show_is_one_line_not_a_table(atlas_out: Path) -> None:
+    """Every tested pair here has something to show; the sample photos' pages have both kinds
+    (test_browser_pages.py)."""
+    data = read_json(atlas_out)
+    for pair in data["pairs"]:
+        test = pair["causal"]
+        if test is None:
+            continue
+        page = (atlas_out / class_page_name(test["target"])).read_text("utf-8")
+        quiet = all(
+            unchanged(t["equalise"], test["before"]) and unchanged(t["partial"], test["before"])
+            for t in test["trials"]
+        )
+        anchor = f'id="causal-{test["rival"]}"'
+        assert page.count(anchor) == 1  # the rivals table's link always lands somewhere
+        assert (f"<li {anchor}>" in page) == quiet
+        assert (f'<details class="causal-pair" {anchor}>' in page) != quiet
+
+
 @pytest.mark.browser
 def test_the_causal_pages_fit_1280_px_and_run_nothing(browser: Any, atlas_out: Path) -> None:
     top = read_json(atlas_out)["pairs"][0]["causal"]
     for name in ("index.html", class_page_name(top["target"])):
         visit = Visit(browser, atlas_out / name, width=1280)
         try:
+            visit.page.evaluate(
+                "() => document.querySelectorAll('details').forEach((d) => { d.open = true; })"
+            )
             assert visit.overflow() == 0
             assert visit.page.locator("table.causal, table.causal-summary").first.is_visible()
             assert visit.outside == [] and visit.errors == [] and visit.dialogs == []

@@ -21,6 +21,7 @@ from fclens.ald import fit_ald
 from fclens.explaining import Explanation, explain
 from fclens.models import Classifier
 from fclens.report import explanations_page, weights_page
+from fclens.report.html import CLASS_TABLE_PAGE
 
 pytestmark = pytest.mark.browser
 
@@ -108,6 +109,14 @@ class Visit:
         assert self.outside == [], f"the page tried to reach {self.outside}"
         assert self.errors == [], self.errors
         assert self.dialogs == [], f"a script ran: {self.dialogs}"
+
+    def broken_images(self) -> list[str]:
+        """The start of the source of every picture that fails to decode (empty: all show)."""
+        return self.page.evaluate(
+            """() => Promise.all(Array.from(document.images).filter((i) => i.getAttribute("src"))
+                 .map((i) => i.decode().then(() => (i.naturalWidth > 0 ? null : i.src), () => i.src)))
+                 .then((found) => found.filter((src) => src !== null).map((src) => src.slice(0, 60)))"""
+        )
 
     def overflow(self) -> int:
         """How many CSS pixels the page is wider than its window (0: it fits, no horizontal scrolling)."""
@@ -225,20 +234,30 @@ def test_map_kind_switch_changes_the_shown_maps(explanations: Visit):
     explanations.check_clean()
 
 
-def test_weights_page_filter(weights: Visit):
+def test_weights_page_shows_the_plots_first_and_pages_and_filters_the_class_table(weights: Visit):
     page = weights.page
     weights.check_clean()
+    tops = [page.locator(f"#{section}").bounding_box()["y"] for section in ("figures", "plotted", "classes")]
+    assert tops == sorted(tops)  # the figures, then the selected classes' plots, the table last
     rows = page.locator("#class-table tbody tr")
-    assert rows.count() == 1000 and page.locator("#class-table tbody tr:visible").count() == 1000
+    visible = page.locator("#class-table tbody tr:visible")
+    assert rows.count() == 1000 and visible.count() == CLASS_TABLE_PAGE
     for figure in ("#figures img", "#class-282 img", "#class-285 .tree"):
         assert page.locator(figure).first.is_visible()
     weights.screenshot("weights.png")
 
+    pager = page.locator("#class-pager")
+    assert "rows 1–50 of 1000" in pager.inner_text() and pager.locator(".pager-previous").is_disabled()
+    pager.locator(".pager-next").click()
+    assert page.locator("#class-table tbody tr:visible td:first-child").first.inner_text() == "50"
+    assert "page 2 of 20" in pager.inner_text()
+
     page.fill("#class-filter", "cat")
-    visible = page.locator("#class-table tbody tr:visible td:nth-child(2)").all_inner_texts()
-    assert 3 <= len(visible) < 50 and all("cat" in name.lower() for name in visible)
-    assert "tiger cat" in visible and "Egyptian cat" in visible
-    assert page.locator("#class-count").inner_text() == f"{len(visible)} of 1000 classes"
+    names = page.locator("#class-table tbody tr:visible td:nth-child(2)").all_inner_texts()
+    assert 3 <= len(names) < 50 and all("cat" in name.lower() for name in names)
+    assert "tiger cat" in names and "Egyptian cat" in names  # found on every page, shown on the first
+    assert page.locator("#class-count").inner_text() == f"{len(names)} of 1000 classes"
+    assert not pager.is_visible()  # one page of hits needs no pager
     weights.screenshot("weights-filtered.png")
 
     page.fill("#class-filter", "282")
@@ -246,7 +265,11 @@ def test_weights_page_filter(weights: Visit):
     page.fill("#class-filter", "onerror")
     assert page.locator("#class-table tbody tr:visible td:nth-child(2)").all_inner_texts() == [HOSTILE]
     page.fill("#class-filter", "")
-    assert page.locator("#class-table tbody tr:visible").count() == 1000
+    assert visible.count() == CLASS_TABLE_PAGE
+    page.locator("#class-table th", has_text="R² +").locator("button").click()  # worst fit first
+    r2 = [float(v) for v in page.locator("#class-table tbody tr:visible td:nth-child(3)").all_inner_texts()]
+    assert r2 == sorted(r2) and len(r2) == CLASS_TABLE_PAGE and "page 1 of 20" in pager.inner_text()
+    page.fill("#class-filter", "Egyptian")
     page.locator("#class-table a[href='#class-285']").click()
     assert page.locator("#class-285").is_visible()
     weights.check_clean()

@@ -50,6 +50,12 @@ def assert_quiet(visit: Visit) -> None:
     assert visit.outside == [] and visit.errors == [] and visit.dialogs == []
 
 
+def percent(text: str) -> float:
+    """An accuracy as every page prints it, "85.2%", read back."""
+    assert text.endswith("%") and text.count(".") == 1 and len(text.split(".")[1]) == 2, text
+    return float(text.removesuffix("%"))
+
+
 def column(visit: Visit, n: int) -> list[str]:
     return visit.page.locator(f"#class-table tbody tr:visible td:nth-child({n})").all_inner_texts()
 
@@ -60,10 +66,10 @@ def test_index_sorts_filters_and_escapes(index: Visit) -> None:
     assert column(index, 1) == ["0", "1", "2", "3"]
     assert page.get_by_text(HOSTILE).first.is_visible() and page.locator('img[src="x"]').count() == 0
     page.locator("#class-table th", has_text="accuracy").locator("button").click()
-    ascending = [float(a) for a in column(index, 4)]
+    ascending = [percent(a) for a in column(index, 4)]
     assert ascending == sorted(ascending)
     page.locator("#class-table th", has_text="accuracy").locator("button").click()
-    assert [float(a) for a in column(index, 4)] == sorted(ascending, reverse=True)
+    assert [percent(a) for a in column(index, 4)] == sorted(ascending, reverse=True)
     page.locator("#class-table th", has_text="class").first.locator("button").click()
     names = column(index, 2)
     assert names == sorted(names, key=str.lower)
@@ -89,6 +95,12 @@ def test_class_page_draws_the_top_images_and_marks_missing_files(index: Visit, a
     assert shots.count() == 8 and page.locator("#rival-images figure.shot").count() > 0
     missing = page.locator(".missing-file")
     assert missing.count() > 0 and "not shown" in missing.first.inner_text()
+    for source in page.locator("figure.shot .source").all():  # the file's name, its whole path on hover
+        path = source.get_attribute("title")
+        assert Path(path).is_absolute() and source.inner_text() == Path(path).name
+    gaps = page.locator("#rival-images figure.shot figcaption").all_inner_texts()
+    argued = [float(text.split("logit gap ")[1]) for text in gaps]
+    assert argued and argued[: len([g for g in argued if g > 0])] == [g for g in argued if g > 0]
     assert page.locator("figure.shot img").count() + missing.count() == page.locator("figure.shot").count()
     page.locator("#confusing figure.shot button.zoom").first.click()
     assert page.locator("#lightbox").is_visible()

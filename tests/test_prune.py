@@ -15,6 +15,7 @@ from torch import nn
 import fclens
 from fclens.cli import main
 from fclens.errors import FclensError
+from fclens.formatting import percent
 from fclens.preprocessing import Preprocessing
 from fclens.pruning import METHODS, curve, prune, pruning_ranks
 from fclens.scanning import LocalEngine
@@ -475,9 +476,32 @@ def test_the_figure_draws_one_line_per_method_and_correction_and_the_page_embeds
     three = prune_figure(labelled)
     assert len(three.axes) == 3 and three.get_figwidth() * three.dpi <= 1200
     legend = three.axes[1].get_legend()  # the dotted line of the unpruned layer says what it is
-    assert [t.get_text() for t in legend.get_texts()] == ["unpruned layer's accuracy"]
+    reference = f"unpruned layer's accuracy ({percent(labelled.reference_accuracy)})"
+    assert [t.get_text() for t in legend.get_texts()] == [reference]
+    assert three.axes[1].get_yticklabels()[-1].get_text().endswith("%")  # accuracy as every page prints it
     caption = prune_page(labelled, "s", "m")
     assert "sparsities measured (0.5, 0.95)" in caption and "middle: top-1 accuracy" in caption
     page = prune_page(unlabelled, "my-scan", "my <model>")
     assert page.count("<tr><td>") == 8 and "data:image/png;base64," in page and "my &lt;model&gt;" in page
     assert "http://" not in page and "https://" not in page
+
+
+def test_the_page_says_where_pruning_raises_accuracy_and_why_it_can():
+    from fclens.pruning import PruneCurve, PrunePoint
+    from fclens.report.prune import prune_page, raised_accuracy
+
+    def curve(*accuracies: float) -> PruneCurve:
+        points = [PrunePoint(m, s, s, False, a, 0.8, 0.1) for (m, s), a in zip(
+            [("tree", 0.5), ("ald", 0.8), ("random", 0.9)], accuracies, strict=True)]  # fmt: skip
+        return PruneCurve(
+            points, n_images=100, n_labelled=100, reference_accuracy=0.44, pred_agreement=1.0, seed=0
+        )
+
+    raised = raised_accuracy(curve(0.45, 0.79, 0.40))
+    assert raised.startswith("Pruning raises accuracy above the unpruned layer’s 44.0% at 2 of 3 points")
+    assert "the most with ald at sparsity 0.8 (79.0%)" in raised and "look alike" in raised
+    page = prune_page(curve(0.45, 0.79, 0.40), "scan", "model")
+    assert "Unpruned accuracy 44.0% of the 100 labelled images" in page and "79.0%" in page
+    assert raised in page
+    assert raised_accuracy(curve(0.44, 0.43, 0.2)) == ""  # none above: no sentence
+    assert raised_accuracy(curve(0.444, 0.44, 0.2)) == ""  # less than one image of 100 is noise, not a rise

@@ -59,6 +59,7 @@ import numpy as np
 from fclens import deprecation
 from fclens.ald import as_matrix, fit_ald
 from fclens.errors import FclensError
+from fclens.formatting import percent
 from fclens.io import atomic_write_text
 from fclens.options import MIN_SIZE, PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE_SPARSITIES, SEED
 from fclens.tree import split_tree
@@ -160,16 +161,15 @@ class PruneCurve:
 
     def to_text(self) -> str:
         """A table for a terminal: one line per point, accuracy as n/a without labels."""
-        ref = "n/a" if self.reference_accuracy is None else f"{self.reference_accuracy:.4f}"
+        ref = percent(self.reference_accuracy)
         lines = [
             f"{self.n_images} images ({self.n_labelled} labelled); unpruned accuracy {ref}",
             f"{'method':<20} {'sparsity':>8} {'bias':>4} {'accuracy':>8} {'agreement':>9} {'KL':>8}",
         ]
         for p in self.points:
-            acc = "n/a" if p.accuracy is None else f"{p.accuracy:.4f}"
             lines.append(
                 f"{p.method:<20} {p.sparsity:>8.3f} {'yes' if p.bias_correction else 'no':>4} "
-                f"{acc:>8} {p.agreement:>9.4f} {p.kl:>8.4f}"
+                f"{percent(p.accuracy):>8} {percent(p.agreement):>9} {p.kl:>8.4f}"
             )
         return "\n".join(lines) + "\n"
 

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from fclens.atlasing import atlas
     from fclens.edits.causal import save_pair_edit
     from fclens.edits.write import model_source
+    from fclens.formatting import percent
     from fclens.io import atomic_write_text
     from fclens.report.atlas import PAGES
     from fclens.scanning import read_scan
@@ -96,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         for c in found.lowest_accuracy(5) or sorted(found.classes, key=lambda c: -c.n)[:5]:
             rival = f"{c.rivals[0].name} ({c.rivals[0].soft_confusion:.3f})" if c.rivals else "none"
-            accuracy = "n/a" if c.accuracy is None else f"{c.accuracy:.3f}"
-            print(f"{c.name}: {c.n} images, accuracy {accuracy}, top rival {rival}")
+            print(f"{c.name}: {c.n} images, accuracy {percent(c.accuracy)}, top rival {rival}")
         if (
             found.causal is not None
         ):  # the text's first two paragraphs: how the test was made, and its summary

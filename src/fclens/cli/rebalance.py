@@ -67,6 +67,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=Path,
         help="folder for rebalance.csv, rebalance.json and per-class.png (default fclens-rebalance-TRAIN_SCAN)",
     )
+    parser.add_argument("--html", action="store_true", help="write rebalance.html, one self-contained page")
     parser.add_argument(
         "--write", metavar="METHOD", help="also save the model with that method's final layer as safetensors"
     )
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from fclens.edits.rebalance import rebalance
     from fclens.edits.write import model_source, write_model
     from fclens.io import atomic_write_text, safe_name
-    from fclens.report.rebalance import rebalance_figure
+    from fclens.report.rebalance import OUTPUTS, rebalance_figure, rebalance_page
     from fclens.scanning import read_scan
 
     methods = comma_list(args.methods)
@@ -101,13 +102,17 @@ def run(args: argparse.Namespace) -> int:
     written = [
         atomic_write_text(out / "rebalance.csv", result.to_csv()),
         atomic_write_text(out / "rebalance.json", json.dumps(result.to_dict(), indent=1) + "\n"),
-        report.save_figure(rebalance_figure(result), out / "per-class.png"),
+        report.save_figure(rebalance_figure(result, class_names=train.class_names), out / "per-class.png"),
     ]
+    if args.html:
+        model_name = str(train.manifest.model.get("name") or "the scanned model")
+        page = rebalance_page(result, args.train_dir.name, args.eval.name, model_name, train.class_names)
+        written.append(atomic_write_text(out / "rebalance.html", page))
     if args.write:
         written.append(
             write_model(train, result.layers[args.write], out / f"rebalanced-{args.write}.safetensors")
         )
-    removed = report.remove_stale(out, written, ("rebalanced-*.safetensors",))
+    removed = report.remove_stale(out, written, OUTPUTS)
     if args.json:
         print_json({**result.to_dict(), "files": [str(p) for p in written]})
     else:

@@ -32,4 +32,16 @@ REBALANCE_DEFAULTS = ("ce", "pg-prior", "balanced-softmax", "logit-adjust", "tau
 PRIOR_TAU = 1.0
 """The strength τ of the prior in the losses and adjustments that take one, unless asked otherwise."""
 TOP_PAIRS = 20
-"""The pairs :func:`~fclens.edits.pair.causal_test` (and ``fclens atlas --causal``) takes by default."""
+"""The pairs :func:`~fclens.edits.causal.causal_test` (and ``fclens atlas --causal``) takes by default."""
+REBALANCE_MEANINGS = {
+    "ce": "plain cross-entropy re-fit: the control",
+    "pg-prior": "CE weighted by (π_target/π_train)^τ: the paper's application",
+    "balanced-softmax": "CE on logits + log π_train (Ren et al., NeurIPS 2020)",
+    "logit-adjust-loss": "CE on logits + τ log π_train (Menon et al., ICLR 2021); at τ = 1 it is `balanced-softmax`",
+    "crt": "classifier re-training with class-balanced sampling (Kang et al., ICLR 2020): from a random "
+    "layer (`--seed`), the CE weighted by 1/π_train, its full-batch expectation",
+    "logit-adjust": "logits − τ log π_train (Menon et al.)",
+    "tau-norm": "each class's row (and bias) divided by ‖w_k‖^τ (Kang et al.)",
+}
+"""What each method does, in one sentence: the one place the README's table and the rebalance page
+take it from (backticks mark code)."""

@@ -53,7 +53,7 @@ from fclens.edits.pair import (
     tree_shape,
 )
 from fclens.errors import FclensError
-from fclens.numbers import json_number, nan_mean, percent, signed
+from fclens.formatting import json_number, nan_mean, percent, signed
 from fclens.options import SEED
 from fclens.scanning.features import Features
 from fclens.scanning.reader import Scan, as_features, as_scan

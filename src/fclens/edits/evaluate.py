@@ -29,8 +29,8 @@ import torch
 
 from fclens import deprecation
 from fclens.errors import FclensError
+from fclens.formatting import json_number, nan_mean
 from fclens.layer import FinalLayer
-from fclens.numbers import json_number, nan_mean
 from fclens.scanning.features import CHUNK, Features, class_counts, feature_batches
 from fclens.scanning.reader import Scan, as_scan
 

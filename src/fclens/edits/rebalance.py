@@ -8,17 +8,20 @@ evaluation scan with :func:`fclens.evaluate`: the rows that choose an edit never
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from fclens import deprecation
 from fclens.edits import POST_HOC, PRIOR_TAU, REBALANCE_DEFAULTS, REBALANCE_METHODS, REFITS
 from fclens.edits.evaluate import FEW, MANY, Evaluation, evaluate
 from fclens.edits.prior import adjust_layer, class_prior, fit_layer
 from fclens.errors import FclensError
+from fclens.formatting import percent
 from fclens.io import csv_text
 from fclens.layer import FinalLayer
 from fclens.options import SEED
@@ -27,7 +30,7 @@ from fclens.scanning.features import class_counts
 from fclens.scanning.manifest import head_sha256
 from fclens.scanning.reader import Scan, as_scan
 
-__all__ = ["Rebalance", "rebalance"]
+__all__ = ["Rebalance", "rebalance", "shared_images"]
 
 SCANNED = "scanned"
 """The row of the layer as scanned: the reference every method is read against."""
@@ -41,6 +44,8 @@ class Rebalance:
     evaluations: dict[str, Evaluation]
     train_counts: np.ndarray
     tau: float
+    shared: str | None = None
+    """Why the evaluation scan is no fair judge (:func:`shared_images`), or None."""
 
     def rows(self) -> list[dict[str, Any]]:
         """One summary row per method (the figures of :meth:`Evaluation.to_dict`, no per-class list)."""
@@ -58,6 +63,7 @@ class Rebalance:
     def to_dict(self) -> dict[str, Any]:
         return {
             "tau": self.tau,
+            "shared_images": self.shared,
             "train_counts": [int(v) for v in self.train_counts],
             "methods": self.rows(),
             "per_class_accuracy": {
@@ -71,10 +77,10 @@ class Rebalance:
         return csv_text(rows, list(rows[0]))
 
     def to_text(self) -> str:
-        """The table: method, accuracy, balanced accuracy, many / medium / few (percent)."""
+        """The table: method, accuracy, balanced accuracy, many / medium / few (:func:`percent`)."""
 
         def cell(value: float | None) -> str:
-            return "–" if value is None else f"{100 * value:.1f}"
+            return "–" if value is None else percent(value)
 
         heads = ("method", "accuracy", "balanced", "many", "medium", "few")
         lines = [f"{heads[0]:<20}" + "".join(f"{h:>10}" for h in heads[1:])]
@@ -127,6 +133,9 @@ def rebalance(
     _check_pair(train, evaluation)
     for scan in (train, evaluation):
         scan.warn_if_incomplete()
+    shared = shared_images(train, evaluation)
+    if shared is not None:
+        warnings.warn(shared, stacklevel=2)
     counts = class_counts(train)
     priors = class_prior(prior, len(train.class_names), train)
     layers: dict[str, FinalLayer] = {SCANNED: train.layer}
@@ -140,7 +149,31 @@ def rebalance(
             bar.update()
     judged = evaluate(evaluation, list(layers.values()), train_counts=counts)  # one read of the features
     evaluations = dict(zip(layers, judged, strict=True))
-    return Rebalance(layers, evaluations, counts, float(tau))
+    return Rebalance(layers, evaluations, counts, float(tau), shared)
+
+
+def shared_images(train: Scan, evaluation: Scan) -> str | None:
+    """Why ``evaluation`` cannot judge layers fitted on ``train``, in one sentence, or None: it is the same
+    scan, it holds image files the training scan holds, or both scan one torch Dataset (same type and
+    size: its items, "<dataset 3>", name no file to compare). A re-fit judged on the images it was
+    fitted on reads near 100% and says nothing."""
+    judged = (
+        "re-fits judged on the images they were fitted on read near 100%; judge on a scan of other images"
+    )
+    if train.directory.resolve() == evaluation.directory.resolve():
+        return f"the evaluation scan is the training scan ({train.directory}): {judged}"
+    source = train.manifest.source
+    if source.startswith("dataset:") and source == evaluation.manifest.source:
+        return f"both scans are of one dataset ({source}), so they may hold the same images: {judged}"
+    paths = [scan.rows(["path"], ok_only=True).column("path") for scan in (train, evaluation)]
+    files = [pc.filter(path, pc.invert(pc.starts_with(path, "<"))) for path in paths]  # not "<dataset 3>"
+    shared = pc.sum(pc.is_in(files[1], value_set=files[0].unique())).as_py() or 0
+    if shared:
+        return (
+            f"{shared} of the evaluation scan's {len(paths[1])} images are in the training scan too "
+            f"({train.directory}): {judged}"
+        )
+    return None
 
 
 def _check_pair(train: Scan, evaluation: Scan) -> None:

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from fclens import ald
 from fclens.ald import ALDFit
+from fclens.formatting import fmt, percent
+
+__all__ = ["as_numpy", "fmt", "percent", "require_regression"]  # fmt, percent: the pages' number formats
 
 
 def as_numpy(values: Any) -> np.ndarray:
     """A float64 numpy copy of a tensor (any device, dtype, grad) or array-like."""
     return ald.as_numpy(values).astype(np.float64)
-
-
-def fmt(value: Any, spec: str = ".3f") -> str:
-    """A number for a caption or a table cell in format ``spec``; "n/a" for None, NaN or Inf.
-
-    ".3f" suits bounded numbers (R², probabilities, scores), ".4g" those of any magnitude (weights, means).
-    """
-    if value is None or not math.isfinite(float(value)):
-        return "n/a"
-    return format(float(value), spec)
 
 
 def require_regression(fit: ALDFit) -> None:

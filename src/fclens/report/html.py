@@ -49,6 +49,10 @@ THUMBNAIL = 96
 NEURONS_SHOWN = 10
 """How many of a contrast's neurons a page lists, strongest first."""
 
+CLASS_TABLE_PAGE = 50
+"""Rows a class table (the weights page's, the atlas index's) shows at a time: its filter searches every
+row, and a 1,000-class table stays a screenful instead of burying what follows it."""
+
 
 # ---------------------------------------------------------------------------------------------------------
 # View objects
@@ -145,10 +149,11 @@ def weights_page(
 ) -> str:
     """A self-contained HTML page on whether a model's final layer follows an ALD (PAPER.md §2–3).
 
-    The paper's per-model figures, our maximum-likelihood additions (labelled "beyond the paper"),
-    the R² histogram, the slope/intercept scatter, a filterable table of every class, and for each class
-    of ``classes_to_plot`` (default: :func:`default_classes`) the author's fit plot and its split tree —
-    taken from ``trees`` when given there, else split here.
+    Pictures first: the R² histogram and the slope/intercept scatter; then the paper's per-model figures
+    and our maximum-likelihood additions (labelled "beyond the paper"); for each class of
+    ``classes_to_plot`` (default: :func:`default_classes`) the author's fit plot and its split tree —
+    taken from ``trees`` when given there, else split here; last, a table of every class, filterable and
+    shown :data:`CLASS_TABLE_PAGE` rows at a time.
     """
     require_regression(fit)
     if len(class_names) != fit.n_classes:
@@ -181,6 +186,7 @@ def weights_page(
         rows=_class_rows(fit, class_names, set(plotted)),
         mle=fit.mle is not None,
         sections=sections,
+        page_size=CLASS_TABLE_PAGE,
     )
 
 

@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator
+from matplotlib.ticker import FixedLocator, NullLocator, PercentFormatter
 
-from fclens.report._common import fmt
+from fclens.report._common import fmt, percent
 from fclens.report.figures import DPI
 from fclens.report.html import figure_uri, render
 
 if TYPE_CHECKING:
     from fclens.pruning import PruneCurve
 
-__all__ = ["METHOD_STYLE", "OUTPUTS", "prune_figure", "prune_page"]
+__all__ = ["METHOD_STYLE", "OUTPUTS", "prune_figure", "prune_page", "raised_accuracy"]
 
 OUTPUTS = ("prune.html", "pruned-*.safetensors")
 """What ``fclens prune`` writes only when asked (``--html``, ``--write``): a rerun removes those it did
@@ -87,11 +87,13 @@ def prune_figure(curve: PruneCurve, title: str | None = None) -> Figure:
                 )
         if field == "accuracy" and curve.reference_accuracy is not None:
             reference = ax.axhline(curve.reference_accuracy, color="black", lw=1.0, ls=":")
-            ax.legend([reference], ["unpruned layer's accuracy"], loc="best", fontsize=8)
+            named = f"unpruned layer's accuracy ({percent(curve.reference_accuracy)})"
+            ax.legend([reference], [named], loc="best", fontsize=8)
         if field == "kl":
             ax.set_yscale("symlog", linthresh=0.01)
         else:
             ax.set_ylim(-0.02, 1.02)
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))  # shares read as on the page
         ax.set_xscale("function", functions=(_nines, _sparsity))
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
@@ -112,7 +114,8 @@ def prune_figure(curve: PruneCurve, title: str | None = None) -> Figure:
 
 
 def prune_page(curve: PruneCurve, scan_name: str, model_name: str) -> str:
-    """One self-contained HTML page: the figure and the table of every point."""
+    """One self-contained HTML page: the figure, a sentence where pruning beats the unpruned layer's
+    accuracy, and the table of every point (accuracy and agreement as :func:`percent`)."""
 
     rows = [
         {
@@ -120,8 +123,8 @@ def prune_page(curve: PruneCurve, scan_name: str, model_name: str) -> str:
             "sparsity": f"{p.sparsity:g}",
             "zeroed": f"{p.zeroed:.4f}",
             "bias": "yes" if p.bias_correction else "no",
-            "accuracy": fmt(p.accuracy, ".4f"),
-            "agreement": fmt(p.agreement, ".4f"),
+            "accuracy": percent(p.accuracy),
+            "agreement": percent(p.agreement),
             "kl": fmt(p.kl, ".4f"),
         }
         for p in curve.points
@@ -132,11 +135,38 @@ def prune_page(curve: PruneCurve, scan_name: str, model_name: str) -> str:
         scan_name=scan_name,
         model_name=model_name,
         curve=curve,
-        reference=fmt(curve.reference_accuracy, ".4f"),
-        pred_agreement=fmt(curve.pred_agreement, ".4f"),
+        reference=percent(curve.reference_accuracy),
+        pred_agreement=percent(curve.pred_agreement),
         figure=figure_uri(prune_figure(curve)),
         caption=_caption(curve),
+        raised=raised_accuracy(curve),
         rows=rows,
+    )
+
+
+def raised_accuracy(curve: PruneCurve) -> str:
+    """Where pruning raises accuracy above the unpruned layer's (by one labelled image or more), a sentence
+    saying where and why it can; "" where it does not, or without labels."""
+    reference = curve.reference_accuracy
+    if reference is None or not curve.n_labelled:
+        return ""
+    above = [
+        p
+        for p in curve.points
+        if p.accuracy is not None and round((p.accuracy - reference) * curve.n_labelled) >= 1
+    ]
+    if not above:
+        return ""
+    best = max(above, key=lambda p: p.accuracy)
+    corrected = ", bias corrected" if best.bias_correction else ""
+    return (
+        f"Pruning raises accuracy above the unpruned layer’s {percent(reference)} at {len(above)} of "
+        f"{len(curve.points)} points, the most with {best.method} at sparsity {best.sparsity:g} "
+        f"({percent(best.accuracy)}{corrected}). It can: the unpruned layer’s errors are the model’s own "
+        "confusions, most often of classes that look alike to it (ImageNet’s tabby, tiger cat and Egyptian "
+        "cat are a well-known case), whose logits lie close together; removing weights moves those logits "
+        "and can tip such images to their label. It does not make the pruned layer a better one — random "
+        "pruning can do the same: judge on a large labelled scan, with agreement and KL beside."
     )
 
 

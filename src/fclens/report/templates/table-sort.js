@@ -30,6 +30,7 @@
           return ascending ? order : -order;
         });
         rows.forEach(function (row) { body.appendChild(row); });
+        table.dispatchEvent(new Event("sorted")); // a paged table shows its first page again
       });
     });
   }
