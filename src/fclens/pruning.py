@@ -337,13 +337,15 @@ def prune_curve(
     seed: int = SEED,
     min_size: int | None = None,
     device: str | None = None,
+    progress: bool = True,
 ) -> PruneCurve:
     """Accuracy, agreement and KL of each method's pruned layer at each sparsity, on a scan's features.
 
     ``scan``: a :class:`fclens.Scan` or its directory, made with ``features=True``, or its features read
     into memory (``scan.read_features()``: then ``pred_agreement`` is not known).
     ``bias_correction``: False, True, or "both" (each point twice). ``min_size``: the split trees' (the
-    scan's own by default). ``device``: where the products run (default cpu).
+    scan's own by default). ``device``: where the products run (default cpu). ``progress``: a bar on
+    stderr while the layers are judged, when it is a terminal.
     """
     from fclens.scanning.features import Features
     from fclens.scanning.reader import as_scan
@@ -363,6 +365,7 @@ def prune_curve(
         seed=seed,
         min_size=min_size,
         device=device,
+        progress=progress,
     )
 
 
@@ -376,6 +379,7 @@ def curve(
     seed: int = SEED,
     min_size: int | None = None,
     device: str | None = None,
+    progress: bool = False,
 ) -> PruneCurve:
     """:func:`prune_curve` on features held in memory with their layer (``Features.layer``); ``pred``
     (N,): the top-1 the scan stored, for ``pred_agreement`` (optional).
@@ -425,7 +429,9 @@ def curve(
                 configs.append((method, s, corrected, 1.0 - float(mask.mean())))
                 layer_b = b + bias_shift(w, mask, mean) if corrected else b
                 layers.append(FinalLayer(pruned, torch.from_numpy(layer_b), method=method))
-    reference, *evaluations = evaluate(features, [unpruned, *layers], reference=unpruned, device=device)
+    reference, *evaluations = evaluate(
+        features, [unpruned, *layers], reference=unpruned, device=device, progress=progress
+    )
 
     n, n_labelled = len(features), reference.n_labelled
     points = [

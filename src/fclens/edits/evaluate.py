@@ -31,6 +31,7 @@ from fclens import deprecation
 from fclens.errors import FclensError
 from fclens.formatting import json_number, nan_mean
 from fclens.layer import FinalLayer
+from fclens.runs import progress_bar
 from fclens.scanning.features import CHUNK, Features, class_counts, feature_batches
 from fclens.scanning.reader import Scan, as_scan
 
@@ -162,6 +163,7 @@ def evaluate(
     rows: Any = None,
     reference: Any = None,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> Evaluation: ...
 
 
@@ -174,6 +176,7 @@ def evaluate(
     rows: Any = None,
     reference: Any = None,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> list[Evaluation]: ...
 
 
@@ -185,6 +188,7 @@ def evaluate(
     rows: Any = None,
     reference: Any = None,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> Evaluation | list[Evaluation]:
     """Final layers judged on ``scan``'s stored features, all in one read of them (see the module).
 
@@ -193,7 +197,8 @@ def evaluate(
     :class:`~fclens.FinalLayer` or anything :meth:`FinalLayer.of` reads; layers that share one weight
     tensor share its product. ``train_counts``: the training images per class, (C,) numbers or a
     training scan, for the many / medium / few split (NaN without it). ``rows``: the source indices to
-    evaluate on (default all). ``reference``: a layer to count agreement and KL against.
+    evaluate on (default all). ``reference``: a layer to count agreement and KL against. ``progress``: a
+    bar on stderr, image by image, when it is a terminal.
     """
     one = not isinstance(layers, list)
     given = [layers] if one else layers
@@ -216,8 +221,12 @@ def evaluate(
         shared.setdefault(id(layer.weight), []).append(position)
     biases = [layer.bias.to(dev) for layer in finals]
     tallies = [_Tally(classes, dev) for _ in finals]
-    with torch.inference_mode():
+    with (
+        torch.inference_mode(),
+        progress_bar(_row_count(read, rows), enabled=progress, desc="evaluate", unit="img") as bar,
+    ):
         for index, z, label in _batches(read, rows):
+            bar.update(len(index))
             z, label = z.to(dev), label.to(dev)
             against, ref_product = None, None
             if ref is not None:
@@ -266,6 +275,13 @@ def evaluate_logits(
             end = start + CHUNK
             tally.add(logits[start:end], label[start:end].to(logits.device), where[start:end])
     return tally.result(method, counts, referenced=False)
+
+
+def _row_count(source: Scan | Features, rows: Any) -> int:
+    """How many rows an evaluation reads: the ``ok`` rows, or those of ``rows`` among them."""
+    if rows is not None:
+        return len(np.unique(np.asarray(rows)))
+    return len(source) if isinstance(source, Features) else int(source.manifest.counts.get("ok") or 0)
 
 
 def _batches(source: Scan | Features, rows: Any) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:

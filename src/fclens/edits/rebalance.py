@@ -180,14 +180,16 @@ def _check_pair(train: Scan, evaluation: Scan) -> None:
     """Both scans have features and labels, and are scans of the same final layer."""
     for scan, role in ((train, "training"), (evaluation, "evaluation")):
         if not scan.has_features:
+            problem = f"the {role} scan {scan.directory} has no features"
             raise FclensError(
-                f"the {role} scan {scan.directory} has no features; rescan it with features=True "
-                "(fclens scan --features)"
+                f"{problem}; rescan it with features=True",
+                cli=f"{problem}; rescan it with fclens scan --features",
             )
         if class_counts(scan).sum() == 0:
+            problem = f"the {role} scan {scan.directory} has no labelled rows; rescan a labelled source"
             raise FclensError(
-                f"the {role} scan {scan.directory} has no labelled rows; rescan a labelled source "
-                "(class-name subfolders or a label column) with --labels auto"
+                f"{problem} (class-name subfolders or a label column) with labels='auto'",
+                cli=f"{problem} (class-name subfolders or a label column) with --labels auto",
             )
     if head_sha256(train.weight, train.bias) != head_sha256(evaluation.weight, evaluation.bias):
         raise FclensError(

@@ -26,10 +26,11 @@ def model_source(scan: Scan) -> str:
     for a model that was passed as a module, which fclens cannot reload to write an edited copy of."""
     source = scan.manifest.model.get("source")
     if not source:
-        raise FclensError(
+        problem = (
             "the scanned model was passed as a module, so fclens cannot reload it to write an edited (or "
-            "pruned) copy; scan a named model (efficientnet_lite0, timm:NAME, torchvision:NAME) to use --write"
+            "pruned) copy; scan a named model (efficientnet_lite0, timm:NAME, torchvision:NAME)"
         )
+        raise FclensError(f"{problem} to write one", cli=f"{problem} to use --write")
     return str(source)
 
 
