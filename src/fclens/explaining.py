@@ -24,7 +24,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from fclens.options import EXPLAIN_DEFAULTS, RUNNER_UP, Options
 from fclens.preprocessing import to_batch
 from fclens.scores import upsample_normalised
 from fclens.tree import Node, SplitTree, pair_indices
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["RUNNER_UP", "Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"]
 
@@ -233,6 +236,18 @@ class Explanation:
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the input, the top-5 and the tree with each node's map (small, self-contained)."""
+        from fclens.report.notebook import explanation_html
+
+        return explanation_html(self)
+
+    def plot(self, node: str | None = None, kind: str | None = None) -> Figure:
+        """One node's map over the image (default: the most discriminative node, the primary map kind)."""
+        from fclens.report.notebook import explanation_figure
+
+        return explanation_figure(self, node, kind)
 
 
 def explain(
