@@ -507,8 +507,8 @@ def ald_figure(
 # The data-set floor: atlas, causal test, evaluations, re-fits, pruning
 # ---------------------------------------------------------------------------------------------------------
 def atlas_html(atlas: Atlas) -> str:
-    """The classes (least accurate first when labelled, else most images first), the top confusion pairs
-    and, when tested, the causal test's summary."""
+    """The classes (least accurate first when labelled, else most images first) and the top confusion
+    pairs, with each tested pair's held-out errors before and after the causal test's edit."""
     names = atlas.class_names
     if atlas.labelled:
         order = sorted(atlas.classes, key=lambda c: (c.accuracy is None, c.accuracy or 0.0, -c.n))
@@ -553,7 +553,9 @@ def atlas_html(atlas: Atlas) -> str:
         ),
     ]  # fmt: skip
     if atlas.causal is not None:
-        blocks += _causal_blocks(atlas.causal)
+        blocks.append(
+            Note("atlas.causal shows the causal test of the top pairs, and atlas.causal.plot() its curves.")
+        )
     model = atlas.manifest.model.get("name") or "a model"
     images = sum(c.n for c in atlas.classes)
     return _repr(
@@ -587,7 +589,7 @@ def causal_html(table: CausalTable) -> str:
         )
     columns = ["pair k → j", "held-out images of k", "errors k→j before", *table.rules]
     blocks = [
-        *_causal_blocks(table),
+        *_summary_blocks(table),
         _table(
             f"Held-out errors k→j after equalising m = {m} neurons, by rule",
             columns,
@@ -603,7 +605,7 @@ def causal_html(table: CausalTable) -> str:
     return _repr(f"Causal test of {len(table.pairs)} confusion pairs", made, blocks)
 
 
-def _causal_blocks(table: CausalTable) -> list[Any]:
+def _summary_blocks(table: CausalTable) -> list[Any]:
     """The summary over the pairs at the headline m, one row per selection rule."""
     m = headline_m(table.ms)
     rows = [
