@@ -68,7 +68,7 @@ from fclens.report.rebalance import rebalance_figure
 if TYPE_CHECKING:
     from fclens.ald import ALDFit
     from fclens.atlasing import Atlas
-    from fclens.edits.causal import CausalTable
+    from fclens.edits.causal import CausalTable, PairTest
     from fclens.edits.evaluate import Evaluation
     from fclens.edits.rebalance import Rebalance
     from fclens.explaining import Explanation, NodeExplanation
@@ -403,7 +403,7 @@ def tree_figure(tree: SplitTree, class_name: str | None = None) -> Figure:
     values = tree.root.values
     fig = Figure(figsize=(7.0, 3.6), dpi=DPI, layout="constrained")
     ax = fig.subplots()
-    bins = np.linspace(values.min(), values.max(), 61)
+    bins = np.histogram_bin_edges(values, bins=60)
     ax.hist(values, bins=bins, color="#8c8c99", alpha=0.55, label=f"all {values.size} weights")
     for end, colour, name in (
         (tree.discriminative, POS_COLOUR, "most discriminative"),
@@ -421,18 +421,9 @@ def tree_figure(tree: SplitTree, class_name: str | None = None) -> Figure:
     ax.set_yscale("log")
     ax.set_xlabel("weight w_kj")
     ax.set_ylabel("neurons")
-    who = (
-        class_name
-        if class_name is not None
-        else ""
-        if tree.class_index is None
-        else f"class {tree.class_index}"
-    )
-    ax.set_title(
-        f"Split tree of {who or 'a weight row'}: dashed, the means each chain splits at",
-        fontsize=10,
-        parse_math=False,
-    )
+    who = class_name or ("a weight row" if tree.class_index is None else f"class {tree.class_index}")
+    title = f"Split tree of {who}: dashed, the means each chain splits at"
+    ax.set_title(title, fontsize=10, parse_math=False)
     ax.legend(fontsize=8, loc="upper left")
     return fig
 
@@ -441,39 +432,18 @@ def ald_html(fit: ALDFit) -> str:
     """The paper's per-model figures, ours beside them (labelled), and the R² histogram over classes."""
     blocks: list[Any] = []
     if fit.pos is not None:
-        paper = [[what, pos, neg] for what, pos, neg in _paper_facts(fit)]
+        paper = [list(facts) for facts in _paper_facts(fit)]
+        table = _table("The paper's regression fit", ["", "positive", "negative"], paper, (1, 2), len(paper))
+        blocks.append(Row([[table], [_figure_picture(r2_histogram(fit), 340)]]))
         blocks.append(
-            Row(
-                [
-                    [
-                        _table(
-                            "The paper's regression fit",
-                            ["", "positive", "negative"],
-                            paper,
-                            (1, 2),
-                            len(paper),
-                        )
-                    ],
-                    [_figure_picture(r2_histogram(fit), 340)],
-                ]
+            Note(
+                "fit.plot(k, weight) draws the author's plot of class k: ln of its sorted weights against rank."
             )
         )
-    beyond = [[what, value] for what, value in _beyond_facts(fit)]
+    beyond = [list(facts) for facts in _beyond_facts(fit)]
     if beyond:
-        blocks.append(
-            _table(
-                "Beyond the paper (fclens): maximum-likelihood ALD, KS, AIC",
-                ["", ""],
-                beyond,
-                (1,),
-                len(beyond),
-            )
-        )
-    blocks.append(
-        Note(
-            "fit.plot(k, weight) draws the author's fit plot of class k: ln of the sorted weights against their rank."
-        )
-    )
+        heading = "Beyond the paper (fclens): maximum-likelihood ALD, KS, AIC"
+        blocks.append(_table(heading, ["", ""], beyond, (1,), len(beyond)))
     return _repr("ALD fit of the final layer", f"{fit.n_classes} classes × {fit.n_inputs} inputs", blocks)
 
 
@@ -563,7 +533,7 @@ def atlas_html(atlas: Atlas) -> str:
     )
 
 
-def _held_out(test: Any, ms: Sequence[int]) -> str:
+def _held_out(test: PairTest | None, ms: Sequence[int]) -> str:
     if test is None:
         return "not tested"
     m = headline_m(ms)
@@ -587,42 +557,16 @@ def causal_html(table: CausalTable) -> str:
                 *(str(trial.equalise.errors_kj) for trial in trials),
             ]
         )
-    columns = ["pair k → j", "held-out images of k", "errors k→j before", *table.rules]
-    blocks = [
-        *_summary_blocks(table),
-        _table(
-            f"Held-out errors k→j after equalising m = {m} neurons, by rule",
-            columns,
-            rows,
-            range(1, len(columns)),
-        ),
-    ]
-    if table.pairs:
-        blocks.append(Note(f"For example, {table.pairs[0].sentence(m)}"))
-    made = (
-        f"selected on {table.n_select} rows, judged on {table.n_held_out} held-out rows (seed {table.seed})"
-    )
-    return _repr(f"Causal test of {len(table.pairs)} confusion pairs", made, blocks)
-
-
-def _summary_blocks(table: CausalTable) -> list[Any]:
-    """The summary over the pairs at the headline m, one row per selection rule."""
-    m = headline_m(table.ms)
-    rows = [
+    summary = [
         [
-            rule,
-            percent(f["soft_cut"]),
-            signed(f["errors_kj"]),
-            signed(f["pair_errors"]),
-            signed(f["partial_pair_errors"]),
-            signed(f["accuracy_j"]),
-            signed(f["accuracy_other"]),
+            rule, percent(f["soft_cut"]), signed(f["errors_kj"]), signed(f["pair_errors"]),
+            signed(f["partial_pair_errors"]), signed(f["accuracy_j"]), signed(f["accuracy_other"]),
         ]
         for rule, per_m in table.summary().items()
         for size, f in per_m.items()
         if size == m
-    ]
-    columns = [
+    ]  # fmt: skip
+    mean = [
         "rule",
         "soft k→j removed",
         "Δ errors k→j",
@@ -631,14 +575,22 @@ def _summary_blocks(table: CausalTable) -> list[Any]:
         "Δ acc. j",
         "Δ acc. others",
     ]
-    return [
-        _table(f"Causal test: equalising the rival's weights on m = {m} neurons, mean over {len(table.pairs)} pairs", columns, rows, range(1, 7)),
+    columns = ["pair k → j", "held-out images of k", "errors k→j before", *table.rules]
+    blocks = [
+        _table(f"Equalising the rival's weights on m = {m} neurons: the mean change over the pairs", mean, summary, range(1, 7)),
         Note(
             "tree: the neurons the atlas names (the paper's trees); contrast: every neuron ranked by its "
             "share of the gap on the selection rows; weight: the largest weight differences; random: the "
-            "control. Δ: the mean change per pair, errors in images, accuracy in points; held-out rows only."
+            "control. Δ: errors in images, accuracy in points; everything on held-out rows."
         ),
+        _table(f"Each pair's held-out errors k→j after equalising m = {m} neurons, by rule", columns, rows, range(1, len(columns))),
     ]  # fmt: skip
+    if table.pairs:
+        blocks.append(Note(f"For example, {table.pairs[0].sentence(m)}"))
+    made = (
+        f"selected on {table.n_select} rows, judged on {table.n_held_out} held-out rows (seed {table.seed})"
+    )
+    return _repr(f"Causal test of {len(table.pairs)} confusion pairs", made, blocks)
 
 
 def causal_figure(table: CausalTable) -> Figure:
