@@ -75,7 +75,7 @@ def check_self_contained(html: str) -> Tags:
 # ---------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def explanation(classifier: fclens.Classifier, chelsea: Path) -> fclens.Explanation:
-    return fclens.explain(classifier, chelsea)
+    return fclens.explain(classifier, chelsea, contrast="runner-up")
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,9 @@ def test_an_explanation_shows_its_tree_with_a_map_per_node_in_the_pages_look(
 ) -> None:
     html = explanation._repr_html_()
     tags = check_self_contained(html)
-    # The photo and one map per node of the chains, drawn as the pages draw a tree.
-    assert len(tags.sources()) == 1 + len(explanation.nodes)
+    # The photo, one map per node of the chains (drawn as the pages draw a tree), the contrast's map.
+    assert len(tags.sources()) == 1 + len(explanation.nodes) + 1
+    assert explanation.contrast is not None and f"Why not {explanation.contrast.rival.name}" in html
     cards = [attrs for tag, attrs in tags.tags if tag == "div" and "card" in str(attrs.get("class"))]
     assert len(cards) == len(explanation.nodes)
     assert explanation.target.name in html and "most discriminative" in html and "most confusing" in html

@@ -217,7 +217,7 @@ class Atlas:
         return data
 
     def _repr_html_(self) -> str:
-        """In a notebook: the classes, the top confusion pairs and, when tested, the causal summary."""
+        """In a notebook: the classes and the top confusion pairs (with the causal test's held-out errors)."""
         from fclens.report.notebook import atlas_html
 
         return atlas_html(self)

@@ -290,7 +290,7 @@ class CausalTable:
         return "\n".join(lines) + "\n"
 
     def _repr_html_(self) -> str:
-        """In a notebook: the summary over the pairs per rule at the headline m, and the first sentences."""
+        """In a notebook: the mean over the pairs per rule, and each pair's held-out errors by rule."""
         from fclens.report.notebook import causal_html
 
         return causal_html(self)
