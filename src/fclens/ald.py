@@ -30,13 +30,16 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import scipy.special
 
 from fclens.errors import FclensError
 from fclens.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "MODELS",
@@ -327,6 +330,19 @@ class ALDFit:
                 f"class_names has {len(class_names)} entries, the fit has {self.n_classes} classes"
             )
         return [str(name) for name in class_names]
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the paper's per-model figures, ours beside them, and the R² histogram."""
+        from fclens.report.notebook import ald_html
+
+        return ald_html(self)
+
+    def plot(self, k: int | None = None, weight: Any = None, class_name: str | None = None) -> Figure:
+        """The author's fit plot of class ``k``, drawn from ``weight`` (the C×D matrix fitted, or row k);
+        without ``k``, the histogram of every class's R²."""
+        from fclens.report.notebook import ald_figure
+
+        return ald_figure(self, k, weight, class_name)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -215,6 +215,12 @@ class Atlas:
             data["causal"] = {**made, "written": None if written is None else written.to_dict()}
         return data
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the classes and the top confusion pairs (with the causal test's held-out errors)."""
+        from fclens.report.notebook import atlas_html
+
+        return atlas_html(self)
+
 
 def _tested(tested: dict[tuple[int, int], Any], pair: Pair) -> dict[str, Any] | None:
     test = tested.get((pair.a, pair.b))

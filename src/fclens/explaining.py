@@ -12,7 +12,8 @@ Example::
     exp.target.name, exp.discriminative.score, exp.confusing.map   # (h, w) tensor
     fclens.report.save_explanation(exp, "out/")                   # files and pages: fclens.report
 
-Results flow one way: :mod:`fclens.report` reads explanations, this module never imports it.
+Results flow one way: :mod:`fclens.report` reads explanations, this module imports it only when a
+notebook asks an Explanation to show itself (``_repr_html_``, ``plot``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +42,9 @@ from fclens.options import EXPLAIN_DEFAULTS, RUNNER_UP, Options
 from fclens.preprocessing import to_batch
 from fclens.scores import upsample_normalised
 from fclens.tree import Node, SplitTree, pair_indices
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["RUNNER_UP", "Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"]
 
@@ -233,6 +237,18 @@ class Explanation:
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the input, the top-5 and the tree with each node's map (small, self-contained)."""
+        from fclens.report.notebook import explanation_html
+
+        return explanation_html(self)
+
+    def plot(self, node: str | None = None, kind: str | None = None) -> Figure:
+        """One node's map over the image (default: the most discriminative node, the primary map kind)."""
+        from fclens.report.notebook import explanation_figure
+
+        return explanation_figure(self, node, kind)
 
 
 def explain(

@@ -65,6 +65,8 @@ from fclens.options import MIN_SIZE, PRUNE_DEFAULT_METHODS, PRUNE_METHODS, PRUNE
 from fclens.tree import split_tree
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from fclens.scanning.features import Features
     from fclens.scanning.reader import Scan
 
@@ -172,6 +174,18 @@ class PruneCurve:
                 f"{percent(p.accuracy):>8} {percent(p.agreement):>9} {p.kl:>8.4f}"
             )
         return "\n".join(lines) + "\n"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the curves of every method and a table of the points."""
+        from fclens.report.notebook import prune_html
+
+        return prune_html(self)
+
+    def plot(self) -> Figure:
+        """Agreement, accuracy (when labelled) and KL against sparsity, one line per method."""
+        from fclens.report.notebook import prune_figure
+
+        return prune_figure(self)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,13 +21,16 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fclens.ald import as_numpy, regression_fit
 from fclens.errors import FclensError
 from fclens.options import MIN_SIZE, TREE_MODES
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Node", "SplitTree", "class_trees", "split_tree"]
 
@@ -186,6 +189,18 @@ class SplitTree:
 
         walk(self.root, "", "")
         return "\n".join(lines) + "\n"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the tree, each node's size and R², the terminal nodes marked."""
+        from fclens.report.notebook import tree_html
+
+        return tree_html(self)
+
+    def plot(self, class_name: str | None = None) -> Figure:
+        """The row's weights as a histogram, with the means each chain splits at and the terminal nodes."""
+        from fclens.report.notebook import tree_figure
+
+        return tree_figure(self, class_name)
 
 
 def pair_indices(target: SplitTree, rival: SplitTree) -> np.ndarray:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -57,6 +57,9 @@ from fclens.formatting import json_number, nan_mean, percent, signed
 from fclens.options import SEED
 from fclens.scanning.features import Features
 from fclens.scanning.reader import Scan, as_features, as_scan
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "MS",
@@ -285,6 +288,18 @@ class CausalTable:
                     f"{percent(e.accuracy_other):>6}  | {t.strength:9.2f} {p.errors_kj:>4} {p.errors_jk:>4}"
                 )
         return "\n".join(lines) + "\n"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the mean over the pairs per rule, and each pair's held-out errors by rule."""
+        from fclens.report.notebook import causal_html
+
+        return causal_html(self)
+
+    def plot(self) -> Figure:
+        """Per rule against m: the held-out soft confusion equalising removes, and its cost in accuracy."""
+        from fclens.report.notebook import causal_figure
+
+        return causal_figure(self)
 
 
 def causal_test(

@@ -36,7 +36,7 @@ from fclens.scanning.features import CHUNK, Features, class_counts, feature_batc
 from fclens.scanning.reader import Scan, as_scan
 
 if TYPE_CHECKING:
-    pass
+    from matplotlib.figure import Figure
 
 __all__ = ["FEW", "MANY", "Evaluation", "PairCount", "PairOutcome", "evaluate", "evaluate_logits"]
 
@@ -85,6 +85,18 @@ class Evaluation:
             **{name: json_number(getattr(self, name)) for name in (*figures, "agreement", "kl")},
             "per_class_accuracy": [json_number(v) for v in self.per_class_accuracy],
         }
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the figures, the least accurate classes and the most frequent errors k→j."""
+        from fclens.report.notebook import evaluation_html
+
+        return evaluation_html(self)
+
+    def plot(self, class_names: Sequence[str] | None = None) -> Figure:
+        """Per-class accuracy of the least accurate classes, as bars (``class_names`` label them)."""
+        from fclens.report.notebook import evaluation_figure
+
+        return evaluation_figure(self, class_names)
 
 
 class _Tally:

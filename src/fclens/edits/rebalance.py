@@ -11,7 +11,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -29,6 +29,9 @@ from fclens.runs import progress_bar
 from fclens.scanning.features import class_counts
 from fclens.scanning.manifest import head_sha256
 from fclens.scanning.reader import Scan, as_scan
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Rebalance", "rebalance", "shared_images"]
 
@@ -95,6 +98,18 @@ class Rebalance:
             "of the classes evaluated)"
         )
         return "\n".join(lines) + "\n"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: each method's figures on the evaluation scan and the per-class figure."""
+        from fclens.report.notebook import rebalance_html
+
+        return rebalance_html(self)
+
+    def plot(self) -> Figure:
+        """Per-class accuracy on the evaluation scan against training images, one line per method."""
+        from fclens.report.notebook import rebalance_figure
+
+        return rebalance_figure(self)
 
 
 def rebalance(
