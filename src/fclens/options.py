@@ -8,6 +8,7 @@ registers them (and any of the user's own) and checks the names at run time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
@@ -29,6 +30,8 @@ __all__ = [
     "ScoredNodes",
     "TreeMode",
     "at_least",
+    "updated_options",
+    "with_keywords",
 ]
 
 TreeMode = Literal["chains", "full"]
@@ -47,6 +50,34 @@ LABEL_MODES: tuple[str, ...] = ("auto", "none")
 
 RUNNER_UP = "runner-up"
 """``contrast=RUNNER_UP``: contrast each image's target with its most probable other class."""
+
+
+OLD_OPTION_NAMES: dict[str, str] = {"map_kind": "maps"}
+"""Option names of fclens 0.1 (commit 284cd16) → today's: ``map_kind="x"`` (a scan's one map) is ``maps="x"``."""
+
+OLD_OPTION_VALUES: dict[str, tuple[tuple[Any, str], ...]] = {
+    "scores": ((True, "all"), (False, "none"), (None, "none")),
+}
+"""Option values of fclens 0.1 → today's: explain's ``scores`` was a bool, a scan's None for none."""
+
+
+def updated_options(fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``fields`` spelt as today, and a warning's text per old spelling in them ("map_kind='x' is deprecated…").
+
+    The one place that knows fclens 0.1's option spellings: the keywords of :func:`fclens.explain` and
+    :func:`fclens.scan` (which warn with the notes) and the options of a version-1 manifest go through it.
+    """
+    updated: dict[str, Any] = {}
+    notes = []
+    for name, value in fields.items():
+        new_name = OLD_OPTION_NAMES.get(name, name)
+        new_value = next((new for old, new in OLD_OPTION_VALUES.get(name, ()) if value is old), value)
+        if new_name != name and new_name in fields:
+            raise FclensError(f"{name} and {new_name} both given; give {new_name} only")
+        if (new_name, new_value) != (name, value):
+            notes.append(f"{name}={value!r} is deprecated; use {new_name}={new_value!r}")
+        updated[new_name] = new_value
+    return updated, notes
 
 
 def at_least(name: str, value: Any, minimum: int) -> None:
@@ -117,6 +148,17 @@ class Options:
         if unknown:
             raise FclensError(f"unknown options {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**{**defaults, **values})
+
+
+def with_keywords(
+    options: Options | None, defaults: Options, fields: Mapping[str, Any], hint: str = ""
+) -> tuple[Options, list[str]]:
+    """``options`` (None: ``defaults``) with the keywords ``fields`` replaced, as :func:`fclens.explain` and
+    :func:`fclens.scan` take them; and the texts of the warnings their old spellings call for."""
+    if options is not None and not isinstance(options, Options):
+        raise FclensError(f"options must be an fclens.Options; got {type(options).__name__} {options!r}")
+    fields, notes = updated_options(fields)
+    return (options or defaults).but(hint, **fields), notes
 
 
 EXPLAIN_DEFAULTS = Options()

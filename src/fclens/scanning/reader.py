@@ -149,17 +149,23 @@ class Scan:
         return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(self.grid)
 
     def locate(self, path: str) -> Path:
-        """Where a row's image is now. Version 2 stores absolute paths; version 1 stored them relative to
-        the scan's working directory, so those are tried from here, then from the folders above the
-        recorded source and above the scan directory. The path as given when nothing is found."""
+        """Where a row's image is now: the stored path where it exists. Else a relative one (version 1
+        stored paths relative to the folder the scan ran in) is tried from the folders above the recorded
+        source and above the scan directory; an absolute one under the recorded source (images moved
+        together with their scan) from the folders above the scan directory, its longest tail first, down
+        to the tail that starts at the source folder's own name. The path as given when nothing is found."""
         given = Path(path)
-        if given.is_absolute() or given.exists():
+        if given.exists():
             return given
         source = Path(self.manifest.source)
-        for base in (*source.parents, *self.directory.resolve().parents):
-            if (base / given).exists():
-                return base / given
-        return given
+        if not given.is_absolute():
+            tails, bases = [given], [*source.parents, *self.directory.resolve().parents]
+        elif source.is_absolute() and given.is_relative_to(source):
+            tails = [Path(*given.parts[start:]) for start in range(1, len(source.parts))]
+            bases = list(self.directory.resolve().parents)
+        else:
+            return given
+        return next((base / tail for tail in tails for base in bases if (base / tail).exists()), given)
 
     def incomplete(self) -> str | None:
         """For a scan that did not finish, a one-line note of how much it holds and how to finish it."""
