@@ -34,6 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from fclens.errors import FclensError
+from fclens.options import at_least
+from fclens.scanning.reader import open_scan
 
 if TYPE_CHECKING:
     from fclens.scanning.manifest import Manifest
@@ -207,9 +209,8 @@ def atlas(scan: Scan | str | os.PathLike[str], top_k: int = 8) -> Atlas:
 
     A scan that did not finish gives the atlas of the rows it holds, with an ``IncompleteScanWarning``.
     """
-    if top_k < 1:
-        raise FclensError(f"top_k must be at least 1, got {top_k}")
-    scan = _opened(scan)
+    at_least("top_k", top_k, 1)
+    scan = open_scan(scan)
     if not scan.dataset.files:
         raise FclensError(f"{scan.directory} holds no rows yet; rerun the scan that writes it to finish it")
     scan.warn_if_incomplete()
@@ -249,7 +250,7 @@ def read_maps(scan: Scan | str | os.PathLike[str], indices: set[int]) -> dict[in
     wanted = ds.field("index").isin(pa.array(sorted(indices), pa.int64()))
     found: dict[int, dict[str, Any]] = {}
     columns = ["index", "node_path", "node_map", "contrast_map"]
-    for table in _opened(scan).batches(columns, ok_only=True, filter=wanted):
+    for table in open_scan(scan).batches(columns, ok_only=True, filter=wanted):
         counts = pc.list_value_length(table.column("node_path")).to_numpy()
         maps = _floats(pc.list_flatten(pc.list_flatten(table.column("node_map"))))
         maps = np.split(maps.reshape(counts.sum(), -1), np.cumsum(counts)[:-1])
@@ -266,12 +267,6 @@ def _floats(values: Any) -> np.ndarray:
 
 
 # --- the passes ----------------------------------------------------------------------------------------
-
-
-def _opened(scan: Scan | str | os.PathLike[str]) -> Scan:
-    from fclens.scanning.reader import Scan, read_scan
-
-    return scan if isinstance(scan, Scan) else read_scan(scan)
 
 
 def _flat(table: pa.Table, lists: list[str], keep: list[str]) -> pa.Table:

@@ -33,7 +33,7 @@ from PIL import Image
 from torch import nn
 
 from fclens.batch import BatchResult, BatchRunner
-from fclens.errors import FclensError
+from fclens.errors import FclensError, described
 from fclens.head import find_head
 from fclens.images import ImageInput, iter_image_paths, to_batch
 from fclens.maps import MAP_KINDS, branch_sign, oriented
@@ -491,8 +491,14 @@ def _targets(classifier: Classifier, target: Target | Sequence[Target], count: i
     """One class index (or None: the predicted class) per image."""
     if target is None or isinstance(target, (str, numbers.Integral)):
         targets: list[Target] = [target] * count
-    else:
+    elif isinstance(target, (Sequence, np.ndarray)) and all(
+        t is None or isinstance(t, (str, numbers.Integral)) for t in target
+    ):
         targets = list(target)
+    else:
+        raise FclensError(
+            f"target must be None, a class index or name, or a list of them, one per image; got {described(target)}"
+        )
         if len(targets) != count:
             raise FclensError(
                 f"{len(targets)} targets given for {count} images; give one per image, or one for all"

@@ -27,7 +27,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from fclens.errors import FclensError
+from fclens.errors import FclensError, as_path, described
+from fclens.options import at_least
 
 MAX_PIXELS = 89_478_485
 """Largest width × height decoded (PIL's own default); bigger files are refused from their header."""
@@ -78,7 +79,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     The whole file is decoded here, so a truncated download fails now rather than later as a grey
     band in the picture. Orientation comes from EXIF; transparency is composited on white.
     """
-    path = Path(path)
+    path = as_path(path, "path")
     if path.is_dir():
         raise ImageError("is a folder, not an image; pass the image files in it instead", path)
     if not path.exists():
@@ -315,10 +316,12 @@ class Preprocessing:
     """1 or 3 once made; None (the default) takes the number of values in ``mean``."""
 
     def __post_init__(self) -> None:
-        fields = {
-            "input_size": tuple(int(v) for v in self.input_size),
-            "mean": tuple(float(v) for v in self.mean),
-            "std": tuple(float(v) for v in self.std),
+        if not isinstance(self.crop_pct, (int, float, np.number)):
+            raise FclensError(f"crop_pct must be a number, got {described(self.crop_pct)}")
+        fields: dict[str, Any] = {
+            "input_size": _each(int, self.input_size, "input_size", "(height, width) in pixels"),
+            "mean": _each(float, self.mean, "mean", "one number per channel"),
+            "std": _each(float, self.std, "std", "one number per channel"),
             "crop_pct": float(self.crop_pct),
         }
         # A manifest written before `channels` existed holds no such key: its length of mean says it.
@@ -438,6 +441,14 @@ def _center_crop_or_pad(image: Image.Image, height: int, width: int, fill: list[
     return F.center_crop(image, [height, width])
 
 
+def _each(kind: type, values: Any, name: str, meaning: str) -> tuple[Any, ...]:
+    """Every item of ``values`` as ``kind``; anything else is one line naming ``name`` and what it means."""
+    try:
+        return tuple(kind(value) for value in values)
+    except (TypeError, ValueError):
+        raise FclensError(f"{name} must be {meaning}, got {described(values)}") from None
+
+
 # --- batches ---------------------------------------------------------------------------------------
 
 
@@ -488,8 +499,8 @@ def _as_image(item: object) -> Image.Image:
         return _decode(item)
     if isinstance(item, np.ndarray):
         return image_from_array(item)
-    raise TypeError(
-        f"cannot use a {type(item).__name__} as an image; pass a path, PIL image, numpy array or tensor"
+    raise ImageError(
+        f"cannot use a {described(item)} as an image; pass a path, PIL image, numpy array or tensor"
     )
 
 
@@ -562,9 +573,11 @@ def sample_folder(
     small square. Seeded: the same call makes the same files, and a folder that already holds ``count``
     JPEGs is kept as it is. Returns ``out``.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise FclensError(f"count must be a whole number of at least 1, got {count!r}")
-    root = Path(out)
+    at_least("count", count, 1)
+    at_least("seed", seed, 0)
+    if side is not None:
+        at_least("side", side, 1)
+    root = as_path(out, "out")
     if root.exists() and not root.is_dir():
         raise FclensError(f"{root} is a file; give a folder for the photos")
     if root.is_dir() and len(list(root.rglob("*.jpg"))) == count:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
-from fclens.errors import FclensError
+from fclens.errors import FclensError, described
 
 __all__ = [
     "BIAS_CORRECTIONS",
@@ -80,9 +80,13 @@ def updated_options(fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
     return updated, notes
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def at_least(name: str, value: Any, minimum: int) -> None:
     """Refuse, in one line, a ``value`` that is not a whole number of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not _whole(value) or value < minimum:
         raise FclensError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
 
 
@@ -109,10 +113,26 @@ class Options:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        maps = (self.maps,) if isinstance(self.maps, str) else tuple(dict.fromkeys(self.maps))
+        try:
+            maps = (self.maps,) if isinstance(self.maps, str) else tuple(dict.fromkeys(self.maps))
+        except TypeError:  # not a sequence of names
+            maps = (None,)
+        if not all(isinstance(kind, str) for kind in maps):
+            raise FclensError(
+                f"maps must be a map kind's name or a sequence of them, got {described(self.maps)}"
+            )
         object.__setattr__(self, "maps", maps)
         if not maps:
             raise FclensError(f"no map kind asked for; choose from {', '.join(MAP_KIND_NAMES)}")
+        for name in ("curves", "features"):
+            if not isinstance(getattr(self, name), bool):
+                raise FclensError(f"{name} must be True or False, got {described(getattr(self, name))}")
+        if not (self.seed is None or _whole(self.seed)):
+            raise FclensError(f"seed must be a whole number or None, got {described(self.seed)}")
+        if not (self.contrast is None or _whole(self.contrast) or isinstance(self.contrast, str)):
+            raise FclensError(
+                f"contrast must be None, {RUNNER_UP!r}, or a class index or name, got {described(self.contrast)}"
+            )
         if self.mode not in TREE_MODES:
             raise FclensError(f"mode must be one of {', '.join(TREE_MODES)}; got {self.mode!r}")
         if self.scores not in SCORED_NODES:

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 import numpy as np
 from torch.utils.data import Dataset
 
-from fclens.errors import FclensError
+from fclens.errors import FclensError, as_path, described
 from fclens.models import Classifier, load_model
-from fclens.options import LABEL_MODES, RUNNER_UP, SCAN_DEFAULTS, Options, with_keywords
+from fclens.options import LABEL_MODES, RUNNER_UP, SCAN_DEFAULTS, Options, at_least, with_keywords
 from fclens.runs import progress_bar, sigterm_interrupts
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.decoding import Decoder, Decoding
@@ -84,6 +84,8 @@ def scan(
     a line saying what a rerun found. Ctrl-C or SIGTERM keeps every finished image and raises
     KeyboardInterrupt saying how many; a rerun continues. Returns the scan, read back.
     """
+    out = as_path(out, "out")
+    at_least("shard_rows", shard_rows, 1)
     engine = _engine(engine, option_fields)
     hint = " (engine settings go in engine=LocalEngine(workers=…) or RayEngine(…))"
     options, notes = with_keywords(options, SCAN_DEFAULTS, option_fields, hint)
@@ -162,9 +164,7 @@ def _engine(engine: Engine | str | None, fields: dict[str, Any]) -> Engine:
             f"give {', '.join(old)} to the engine: engine={type(engine).__name__}({fields_now})"
         )
     if not callable(getattr(engine, "run", None)):
-        raise FclensError(
-            f"engine must be LocalEngine(…) or RayEngine(…); got {type(engine).__name__} {engine!r}"
-        )
+        raise FclensError(f"engine must be LocalEngine(…) or RayEngine(…); got {described(engine)}")
     return engine
 
 

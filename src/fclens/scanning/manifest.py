@@ -151,6 +151,11 @@ class Manifest:
                     for name in dict.fromkeys([*old, *new])
                     if old.get(name) != new.get(name)
                 ]
+            elif key == "schema version" and before[key] != after[key]:
+                found.append(
+                    f"written by an earlier fclens, scan schema {before[key]} (this one writes {after[key]}): "
+                    "it reads as it is, but cannot be resumed"
+                )
             elif before[key] != after[key]:
                 found.append(f"{key}: {before[key]!r} then, {after[key]!r} now")
         return found

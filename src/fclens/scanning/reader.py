@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from fclens.errors import as_path, described
 from fclens.scanning.manifest import (
     _V1_NAMES,
     HEAD_FILE,
@@ -32,7 +33,7 @@ from fclens.scanning.manifest import (
 )
 from fclens.scanning.schema import scan_schema
 
-__all__ = ["IncompleteScanWarning", "Scan", "read_scan"]
+__all__ = ["IncompleteScanWarning", "Scan", "open_scan", "read_scan"]
 
 
 class IncompleteScanWarning(UserWarning):
@@ -205,7 +206,7 @@ def _where(ok_only: bool, filter: ds.Expression | None) -> ds.Expression | None:
 
 def read_scan(directory: str | os.PathLike[str]) -> Scan:
     """Open a scan directory written by :func:`fclens.scan` (finished or not; schema version 1 or 2)."""
-    directory = Path(directory)
+    directory = as_path(directory, "directory")
     path = manifest_path(directory)
     if path is None:
         raise ScanError(_not_a_scan(directory))
@@ -213,6 +214,15 @@ def read_scan(directory: str | os.PathLike[str]) -> Scan:
     if not any((directory / name).is_file() for name in (HEAD_FILE, _V1_NAMES[1])):
         raise ScanError(f"{directory} has no {HEAD_FILE}; the scan is incomplete: rerun it")
     return Scan(directory, manifest)
+
+
+def open_scan(scan: Scan | str | os.PathLike[str]) -> Scan:
+    """``scan`` itself, or the scan in the directory ``scan``; anything else is one line of ScanError."""
+    if isinstance(scan, Scan):
+        return scan
+    if not isinstance(scan, (str, os.PathLike)):
+        raise ScanError(f"scan must be a Scan or a scan directory, got {described(scan)}")
+    return read_scan(scan)
 
 
 def _not_a_scan(directory: Path) -> str:
