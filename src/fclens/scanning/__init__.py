@@ -82,7 +82,9 @@ def scan(
     :class:`LocalEngine` (default) or :class:`RayEngine`. ``device``: where a model loaded from a name
     runs, or where a given classifier is moved. ``progress``: a bar on stderr when it is a terminal, and
     a line saying what a rerun found. Ctrl-C or SIGTERM keeps every finished image and raises
-    KeyboardInterrupt saying how many; a rerun continues. Returns the scan, read back.
+    KeyboardInterrupt saying how many; a rerun continues. Returns the scan, read back. Deprecated, for
+    one release: fclens 0.1's ``engine="local"|"ray"`` with ``workers=``, ``ray_address=``, ``actors=``,
+    and ``map_kind=``, ``scores=None``.
     """
     out = as_path(out, "out")
     at_least("shard_rows", shard_rows, 1)
