@@ -495,14 +495,14 @@ def _targets(classifier: Classifier, target: Target | Sequence[Target], count: i
         t is None or isinstance(t, (str, numbers.Integral)) for t in target
     ):
         targets = list(target)
-    else:
-        raise FclensError(
-            f"target must be None, a class index or name, or a list of them, one per image; got {described(target)}"
-        )
         if len(targets) != count:
             raise FclensError(
                 f"{len(targets)} targets given for {count} images; give one per image, or one for all"
             )
+    else:
+        raise FclensError(
+            f"target must be None, a class index or name, or a list of them, one per image; got {described(target)}"
+        )
     return [
         None if t is None else classifier.class_index(int(t) if isinstance(t, numbers.Integral) else t)
         for t in targets
