@@ -239,7 +239,7 @@ class Explanation:
 def explain(
     model: Classifier | nn.Module | str | None,
     images: str | os.PathLike[str] | Image.Image | np.ndarray,
-    target: Target = None,
+    target: Target | Sequence[Target] = None,
     *,
     options: Options | None = None,
     target_layer: str | None = None,
