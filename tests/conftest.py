@@ -1,12 +1,14 @@
-"""Shared fixtures: the device to test on, the embedded model, the sample photos.
+"""Shared fixtures: the device to test on, the embedded model, the sample photos, the scans of earlier releases.
 
 ``pytest --device cuda`` runs every test that builds a model on the GPU (default: cpu).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import torch
 from fclens.models import Classifier, load_model
 from fclens.preprocessing import to_batch
 from fclens.samples import sample_image
+from fclens.scanning.manifest import head_sha256
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -114,3 +117,35 @@ def sample_scans(classifier: Classifier, tmp_path_factory: pytest.TempPathFactor
         scan(classifier, photos, out, features=True, engine=LocalEngine(workers=0), progress=False)
         scans[name] = out
     return scans
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OLD_SCANS = ("scan-284cd16", "scan-v1", "scan-3286d7d")
+"""The scans of earlier releases in tests/fixtures, each written by its release's own code (make_scans.py)."""
+
+
+@pytest.fixture
+def old_scan(tmp_path: Path, classifier: Classifier) -> Callable[..., Path]:
+    """``old_scan(name)``: a copy of the fixture ``name`` at tmp_path/tests/fixtures/name, with
+    tests/fixtures/photos beside it (as in the worktree that wrote it) unless ``photos=False``, and the
+    embedded model's final layer written back where make_scans.py left it out (the digest checked)."""
+
+    def copy(name: str, photos: bool = True) -> Path:
+        folder = tmp_path / "tests" / "fixtures"
+        directory = shutil.copytree(FIXTURES / name, folder / name)
+        if photos:
+            shutil.copytree(FIXTURES / "photos", folder / "photos")
+        manifest_file = next(directory.glob("*manifest.json"))
+        model = json.loads(manifest_file.read_text())["model"]
+        head_file = directory / manifest_file.name.replace("manifest.json", "head.safetensors")
+        if not head_file.exists():
+            from safetensors.numpy import save_file
+
+            weight, bias = (
+                part.detach().float().cpu().numpy() for part in (classifier.head.weight, classifier.head.bias)
+            )
+            assert head_sha256(weight, bias) == model["head_sha256"], "the embedded model's head changed"
+            save_file({"weight": weight, "bias": bias}, str(head_file))
+        return directory
+
+    return copy

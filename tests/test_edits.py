@@ -106,8 +106,9 @@ def test_a_scan_without_features_is_refused_with_the_flag_named(tmp_path: Path) 
     import synthetic_scan
 
     synthetic_scan.write(tmp_path / "plain", rows=20)
-    with pytest.raises(FclensError, match="--features"):
+    with pytest.raises(FclensError, match="features=True") as refused:
         evaluate(tmp_path / "plain", read_scan(tmp_path / "plain").layer)
+    assert "fclens scan --features" in refused.value.cli
 
 
 # ------------------------------------------------------------------------------------------------- losses

@@ -453,7 +453,7 @@ def test_to_batch_errors(tmp_path: Path) -> None:
         to_batch(torch.zeros((3, 224, 224), dtype=torch.uint8), LITE0)
     with pytest.raises(ImageError, match="no images given"):
         to_batch([], LITE0)
-    with pytest.raises(TypeError, match="cannot use a int"):
+    with pytest.raises(ImageError, match="cannot use a int"):
         to_batch([3], LITE0)
     with pytest.raises(ImageError, match="no such file") as caught:
         to_batch([sample_image(), tmp_path / "gone.jpg"], LITE0)

@@ -198,5 +198,6 @@ def test_a_scan_without_features_is_refused_with_the_flag_named(tmp_path: Path) 
     import synthetic_scan
 
     synthetic_scan.write(tmp_path / "plain", rows=20)
-    with pytest.raises(FclensError, match="--features"):
+    with pytest.raises(FclensError, match="features=True") as refused:
         causal_test(tmp_path / "plain", pairs=[(0, 1)])
+    assert "fclens scan --features" in refused.value.cli

@@ -298,7 +298,7 @@ def test_scan_options_come_from_options_or_keywords_and_what_a_scan_cannot_store
     assert result.manifest.options.primary == "contribution" and result.manifest.options.min_size == 10
     assert result.manifest.options.features and result.has_features
     for wrong, message in (
-        ({"workers": 0}, r"unknown keywords workers; options are .*engine=LocalEngine\(workers=…\)"),
+        ({"address": "auto"}, r"unknown keywords address; options are .*engine=LocalEngine\(workers=…\)"),
         ({"maps": ("activation", "contribution")}, "a scan stores one map kind"),
         ({"curves": True}, "a scan draws no deletion/insertion curves"),
         ({"contrast": 3}, "a scan always contrasts with the runner-up"),

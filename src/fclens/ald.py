@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import scipy.special
 
-from fclens.errors import FclensError
+from fclens import deprecation
+from fclens.errors import FclensError, described
 from fclens.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -348,13 +349,19 @@ class ALDFit:
 # ---------------------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------------------
-def fit_ald(weight: Any, method: str = "all") -> ALDFit:
+def fit_ald(weight: Any, method: str = "all", workers: None = None) -> ALDFit:
     """Fit an ALD to every class of a final layer's weight matrix (PAPER.md §2, plus an MLE).
 
     ``weight``: C classes × D inputs, a torch tensor or anything numpy can read; a C×D×1×1 (1×1 conv
     classifier) is squeezed to C×D and a 1-D row is one class. ``method``: "all", "regression" (the
     paper's fit only, ``mle`` None) or "mle" (the maximum-likelihood fit only, regression parts None).
+    ``workers``: deprecated and ignored (fclens 0.1's thread pool is gone: it lost on shared machines).
     """
+    if workers is not None:
+        deprecation.warn(
+            "fit_ald(workers=…)",
+            "no workers= (ignored: the fit runs in one thread since 0.1's thread pool went)",
+        )
     if method not in METHODS:
         raise FclensError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
     w = as_matrix(weight)
@@ -396,7 +403,7 @@ def regression_fit(values: Any) -> RegressionFit:
     three positive values, constant values or a line with a ≤ e^b gives NaN numbers and a ``reason``.
     Negative values raise ValueError: pass magnitudes. Used by :mod:`fclens.tree` for the R² of a node.
     """
-    y = as_numpy(values).reshape(-1)
+    y = as_numpy(values, "values").reshape(-1)
     if np.any(y < 0):
         raise FclensError("regression_fit takes numbers >= 0 (pass magnitudes of negative weights)")
     finite = np.isfinite(y)
@@ -748,22 +755,27 @@ def _mle_block(rows: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------
-def as_numpy(x: Any) -> np.ndarray:
+def as_numpy(x: Any, name: str = "values") -> np.ndarray:
     """A torch tensor (any device or grad) or array-like as a numpy float32 or float64 array, not copied
-    when it already is one (callers never write into it).
+    when it already is one (callers never write into it); anything but numbers is one line naming ``name``.
 
     float32 stays float32 (sorting is exact in it and faster); every other type becomes float64.
     """
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         x = x.detach().cpu()
         x = x.numpy() if str(x.dtype) in ("torch.float32", "torch.float64") else x.double().numpy()
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except ValueError:  # a ragged list
+        a = None
+    if a is None or a.dtype.kind not in "biuf":
+        raise FclensError(f"{name} must be numbers (a tensor or array of them), got {described(x)}")
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
 
 
 def as_matrix(weight: Any) -> np.ndarray:
-    """``weight`` as a float C×D matrix: 1-D → 1×D, C×D×1×1 → C×D; anything else is a ValueError."""
-    w = as_numpy(weight)
+    """``weight`` as a float C×D matrix: 1-D → 1×D, C×D×1×1 → C×D; anything else is an FclensError."""
+    w = as_numpy(weight, "weight")
     if w.ndim == 4 and w.shape[2:] == (1, 1):
         w = w[:, :, 0, 0]
     elif w.ndim == 1:

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from fclens import deprecation
 from fclens.errors import FclensError
-from fclens.options import ATLAS_TOP_K, SEED
+from fclens.options import ATLAS_TOP_K, SEED, at_least
 from fclens.scanning.reader import Scan, as_scan
 
 if TYPE_CHECKING:
@@ -237,8 +237,7 @@ def atlas(
     split by ``seed``): it needs a labelled scan with features. A scan that did not finish gives the
     atlas of the rows it holds, with an ``IncompleteScanWarning``.
     """
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise FclensError(f"top_k must be a whole number of at least 1, got {top_k!r}")
+    at_least("top_k", top_k, 1)
     scan = as_scan(scan)
     if causal:
         scan.require_features()

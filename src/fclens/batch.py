@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fclens.errors import FclensError
+from fclens.errors import FclensError, described
 from fclens.head import Head
 from fclens.maps import (
     MAP_KINDS,
@@ -79,6 +79,13 @@ class BatchRunner:
     """
 
     def __init__(self, classifier: Classifier, options: Options, head: Head | None = None) -> None:
+        for name, value, kind in (("classifier", classifier, Classifier), ("options", options, Options)):
+            if not isinstance(value, kind):
+                raise FclensError(f"{name} must be an fclens.{kind.__name__}, got {described(value)}")
+        if head is not None and not isinstance(head, Head):
+            raise FclensError(
+                f"head must be None or an fclens.Head (fclens.find_head), got {described(head)}"
+            )
         unknown = [kind for kind in options.maps if kind not in MAP_KINDS]
         if unknown:
             raise FclensError(f"unknown map kind {unknown[0]!r}; choose from {', '.join(MAP_KINDS)}")

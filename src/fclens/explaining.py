@@ -25,20 +25,21 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from fclens import deprecation
 from fclens.batch import BatchResult, BatchRunner
-from fclens.errors import FclensError
+from fclens.errors import FclensError, described
 from fclens.head import find_head
 from fclens.images import ImageInput, iter_image_paths
 from fclens.maps import MAP_KINDS, branch_sign, oriented
 from fclens.models import Classifier, load_model
-from fclens.options import EXPLAIN_DEFAULTS, RUNNER_UP, Options
+from fclens.options import EXPLAIN_DEFAULTS, RUNNER_UP, Options, with_keywords
 from fclens.preprocessing import to_batch
 from fclens.scores import upsample_normalised
 from fclens.tree import Node, SplitTree, pair_indices
@@ -251,6 +252,42 @@ class Explanation:
         return explanation_figure(self, node, kind)
 
 
+@overload
+def explain(
+    model: Classifier | nn.Module | str | None,
+    images: str | os.PathLike[str] | Image.Image | np.ndarray,
+    target: Target | Sequence[Target] = None,
+    *,
+    options: Options | None = None,
+    target_layer: str | None = None,
+    **option_fields: Any,
+) -> Explanation: ...
+
+
+@overload
+def explain(
+    model: Classifier | nn.Module | str | None,
+    images: torch.Tensor,
+    target: Target | Sequence[Target] = None,
+    *,
+    options: Options | None = None,
+    target_layer: str | None = None,
+    **option_fields: Any,
+) -> Explanation | list[Explanation]: ...
+
+
+@overload
+def explain(
+    model: Classifier | nn.Module | str | None,
+    images: Sequence[ImageInput],
+    target: Target | Sequence[Target] = None,
+    *,
+    options: Options | None = None,
+    target_layer: str | None = None,
+    **option_fields: Any,
+) -> list[Explanation]: ...
+
+
 def explain(
     model: Classifier | nn.Module | str | None,
     images: ImageInput | Sequence[ImageInput],
@@ -262,9 +299,10 @@ def explain(
 ) -> Explanation | list[Explanation]:
     """Explain images by the split tree of their target class.
 
-    One image (a file path, a PIL image, an (H, W, 3) array or a (3, H, W) tensor; (1, H, W) for a
-    one-channel model) gives one
-    :class:`Explanation`; a list, a folder or an (N, 3, H, W) batch gives a list, one per image, in order.
+    The result follows the input, as Captum's do: one image (a file path, a PIL image, an (H, W, 3)
+    array) gives one :class:`Explanation`; a sequence (of paths, folders, which give their images,
+    PIL images, arrays or tensors) gives a list, one per image, in order. A tensor gives one for one
+    image, (3, H, W) ((1, H, W) for a one-channel model), and a list for a batch, (N, 3, H, W).
 
     ``model``: a loaded :class:`~fclens.models.Classifier`, or anything :func:`~fclens.load_model` takes.
     ``target``: None for the predicted class, a class index or name, or one per image. ``options``
@@ -275,9 +313,13 @@ def explain(
     "none"), deletion/insertion AUCs for the root and the leaves, and a contrast with the runner-up
     (:data:`~fclens.options.RUNNER_UP`) or a class, in :attr:`Explanation.contrast`. ``seed`` drives noisy
     kinds (None: a fresh seed, recorded in :attr:`Explanation.seed`). ``target_layer`` draws the maps at
-    another layer.
+    another layer. Deprecated, for one release: fclens 0.1's ``scores=True``/``False`` and ``map_kind=``,
+    and one folder as ``images`` (a list; pass ``[folder]``).
     """
-    options = (options or EXPLAIN_DEFAULTS).but(**option_fields)
+    options, notes = with_keywords(options, EXPLAIN_DEFAULTS, option_fields)
+    for old, new in notes:
+        deprecation.warn(old, new, stacklevel=3)
+    single = _single(images)
     classifier = model if isinstance(model, Classifier) else load_model(model)
     if any(MAP_KINDS[kind].noisy for kind in options.maps if kind in MAP_KINDS):
         options = options.but(seed=secrets.randbits(31) if options.seed is None else int(options.seed))
@@ -295,13 +337,21 @@ def explain(
         result = runner(inputs, targets[batch], rival_ends=True)
         sources = [source for source, _ in items[batch]]
         explanations += _explanations(runner, result, sources, displays)
-    return explanations[0] if _single(images) else explanations
+    return explanations[0] if single else explanations
 
 
 def _single(images: ImageInput | Sequence[ImageInput]) -> bool:
-    """One image asked for: a file (not a folder), a PIL image, an array, or a tensor of one image (3-D)."""
+    """One image asked for: a path, a PIL image, an array, or a tensor of one image (3-D). A path that is a
+    folder gives a list for one more release, with a DeprecationWarning (its type hangs on the disk)."""
     if isinstance(images, (str, os.PathLike)):
-        return not os.path.isdir(images)
+        if os.path.isdir(images):
+            deprecation.warn(
+                f"explain(model, {str(images)!r}) of a folder returning a list",
+                f"[{str(images)!r}] for a list",
+                4,
+            )
+            return False
+        return True
     if isinstance(images, torch.Tensor):
         return images.ndim == 3
     return isinstance(images, (Image.Image, np.ndarray))
@@ -457,12 +507,18 @@ def _targets(classifier: Classifier, target: Target | Sequence[Target], count: i
     """One class index (or None: the predicted class) per image."""
     if target is None or isinstance(target, (str, numbers.Integral)):
         targets: list[Target] = [target] * count
-    else:
+    elif isinstance(target, (Sequence, np.ndarray)) and all(
+        t is None or isinstance(t, (str, numbers.Integral)) for t in target
+    ):
         targets = list(target)
         if len(targets) != count:
             raise FclensError(
                 f"{len(targets)} targets given for {count} images; give one per image, or one for all"
             )
+    else:
+        raise FclensError(
+            f"target must be None, a class index or name, or a list of them, one per image; got {described(target)}"
+        )
     return [
         None if t is None else classifier.class_index(int(t) if isinstance(t, numbers.Integral) else t)
         for t in targets

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fclens.errors import FclensError
+from fclens.errors import FclensError, described
 
 Layout = Literal["nchw", "nhwc", "tokens"]
 Pooling = Literal["avg", "avg-norm", "token", "other"]
@@ -294,6 +295,17 @@ def find_head(
     ``model.named_modules()``) overrides the layer that heatmaps are drawn from. ``channels``: the
     image's (1 for a grayscale model); None takes :func:`input_channels`, else 3.
     """
+    if not isinstance(model, nn.Module):
+        raise HeadError(f"model must be a torch.nn.Module, got {described(model)}")
+    if not (
+        isinstance(input_size, (tuple, list))
+        and len(input_size) == 2
+        and all(
+            isinstance(side, numbers.Integral) and not isinstance(side, bool) and side > 0
+            for side in input_size
+        )
+    ):
+        raise HeadError(f"input_size must be (height, width) in pixels, got {described(input_size)}")
     channels = channels or input_channels(model) or 3
     head = _probe(model, (channels, *input_size), target_layer)
     _release_freed_memory()  # the probe kept a copy of every layer's output, all freed by now

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from fclens import deprecation
-from fclens.errors import FclensError, first_line
+from fclens.errors import FclensError, as_path, first_line
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -76,7 +76,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     The whole file is decoded here, so a truncated download fails now rather than later as a grey
     band in the picture. Orientation comes from EXIF; transparency is composited on white.
     """
-    path = Path(path)
+    path = as_path(path, "path")
     if path.is_dir():
         raise ImageError("is a folder, not an image; pass the image files in it instead", path)
     if not path.exists():

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fclens.errors import FclensError
+from fclens.errors import FclensError, described
 
 __all__ = ["FinalLayer", "FitReport"]
 
@@ -51,6 +51,11 @@ class FinalLayer:
     tags: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.weight, torch.Tensor) or not isinstance(self.bias, torch.Tensor):
+            raise FclensError(
+                f"a FinalLayer holds two tensors, got {described(self.weight)} and {described(self.bias)}; "
+                "FinalLayer.of((weight, bias)) reads arrays too"
+            )
         if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
             raise FclensError(
                 f"a final layer needs weight (C, D) and bias (C,), got {tuple(self.weight.shape)} and "

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fclens.errors import FclensError
+from fclens.errors import FclensError, described
 from fclens.head import Head, evaluating
 
 __all__ = [
@@ -87,10 +87,16 @@ def register_map(
 
     ``signed`` kinds carry the sign of the class weights: see :func:`oriented`.
     """
+    if not (isinstance(name, str) and name and isinstance(meaning, str)):
+        raise FclensError(
+            f"a map kind's name and meaning are text, got {described(name)}, {described(meaning)}"
+        )
 
     def decorate(compute: Callable[[NodeBatch], torch.Tensor]) -> Callable[[NodeBatch], torch.Tensor]:
+        if not callable(compute):
+            raise FclensError(f"register_map({name!r}, …) decorates a function, got {described(compute)}")
         if name in MAP_KINDS:
-            raise ValueError(f"map kind {name!r} is already registered")
+            raise FclensError(f"map kind {name!r} is already registered")
         MAP_KINDS[name] = MapKind(name, meaning, compute, noisy, signed)
         return compute
 

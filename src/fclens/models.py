@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from fclens.classes import ClassNames
-from fclens.errors import FclensError
+from fclens.errors import FclensError, as_path, described
 from fclens.head import Head, find_head, input_channels
 from fclens.options import DEFAULT_MODEL, DEVICE, EMBEDDED_MODELS
 from fclens.preprocessing import Preprocessing
@@ -129,6 +129,16 @@ def load_model(
     at it, and the forward pass that finds the final layer runs at it. Tensors of another size are still taken where the model
     takes them (:func:`fclens.explain`).
     """
+    if weights is not None:
+        as_path(weights, "weights")
+    if class_names is not None:
+        if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__iter__"):
+            raise ModelError(f"class_names must be a list of names, got {described(class_names)}")
+        class_names = list(class_names)
+        if not all(isinstance(name, str) for name in class_names):
+            raise ModelError(f"class_names must be a list of names (str), got {described(class_names)}")
+    if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+        raise ModelError(f"preprocessing must be an fclens.Preprocessing, got {described(preprocessing)}")
     device = _device(device)
     if source is None:
         source = DEFAULT_MODEL

@@ -8,10 +8,11 @@ registers them (and any of the user's own) and checks the names at run time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
-from fclens.errors import FclensError
+from fclens.errors import FclensError, described
 
 __all__ = [
     "ATLAS_TOP_K",
@@ -38,6 +39,8 @@ __all__ = [
     "ScoredNodes",
     "TreeMode",
     "at_least",
+    "updated_options",
+    "with_keywords",
 ]
 
 TreeMode = Literal["chains", "full"]
@@ -77,9 +80,41 @@ SEED = 0
 """The seed of every seeded step unless asked otherwise (random pruning, cRT's start, splits, crops)."""
 
 
+OLD_OPTION_NAMES: dict[str, str] = {"map_kind": "maps"}
+"""Option names of fclens 0.1 (commit 284cd16) → today's: ``map_kind="x"`` (a scan's one map) is ``maps="x"``."""
+
+OLD_OPTION_VALUES: dict[str, tuple[tuple[Any, str], ...]] = {
+    "scores": ((True, "all"), (False, "none"), (None, "none")),
+}
+"""Option values of fclens 0.1 → today's: explain's ``scores`` was a bool, a scan's None for none."""
+
+
+def updated_options(fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``fields`` spelt as today, and (old, new) per old spelling in them (``("map_kind='x'", "maps='x'")``).
+
+    The one place that knows fclens 0.1's option spellings: the keywords of :func:`fclens.explain` and
+    :func:`fclens.scan` (which warn with the notes) and the options of a version-1 manifest go through it.
+    """
+    updated: dict[str, Any] = {}
+    notes = []
+    for name, value in fields.items():
+        new_name = OLD_OPTION_NAMES.get(name, name)
+        new_value = next((new for old, new in OLD_OPTION_VALUES.get(name, ()) if value is old), value)
+        if new_name != name and new_name in fields:
+            raise FclensError(f"{name} and {new_name} both given; give {new_name} only")
+        if (new_name, new_value) != (name, value):
+            notes.append((f"{name}={value!r}", f"{new_name}={new_value!r}"))
+        updated[new_name] = new_value
+    return updated, notes
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def at_least(name: str, value: Any, minimum: int) -> None:
     """Refuse, in one line, a ``value`` that is not a whole number of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not _whole(value) or value < minimum:
         raise FclensError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
 
 
@@ -106,10 +141,26 @@ class Options:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        maps = (self.maps,) if isinstance(self.maps, str) else tuple(dict.fromkeys(self.maps))
+        try:
+            maps = (self.maps,) if isinstance(self.maps, str) else tuple(dict.fromkeys(self.maps))
+        except TypeError:  # not a sequence of names
+            maps = (None,)
+        if not all(isinstance(kind, str) for kind in maps):
+            raise FclensError(
+                f"maps must be a map kind's name or a sequence of them, got {described(self.maps)}"
+            )
         object.__setattr__(self, "maps", maps)
         if not maps:
             raise FclensError(f"no map kind asked for; choose from {', '.join(MAP_KIND_NAMES)}")
+        for name in ("curves", "features"):
+            if not isinstance(getattr(self, name), bool):
+                raise FclensError(f"{name} must be True or False, got {described(getattr(self, name))}")
+        if not (self.seed is None or _whole(self.seed)):
+            raise FclensError(f"seed must be a whole number or None, got {described(self.seed)}")
+        if not (self.contrast is None or _whole(self.contrast) or isinstance(self.contrast, str)):
+            raise FclensError(
+                f"contrast must be None, {RUNNER_UP!r}, or a class index or name, got {described(self.contrast)}"
+            )
         if self.mode not in TREE_MODES:
             raise FclensError(f"mode must be one of {', '.join(TREE_MODES)}; got {self.mode!r}")
         if self.scores not in SCORED_NODES:
@@ -145,6 +196,17 @@ class Options:
         if unknown:
             raise FclensError(f"unknown options {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**{**defaults, **values})
+
+
+def with_keywords(
+    options: Options | None, defaults: Options, fields: Mapping[str, Any], hint: str = ""
+) -> tuple[Options, list[tuple[str, str]]]:
+    """``options`` (None: ``defaults``) with the keywords ``fields`` replaced, as :func:`fclens.explain` and
+    :func:`fclens.scan` take them; and (old, new) for each old spelling among them, to warn about."""
+    if options is not None and not isinstance(options, Options):
+        raise FclensError(f"options must be an fclens.Options; got {type(options).__name__} {options!r}")
+    fields, notes = updated_options(fields)
+    return (options or defaults).but(hint, **fields), notes
 
 
 EXPLAIN_DEFAULTS = Options()

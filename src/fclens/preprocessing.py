@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from fclens.errors import FclensError
+from fclens.errors import FclensError, described
 from fclens.images import ImageError, ImageInput, decode_image, image_from_array, load_image, to_rgb
 
 __all__ = ["Preprocessing", "to_batch"]
@@ -59,10 +59,12 @@ class Preprocessing:
     """1 or 3 once made; None (the default) takes the number of values in ``mean``."""
 
     def __post_init__(self) -> None:
-        fields = {
-            "input_size": tuple(int(v) for v in self.input_size),
-            "mean": tuple(float(v) for v in self.mean),
-            "std": tuple(float(v) for v in self.std),
+        if not isinstance(self.crop_pct, (int, float, np.number)):
+            raise FclensError(f"crop_pct must be a number, got {described(self.crop_pct)}")
+        fields: dict[str, Any] = {
+            "input_size": _each(int, self.input_size, "input_size", "(height, width) in pixels"),
+            "mean": _each(float, self.mean, "mean", "one number per channel"),
+            "std": _each(float, self.std, "std", "one number per channel"),
             "crop_pct": float(self.crop_pct),
         }
         # A manifest written before `channels` existed holds no such key: its length of mean says it.
@@ -182,6 +184,14 @@ def _center_crop_or_pad(image: Image.Image, height: int, width: int, fill: list[
     return F.center_crop(image, [height, width])
 
 
+def _each(kind: type, values: Any, name: str, meaning: str) -> tuple[Any, ...]:
+    """Every item of ``values`` as ``kind``; anything else is one line naming ``name`` and what it means."""
+    try:
+        return tuple(kind(value) for value in values)
+    except (TypeError, ValueError):
+        raise FclensError(f"{name} must be {meaning}, got {described(values)}") from None
+
+
 def to_batch(
     images: ImageInput | Sequence[ImageInput], preprocessing: Preprocessing
 ) -> tuple[torch.Tensor, list[Image.Image]]:
@@ -229,8 +239,8 @@ def _as_image(item: object) -> Image.Image:
         return decode_image(item)
     if isinstance(item, np.ndarray):
         return image_from_array(item)
-    raise TypeError(
-        f"cannot use a {type(item).__name__} as an image; pass a path, PIL image, numpy array or tensor"
+    raise ImageError(
+        f"cannot use a {described(item)} as an image; pass a path, PIL image, numpy array or tensor"
     )
 
 

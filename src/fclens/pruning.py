@@ -406,12 +406,13 @@ def curve(
     from fclens.edits.evaluate import evaluate
     from fclens.layer import FinalLayer
 
-    methods = list(dict.fromkeys(methods))
+    methods = list(dict.fromkeys(_listed(methods, "methods")))
     if not methods:
         raise FclensError(f"no pruning method given; choose from {', '.join(METHODS)}")
     for method in methods:
         if method not in METHODS:
             raise FclensError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
+    sparsities = _listed(sparsities, "sparsities")
     for s in sparsities:
         _check_sparsity(s)
     sparsities = list(dict.fromkeys(float(s) for s in sparsities))
@@ -469,6 +470,15 @@ def curve(
         pred_agreement=None if stored is None else float((reference.pred == stored).mean()),
         seed=seed,
     )
+
+
+def _listed(values: Any, name: str) -> list[Any]:
+    """One value or a sequence of them as a list; anything else is one line naming ``name``."""
+    if isinstance(values, (str, int, float)):
+        return [values]
+    if not isinstance(values, (list, tuple, np.ndarray)):
+        raise FclensError(f"{name} must be a list, got {type(values).__name__} {values!r}")
+    return list(values)
 
 
 def bias_shift(w: np.ndarray, mask: np.ndarray, mean: np.ndarray) -> np.ndarray:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from fclens.errors import FclensError
+from fclens.errors import FclensError, as_path
 from fclens.images import load_image
-from fclens.options import SAMPLE_COUNT, SEED
+from fclens.options import SAMPLE_COUNT, SEED, at_least
 
 __all__ = ["SAMPLE_CLASSES", "SAMPLE_NAMES", "sample_folder", "sample_image"]
 
@@ -68,9 +68,11 @@ def sample_folder(
     small square. Seeded: the same call makes the same files, and a folder that already holds ``count``
     JPEGs is kept as it is. Returns ``out``.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise FclensError(f"count must be a whole number of at least 1, got {count!r}")
-    root = Path(out)
+    at_least("count", count, 1)
+    at_least("seed", seed, 0)
+    if side is not None:
+        at_least("side", side, 1)
+    root = as_path(out, "out")
     if root.exists() and not root.is_dir():
         raise FclensError(f"{root} is a file; give a folder for the photos")
     if root.is_dir() and len(list(root.rglob("*.jpg"))) == count:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fclens.ald import as_numpy, regression_fit
-from fclens.errors import FclensError
+from fclens.errors import FclensError, described
 from fclens.options import MIN_SIZE, TREE_MODES
 
 if TYPE_CHECKING:
@@ -228,7 +228,11 @@ def split_tree(
         raise FclensError(f"mode must be one of {', '.join(map(repr, TREE_MODES))}; got {mode!r}")
     if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 2:
         raise FclensError(f"min_size must be an integer >= 2, got {min_size!r}")
-    row = as_numpy(weights_row).astype(np.float64)
+    if class_index is not None and (
+        isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer))
+    ):
+        raise FclensError(f"class_index must be a class number or None, got {described(class_index)}")
+    row = as_numpy(weights_row, "weights_row").astype(np.float64)
     if row.ndim != 1:
         row = row.squeeze()
     if row.ndim != 1 or row.size == 0:

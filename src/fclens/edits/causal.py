@@ -350,6 +350,8 @@ def causal_test(
     chosen_logits = layer.logits(chosen.z)
     if pairs is None:
         pairs = _top_pairs(evaluate_logits(chosen_logits, chosen.label), top)
+    if not isinstance(pairs, (list, tuple)):
+        raise FclensError(f"pairs must be a list of (target, rival), got {type(pairs).__name__} {pairs!r}")
     pairs = [_as_pair(pair, names) for pair in pairs]
     logits = layer.logits(held.z)
     base = evaluate_logits(logits, held.label, method=layer.method) if exact else None
@@ -435,8 +437,11 @@ def _top_pairs(evaluation: Evaluation, count: int) -> list[tuple[int, int]]:
 
 def _as_pair(pair: Any, names: Sequence[str]) -> tuple[int, int]:
     """(target, rival) from a tuple (of indices or names) or the atlas's :class:`~fclens.atlasing.Pair`."""
-    k, j = (pair.a, pair.b) if hasattr(pair, "a") else pair
-    return pair_classes(k, j, names)
+    if hasattr(pair, "a"):
+        return pair_classes(pair.a, pair.b, names)
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        raise FclensError(f"a pair is (target, rival), got {pair!r}")
+    return pair_classes(pair[0], pair[1], names)
 
 
 def _cost(before: float, after: float, what: str) -> str:

@@ -137,7 +137,12 @@ class PriorLoss(nn.Module):
         super().__init__()
         if method not in PRIOR_LOSSES:
             raise FclensError(f"unknown prior loss {method!r}; choose from {', '.join(PRIOR_LOSSES)}")
-        values = np.asarray(prior, dtype=np.float64).reshape(-1)
+        try:
+            values = np.asarray(prior, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise FclensError(
+                f"the prior is C positive numbers, got {type(prior).__name__} {prior!r}"
+            ) from None
         prior = class_prior(values, values.size)
         aim = None if target is None else class_prior(target, prior.size)
         weight, shift = _terms(method, prior, float(tau), aim)

@@ -25,9 +25,10 @@ from typing import Any, Protocol
 import numpy as np
 from torch.utils.data import Dataset
 
-from fclens.errors import FclensError
+from fclens import deprecation
+from fclens.errors import FclensError, as_path, described
 from fclens.models import Classifier, load_model
-from fclens.options import LABEL_MODES, RUNNER_UP, SCAN_DEFAULTS, Options
+from fclens.options import LABEL_MODES, RUNNER_UP, SCAN_DEFAULTS, Options, at_least, with_keywords
 from fclens.runs import progress_bar, sigterm_interrupts
 from fclens.scanning.core import BatchScanner
 from fclens.scanning.decoding import Decoder, Decoding
@@ -39,6 +40,12 @@ from fclens.scanning.sources import Item, resolve_source
 from fclens.scanning.writer import ScanWriter
 
 __all__ = ["Engine", "LocalEngine", "RayEngine", "Scan", "ScanError", "read_scan", "scan"]
+
+OLD_ENGINES: dict[str, type[LocalEngine] | type[RayEngine]] = {"local": LocalEngine, "ray": RayEngine}
+"""``scan(engine="local"|"ray")`` of fclens 0.1 (commit 284cd16) → today's engines."""
+
+OLD_ENGINE_KEYWORDS: dict[str, str] = {"workers": "workers", "ray_address": "address", "actors": "actors"}
+"""``scan()``'s engine keywords of fclens 0.1 → the engines' fields (each engine takes the ones it has)."""
 
 
 class Engine(Protocol):
@@ -75,10 +82,18 @@ def scan(
     :class:`LocalEngine` (default) or :class:`RayEngine`. ``device``: where a model loaded from a name
     runs, or where a given classifier is moved. ``progress``: a bar on stderr when it is a terminal, and
     a line saying what a rerun found. Ctrl-C or SIGTERM keeps every finished image and raises
-    KeyboardInterrupt saying how many; a rerun continues. Returns the scan, read back.
+    KeyboardInterrupt saying how many; a rerun continues. Returns the scan, read back. Deprecated, for
+    one release: fclens 0.1's ``engine="local"|"ray"`` with ``workers=``, ``ray_address=``, ``actors=``,
+    and ``map_kind=``, ``scores=None``.
     """
-    options = _scan_options(options, option_fields)
-    engine = LocalEngine() if engine is None else engine
+    out = as_path(out, "out")
+    at_least("shard_rows", shard_rows, 1)
+    engine = _engine(engine, option_fields)
+    hint = " (engine settings go in engine=LocalEngine(workers=…) or RayEngine(…))"
+    options, notes = with_keywords(options, SCAN_DEFAULTS, option_fields, hint)
+    for old, new in notes:
+        deprecation.warn(old, new, stacklevel=3)
+    _refuse_unstorable(options)
     if labels not in LABEL_MODES:
         raise FclensError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
     if isinstance(model, Classifier):
@@ -120,17 +135,45 @@ def scan(
     return read_scan(out)
 
 
-def _scan_options(options: Options | None, fields: dict[str, Any]) -> Options:
-    """``options`` (or the scan's defaults) with ``fields`` replaced; what a scan cannot store is refused."""
-    hint = " (engine settings go in engine=LocalEngine(workers=…) or RayEngine(…))"
-    chosen = (options or SCAN_DEFAULTS).but(hint, **fields)
-    if len(chosen.maps) != 1:
-        raise FclensError(f"a scan stores one map kind; got maps={', '.join(chosen.maps)}: choose one")
-    if chosen.curves:
+def _engine(engine: Engine | str | None, fields: dict[str, Any]) -> Engine:
+    """The engine to scan with: ``engine``, or the one fclens 0.1's keywords name (``engine="ray"``,
+    ``ray_address=``, ``actors=``, ``workers=``, taken out of ``fields``), with a DeprecationWarning."""
+    old = {name: fields.pop(name) for name in list(fields) if name in OLD_ENGINE_KEYWORDS}
+    if engine is None and not old:
+        return LocalEngine()
+    if engine is None or isinstance(engine, str):
+        kind = OLD_ENGINES.get(engine or "local")
+        if kind is None:
+            raise FclensError(f"engine must be LocalEngine(…) or RayEngine(…); got {engine!r}")
+        given = {"engine": engine} if engine else {}
+        settings = {
+            OLD_ENGINE_KEYWORDS[name]: value
+            for name, value in old.items()
+            if value is not None and OLD_ENGINE_KEYWORDS[name] in kind.__dataclass_fields__
+        }
+        chosen = kind(**settings)
+        spelt = ", ".join(f"{name}={value!r}" for name, value in {**given, **old}.items())
+        now = ", ".join(f"{name}={value!r}" for name, value in settings.items())
+        deprecation.warn(f"scan({spelt})", f"engine={kind.__name__}({now})", stacklevel=4)
+        return chosen
+    if old:
+        fields_now = ", ".join(f"{OLD_ENGINE_KEYWORDS[name]}=…" for name in old)
+        raise FclensError(
+            f"give {', '.join(old)} to the engine: engine={type(engine).__name__}({fields_now})"
+        )
+    if not callable(getattr(engine, "run", None)):
+        raise FclensError(f"engine must be LocalEngine(…) or RayEngine(…); got {described(engine)}")
+    return engine
+
+
+def _refuse_unstorable(options: Options) -> None:
+    """Refuse, in one line, the options a scan cannot store."""
+    if len(options.maps) != 1:
+        raise FclensError(f"a scan stores one map kind; got maps={', '.join(options.maps)}: choose one")
+    if options.curves:
         raise FclensError("a scan draws no deletion/insertion curves; use fclens.explain for them")
-    if chosen.contrast != RUNNER_UP:
-        raise FclensError(f"a scan always contrasts with the runner-up; got contrast={chosen.contrast!r}")
-    return chosen
+    if options.contrast != RUNNER_UP:
+        raise FclensError(f"a scan always contrasts with the runner-up; got contrast={options.contrast!r}")
 
 
 def _say_what_was_found(writer: ScanWriter, total: int, pending: int) -> None:

@@ -88,6 +88,19 @@ class Features:
     min_size: int = EXPLAIN_DEFAULTS.min_size
     mode: str = EXPLAIN_DEFAULTS.mode
 
+    def __post_init__(self) -> None:
+        if not (
+            isinstance(self.index, np.ndarray)
+            and isinstance(self.z, torch.Tensor)
+            and isinstance(self.label, torch.Tensor)
+            and self.z.ndim == 2
+            and len(self.index) == len(self.z) == len(self.label)
+        ):
+            raise FclensError(
+                "Features holds (index array, z tensor (N, D), label tensor); make them with "
+                "Features.of(z, label, index) or Scan.read_features()"
+            )
+
     def __len__(self) -> int:
         return len(self.index)
 

@@ -2,9 +2,16 @@
 
 A scan directory holds ``_manifest.json``, ``_head.safetensors`` and ``part-NNNNN.parquet`` shards
 (README.md, "Scan a data set"); the leading ``_`` keeps the manifest and the head out of Parquet dataset
-discovery. :class:`Manifest` is the one reading of ``_manifest.json``: every earlier release's manifest is
-converted on reading (version 1 scans, named ``manifest.json`` and ``head.safetensors``, included), so
-that a scan written by any fclens release reads.
+discovery. :class:`Manifest` is the one reading of ``_manifest.json``. Every manifest an earlier commit
+could write reads (the row schema itself never changed; ``tests/fixtures`` holds a scan of each, made by
+its own release):
+
+- c2c429a (the first scan) to 284cd16 (fclens 0.1): ``manifest.json`` and ``head.safetensors``, schema 1,
+  ``options`` spelt as then (``map_kind``; ``scores`` None for none; no ``contrast``), and beside them
+  ``tree``, ``map_kind``, ``features``, ``scores`` and a rerun ``fingerprint``;
+- 067169c to 4c67e93: the same files and copies, ``options`` spelt as today;
+- 3286d7d to 6707476: ``_manifest.json`` and ``_head.safetensors``, schema 1, one ``options``;
+- 3eab21a on: schema 2 (the same, with absolute image paths).
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from fclens import deprecation
 from fclens.errors import FclensError
-from fclens.options import RUNNER_UP, Options
+from fclens.options import RUNNER_UP, Options, updated_options
 from fclens.scanning.schema import SCHEMA_VERSION
 
 __all__ = [
@@ -39,7 +47,9 @@ __all__ = [
 MANIFEST = "_manifest.json"
 HEAD_FILE = "_head.safetensors"
 _V1_NAMES = ("manifest.json", "head.safetensors")
-"""Where a version-1 scan keeps its manifest and head (read, never written)."""
+"""Where a version-1 scan up to 4c67e93 keeps its manifest and head (read, never written)."""
+_V1_COPIES = ("tree", "map_kind", "features", "scores", "fingerprint")
+"""Keys of a version-1 manifest up to 4c67e93 that repeat its options (or its rerun fingerprint): dropped."""
 _SHARD = re.compile(r"part-(\d{5,})\.parquet")
 
 
@@ -141,6 +151,11 @@ class Manifest:
                     for name in dict.fromkeys([*old, *new])
                     if old.get(name) != new.get(name)
                 ]
+            elif key == "schema version" and before[key] != after[key]:
+                found.append(
+                    f"written by an earlier fclens, scan schema {before[key]} (this one writes {after[key]}): "
+                    "it reads as it is, but cannot be resumed"
+                )
             elif before[key] != after[key]:
                 found.append(f"{key}: {before[key]!r} then, {after[key]!r} now")
         return found
@@ -164,14 +179,19 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Manifest:
-        """A manifest from its JSON, version 1 converted: its map kind, scores and tree become Options."""
+        """A manifest from its JSON, version 1 converted. Raises KeyError, TypeError or ValueError (or
+        FclensError for bad options) where the JSON is not a manifest of any release."""
+        if not isinstance(values["options"], dict):
+            raise TypeError("options is not a mapping")
         if values.get("schema_version") == 1:
             values = _from_version_1(values)
-        grid = values.get("feature_grid")
+        names, grid = values["class_names"], values.get("feature_grid")
+        if not (isinstance(names, list) and names and all(isinstance(name, str) for name in names)):
+            raise TypeError("class_names is not a list of names")
         return cls(
             model=dict(values.get("model") or {}),
             source=str(values.get("source") or ""),
-            class_names=list(values["class_names"]),
+            class_names=names,
             num_features=int(values.get("num_features") or 0),
             preprocessing=dict(values.get("preprocessing") or {}),
             options=Options.from_dict(values["options"]),
@@ -183,21 +203,22 @@ class Manifest:
             fclens_version=str(values.get("fclens_version") or ""),
         )
 
+    def __getitem__(self, key: str) -> Any:
+        """``scan.manifest["counts"]``, as when the manifest was a dict (fclens 0.1): deprecated."""
+        values = self.to_dict()
+        if key not in values:
+            raise KeyError(key)
+        deprecation.warn(f"scan.manifest[{key!r}]", f"scan.manifest.{key}")
+        return values[key]
+
 
 def _from_version_1(values: dict[str, Any]) -> dict[str, Any]:
-    """Version 1 kept the options up to three times (``options``, ``tree``, ``map_kind``/``features``/
-    ``scores``, the last with None for none); the earliest scans lack ``options``. One Options from them."""
-    tree = values.get("tree") or {}
-    options = dict(values.get("options") or {})
-    options.setdefault("maps", [values.get("map_kind") or "activation"])
-    options.setdefault("min_size", tree.get("min_size", 20))
-    options.setdefault("mode", tree.get("mode", "chains"))
-    options.setdefault("features", bool(values.get("features")))
-    options.setdefault("scores", values.get("scores"))
-    options["scores"] = options["scores"] or "none"
-    options["contrast"] = RUNNER_UP
-    options["maps"] = tuple(options["maps"])
-    return {**values, "options": options}
+    """Version 1 as version 2: the copies beside the options dropped, the options spelt as today (through
+    :func:`fclens.options.updated_options`, the one table of old spellings), the runner-up contrast
+    that every version-1 scan drew made explicit."""
+    options, _ = updated_options(values["options"])
+    kept = {key: value for key, value in values.items() if key not in _V1_COPIES}
+    return {**kept, "options": {**options, "contrast": RUNNER_UP}}
 
 
 def head_sha256(weight: np.ndarray, bias: np.ndarray) -> str:
@@ -224,6 +245,8 @@ def manifest_path(directory: Path) -> Path | None:
 
 
 def read_manifest(path: Path) -> Manifest:
+    """The manifest at ``path``, whichever release wrote it; a ScanError of one line where it cannot be read,
+    is damaged (not a manifest of any release), or comes from a newer fclens."""
     try:
         values = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as error:
@@ -233,14 +256,23 @@ def read_manifest(path: Path) -> Manifest:
             cli=f"{problem}; use another --out, or --force",
         ) from None
     version = values.get("schema_version") if isinstance(values, dict) else None
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise ScanError(
             f"{path.parent} has scan schema version {version}; this fclens reads up to {SCHEMA_VERSION}: "
             "upgrade fclens"
         )
     try:
+        if not isinstance(values, dict):
+            raise TypeError(f"a JSON {type(values).__name__}, not an object")
+        if version not in range(1, SCHEMA_VERSION + 1) or isinstance(version, bool):
+            raise ValueError(f"schema_version {version!r}")
         return Manifest.from_dict(values)
-    except (KeyError, TypeError, ValueError, FclensError) as error:
+    except KeyError as error:
+        problem = f"{path}: the manifest is damaged (no {error.args[0]})"
+        raise ScanError(
+            f"{problem}; rerun the scan with force=True", cli=f"{problem}; rerun the scan with --force"
+        ) from None
+    except (TypeError, ValueError, FclensError) as error:
         problem = f"{path}: the manifest is damaged ({error})"
         raise ScanError(
             f"{problem}; rerun the scan with force=True", cli=f"{problem}; rerun the scan with --force"

@@ -80,6 +80,8 @@ class RayEngine:
     workers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.address is not None and not isinstance(self.address, str):
+            raise FclensError(f"address must be None, 'auto' or 'ray://…', got {self.address!r}")
         if self.actors is not None:
             at_least("actors", self.actors, 1)
         if self.workers is not None:

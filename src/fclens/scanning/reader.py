@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from fclens import deprecation
 from fclens.classes import ClassNames
-from fclens.errors import FclensError
+from fclens.errors import as_path, described
 from fclens.layer import FinalLayer
 from fclens.scanning.features import Features
 from fclens.scanning.manifest import (
@@ -200,11 +201,7 @@ class Scan:
 
     def features(self) -> np.ndarray:
         """Deprecated: ``read_features().z.numpy()``."""
-        warnings.warn(
-            "Scan.features() is deprecated; use scan.read_features().z (a Features, with labels and index)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        deprecation.warn("Scan.features()", "scan.read_features().z (a Features, with labels and index)")
         return self.read_features().z.numpy()
 
     def node_maps(self, row: int) -> np.ndarray:
@@ -216,26 +213,30 @@ class Scan:
         return self._row_maps(row, "contrast_map").contrast_map
 
     def _row_maps(self, row: int, name: str) -> RowMaps:
-        warnings.warn(
-            f"Scan.{name}(row) is deprecated; use scan.maps([index])[index] (by the image's index)",
-            DeprecationWarning,
-            stacklevel=3,
+        deprecation.warn(
+            f"Scan.{name}(row)", "scan.maps([index])[index] (by the image's index)", stacklevel=4
         )
         index = self.rows(["index"]).column("index")[row].as_py()
         return self.maps([index])[index]
 
     def locate(self, path: str) -> Path:
-        """Where a row's image is now. Version 2 stores absolute paths; version 1 stored them relative to
-        the scan's working directory, so those are tried from here, then from the folders above the
-        recorded source and above the scan directory. The path as given when nothing is found."""
+        """Where a row's image is now: the stored path where it exists. Else a relative one (version 1
+        stored paths relative to the folder the scan ran in) is tried from the folders above the recorded
+        source and above the scan directory; an absolute one under the recorded source (images moved
+        together with their scan) from the folders above the scan directory, its longest tail first, down
+        to the tail that starts at the source folder's own name. The path as given when nothing is found."""
         given = Path(path)
-        if given.is_absolute() or given.exists():
+        if given.exists():
             return given
         source = Path(self.manifest.source)
-        for base in (*source.parents, *self.directory.resolve().parents):
-            if (base / given).exists():
-                return base / given
-        return given
+        if not given.is_absolute():
+            tails, bases = [given], [*source.parents, *self.directory.resolve().parents]
+        elif source.is_absolute() and given.is_relative_to(source):
+            tails = [Path(*given.parts[start:]) for start in range(1, len(source.parts))]
+            bases = list(self.directory.resolve().parents)
+        else:
+            return given
+        return next((base / tail for tail in tails for base in bases if (base / tail).exists()), given)
 
     def incomplete(self) -> str | None:
         """For a scan that did not finish, a one-line note of how much it holds and how to finish it."""
@@ -279,9 +280,7 @@ def _where(ok_only: bool, filter: ds.Expression | None) -> ds.Expression | None:
 
 def read_scan(directory: str | os.PathLike[str]) -> Scan:
     """Open a scan directory written by :func:`fclens.scan` (finished or not; any schema version)."""
-    if not isinstance(directory, (str, os.PathLike)):
-        raise FclensError(f"read_scan takes a scan's directory, got {type(directory).__name__}")
-    directory = Path(directory)
+    directory = as_path(directory, "directory")
     path = manifest_path(directory)
     if path is None:
         raise _not_a_scan(directory)
@@ -293,11 +292,11 @@ def read_scan(directory: str | os.PathLike[str]) -> Scan:
 
 def as_scan(scan: Scan | str | os.PathLike[str]) -> Scan:
     """A :class:`Scan` from itself or its directory: every function that works on a data set opens its
-    scan here, once, and passes the Scan down."""
+    scan here, once, and passes the Scan down; anything else is one line of ScanError."""
     if isinstance(scan, Scan):
         return scan
     if not isinstance(scan, (str, os.PathLike)):
-        raise FclensError(f"expected a scan (a Scan, or its directory), got {type(scan).__name__}")
+        raise ScanError(f"scan must be a Scan or a scan directory, got {described(scan)}")
     return read_scan(scan)
 
 

@@ -3,35 +3,16 @@
 Its names still import from here, with a DeprecationWarning, for one release.
 """
 
-from __future__ import annotations
+from fclens import deprecation
 
-import importlib
-import warnings
-from typing import Any
-
-_MOVED = {
-    "HEAD_FILE": "manifest",
-    "MANIFEST": "manifest",
-    "Manifest": "manifest",
-    "ScanError": "manifest",
-    "file_sha256": "manifest",
-    "head_sha256": "manifest",
-    "shard_paths": "manifest",
-    "ScanWriter": "writer",
-    "shard_bytes": "writer",
-    "IncompleteScanWarning": "reader",
-    "Scan": "reader",
-    "read_scan": "reader",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = f"fclens.scanning.{_MOVED[name]}"
-    warnings.warn(
-        f"fclens.scanning.store.{name} is deprecated; import it from {module}",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module(module), name)
+__getattr__ = deprecation.moved(
+    __name__,
+    {
+        **dict.fromkeys(
+            ("HEAD_FILE", "MANIFEST", "Manifest", "ScanError", "file_sha256", "head_sha256", "shard_paths"),
+            "fclens.scanning.manifest",
+        ),
+        **dict.fromkeys(("ScanWriter", "shard_bytes"), "fclens.scanning.writer"),
+        **dict.fromkeys(("IncompleteScanWarning", "Scan", "read_scan"), "fclens.scanning.reader"),
+    },
+)
