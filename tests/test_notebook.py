@@ -314,3 +314,29 @@ def test_the_quickstart_runs_top_to_bottom_and_shows_each_result(tmp_path: Path)
         if "figure" in tags:
             assert [data for data in shown if "image/png" in data], cell.source
     assert (tmp_path / "photo-scan" / "_manifest.json").is_file()  # it worked where it was run
+
+
+def test_the_text_beside_each_repr_is_one_short_line(tmp_path: Path) -> None:
+    """Jupyter saves a result's plain ``repr`` beside its HTML: one line that says what it is, never the
+    1,000-element arrays a dataclass would print."""
+    import feature_scan
+
+    means = feature_scan.class_means(50, 64, spread=0.3, seed=3)
+    counts = np.full(50, 20)
+    feature_scan.write(
+        tmp_path / "scan", means, counts, feature_scan.bayes_layer(means, counts / counts.sum())
+    )
+    scan = fclens.read_scan(tmp_path / "scan")
+    results = [
+        scan,
+        scan.read_features(),
+        fclens.evaluate(scan, scan.layer),
+        fclens.prune_curve(scan, sparsities=[0.5], progress=False),
+        fclens.causal_test(scan, ms=(2,), top=3),
+        fclens.rebalance(scan, scan, methods=["tau-norm"], progress=False),
+        fclens.fit_ald(scan.layer.weight),
+        fclens.split_tree(scan.layer.weight[0], class_index=0),
+    ]
+    for result in results:
+        text = repr(result)
+        assert "\n" not in text and len(text) < 300 and text.startswith(type(result).__name__ + "("), text

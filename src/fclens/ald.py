@@ -191,6 +191,14 @@ class ALDFit:
     marginal_mean_neg: float | None
     mle: MLEFit | None
 
+    def __repr__(self) -> str:
+        fits = [
+            name
+            for name, part in (("the paper's regression", self.pos), ("maximum likelihood", self.mle))
+            if part
+        ]
+        return f"ALDFit({self.n_classes} classes × {self.n_inputs} inputs; {' and '.join(fits)})"
+
     def summary(self) -> dict[str, Any]:
         """Per-model figures as a JSON-safe dict (NaN → None).
 

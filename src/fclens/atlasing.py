@@ -160,6 +160,10 @@ class Atlas:
     causal: CausalTable | None = None
     """The causal test of the top pairs (``atlas(scan, causal=True)``), None when not asked for."""
 
+    def __repr__(self) -> str:
+        tested = "" if self.causal is None else f", the causal test of {len(self.causal.pairs)} pairs"
+        return f"Atlas({str(self.directory)!r}: {len(self.classes)} classes, {len(self.pairs)} pairs{tested})"
+
     @property
     def directory(self) -> Path:
         return self.scan.directory

@@ -129,6 +129,11 @@ class PruneCurve:
     pred_agreement: float | None
     seed: int
 
+    def __repr__(self) -> str:
+        methods = ", ".join(dict.fromkeys(p.method for p in self.points))
+        sparsities = ", ".join(f"{s:g}" for s in dict.fromkeys(p.sparsity for p in self.points))
+        return f"PruneCurve({methods} at {sparsities}; {self.n_images} images, {self.n_labelled} labelled)"
+
     def point(self, method: str, sparsity: float, bias_correction: bool = False) -> PrunePoint:
         """The point of ``method`` at ``sparsity`` (to 1e-9); KeyError if the curve has none."""
         for p in self.points:

@@ -114,6 +114,10 @@ class SplitTree:
     root: Node
     nodes: list[Node]
 
+    def __repr__(self) -> str:
+        who = "" if self.class_index is None else f"class {self.class_index}, "
+        return f"SplitTree({who}{len(self.nodes)} nodes, min_size {self.min_size}, {self.mode})"
+
     def node(self, path: str) -> Node:
         """The node at ``path`` ("" or "root" for the root); KeyError if the tree has no such node."""
         wanted = "" if path == "root" else path

@@ -126,6 +126,9 @@ class PairTest:
     before: PairOutcome
     trials: list[Trial]
 
+    def __repr__(self) -> str:
+        return f"PairTest({self.target_name} → {self.rival_name}: {len(self.trials)} trials)"
+
     def trial(self, rule: str, m: int) -> Trial:
         for trial in self.trials:
             if trial.rule == rule and trial.m == m:
@@ -196,6 +199,12 @@ class CausalTable:
     n_held_out: int
     method: str
     seconds: float
+
+    def __repr__(self) -> str:
+        return (
+            f"CausalTable({len(self.pairs)} pairs, rules {', '.join(self.rules)}, m = "
+            f"{', '.join(map(str, self.ms))}; chosen on {self.n_select} rows, judged on {self.n_held_out})"
+        )
 
     def pair(self, target: int, rival: int) -> PairTest:
         for test in self.pairs:

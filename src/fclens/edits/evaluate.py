@@ -29,7 +29,7 @@ import torch
 
 from fclens import deprecation
 from fclens.errors import FclensError
-from fclens.formatting import json_number, nan_mean
+from fclens.formatting import json_number, nan_mean, percent
 from fclens.layer import FinalLayer
 from fclens.runs import progress_bar
 from fclens.scanning.features import CHUNK, Features, class_counts, feature_batches
@@ -76,6 +76,12 @@ class Evaluation:
     few: float = float("nan")
     agreement: float = float("nan")
     kl: float = float("nan")
+
+    def __repr__(self) -> str:
+        return (
+            f"Evaluation({self.method!r}: {self.n_images} images, {self.n_labelled} labelled, accuracy "
+            f"{percent(self.accuracy)}, balanced {percent(self.balanced_accuracy)})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The summary figures (not the matrices) as JSON-ready values; NaN becomes None."""

@@ -50,6 +50,10 @@ class Rebalance:
     shared: str | None = None
     """Why the evaluation scan is no fair judge (:func:`shared_images`), or None."""
 
+    def __repr__(self) -> str:
+        figures = ", ".join(f"{name} {percent(e.balanced_accuracy)}" for name, e in self.evaluations.items())
+        return f"Rebalance(balanced accuracy: {figures}; tau {self.tau})"
+
     def rows(self) -> list[dict[str, Any]]:
         """One summary row per method (the figures of :meth:`Evaluation.to_dict`, no per-class list)."""
         rows = []

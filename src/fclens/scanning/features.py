@@ -88,6 +88,10 @@ class Features:
     min_size: int = EXPLAIN_DEFAULTS.min_size
     mode: str = EXPLAIN_DEFAULTS.mode
 
+    def __repr__(self) -> str:
+        labelled = int((self.label >= 0).sum())
+        return f"Features({len(self)} rows × {self.z.shape[1]}, {labelled} labelled, {len(self.class_names)} classes)"
+
     def __post_init__(self) -> None:
         if not (
             isinstance(self.index, np.ndarray)

@@ -68,6 +68,12 @@ class Scan:
     manifest: Manifest
     _head: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:
+        counts = self.manifest.counts
+        state = "complete" if self.manifest.complete else "incomplete"
+        features = ", features" if self.has_features else ""
+        return f"Scan({str(self.directory)!r}: {counts.get('ok', 0)} of {counts.get('images', 0)} images, {state}{features})"
+
     @property
     def class_names(self) -> list[str]:
         return list(self.manifest.class_names)
