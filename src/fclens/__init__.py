@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from fclens.explaining import Contrast, Explanation, NodeExplanation, Prediction, explain
     from fclens.head import Head, find_head
     from fclens.images import ImageError, Preprocessing, load_image, sample_folder, sample_image
+    from fclens.integrations.fiftyone import to_fiftyone
     from fclens.maps import MAP_KINDS, register_map
     from fclens.models import Classifier, ModelError, load_model
     from fclens.options import EXPLAIN_DEFAULTS, RUNNER_UP, SCAN_DEFAULTS, Options
@@ -76,6 +77,7 @@ _SOURCES = {
     "fclens.explaining": ("Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"),
     "fclens.head": ("Head", "find_head"),
     "fclens.images": ("ImageError", "Preprocessing", "load_image", "sample_folder", "sample_image"),
+    "fclens.integrations.fiftyone": ("to_fiftyone",),
     "fclens.maps": ("MAP_KINDS", "register_map"),
     "fclens.models": ("Classifier", "ModelError", "load_model"),
     "fclens.pruning": ("PruneCurve", "PrunePoint", "prune", "prune_curve"),
@@ -149,6 +151,7 @@ __all__ = [
     "select_neurons",
     "split_rows",
     "split_tree",
+    "to_fiftyone",
 ]
 
 
