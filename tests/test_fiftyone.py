@@ -7,6 +7,7 @@ from fiftyone-db, or one on PATH; .ci/run sets one up). Where none starts, it is
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -287,3 +288,11 @@ def test_an_existing_dataset_keeps_its_fields_and_a_rerun_replaces_fclens_s(
     stored = dict(zip(dataset.values("filepath"), dataset.values("fclens_node_path"), strict=True))
     assert stored == by_path  # the lists replaced, not merged
     assert dataset.values("notes").count("mine") == 4
+
+
+def test_readme_names_every_field_written(fo: Any, samples: dict[int, Any]) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text("utf-8")
+    table = readme.split("### FiftyOne", 1)[1].split("###", 1)[0]
+    documented = set(re.findall(r"`((?:ground_truth|fclens_)\w*)`", table))
+    written = {name for sample in samples.values() for name in sample.field_names}
+    assert written - {"id", "filepath", "tags", "metadata", "created_at", "last_modified_at"} <= documented
