@@ -17,7 +17,11 @@ import torch
 from fclens.models import Classifier, load_model
 from fclens.preprocessing import to_batch
 from fclens.samples import sample_image
+from fclens.scanning import LocalEngine, Scan, scan
 from fclens.scanning.manifest import head_sha256
+
+FIXTURE_PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+"""Real photos in class-name folders: 3 tabby, 3 espresso and one unreadable file (espresso/broken.jpg)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -82,6 +86,13 @@ def photos(classifier: Classifier, chelsea: Path, coffee: Path) -> torch.Tensor:
     """Chelsea and coffee preprocessed for the embedded model: (2, 3, 224, 224) on the test device."""
     batch, _ = to_batch([chelsea, coffee], classifier.preprocessing)
     return batch.to(classifier.device)
+
+
+@pytest.fixture(scope="session")
+def photo_scan(classifier: Classifier, tmp_path_factory: pytest.TempPathFactory) -> Scan:
+    """The embedded model's scan of :data:`FIXTURE_PHOTOS` with features: 6 ok rows, 1 skipped. Read only."""
+    out = tmp_path_factory.mktemp("photo-scan") / "scan"
+    return scan(classifier, FIXTURE_PHOTOS, out, engine=LocalEngine(workers=0), features=True, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from fclens.options import SCAN_DEFAULTS
 from fclens.scanning.manifest import HEAD_FILE, MANIFEST
-from fclens.scanning.schema import SCHEMA_VERSION, scan_schema
+from fclens.scanning.schema import CLASS_NAMES, SCHEMA_VERSION, class_name_column, scan_schema
 
 SIGMA = 1.0
 
@@ -63,6 +63,7 @@ def write(
     known[rng.permutation(len(label))[:unlabelled]] = False
     options = replace(SCAN_DEFAULTS, features=True)
     schema = scan_schema(options)
+    class_names = [f"class {k}" for k in range(len(counts))]
     directory.mkdir(parents=True, exist_ok=True)
     for shard, start in enumerate(range(0, len(label), shard_rows)):
         part = slice(start, min(len(label), start + shard_rows))
@@ -77,6 +78,11 @@ def write(
                 pa.array(np.arange(n + 1) * z.shape[1], pa.int32()), pa.array(z[part].reshape(-1))
             ),
         }
+        given |= {
+            name: class_name_column(given[index], pa.array(class_names))
+            for name, index in CLASS_NAMES.items()
+            if index in given
+        }
         columns = [given.get(f.name, pa.nulls(n, f.type)) for f in schema]
         pq.write_table(pa.Table.from_arrays(columns, schema=schema), directory / f"part-{shard:05d}.parquet")
     from safetensors.numpy import save
@@ -86,7 +92,7 @@ def write(
         "schema_version": SCHEMA_VERSION,
         "model": {"name": "gaussian classes"},
         "source": "synthetic",
-        "class_names": [f"class {k}" for k in range(len(counts))],
+        "class_names": class_names,
         "num_features": means.shape[1],
         "preprocessing": {"input_size": [32, 32], "mean": [0.5] * 3, "std": [0.5] * 3},
         "options": options.to_dict(),

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from fclens.options import SCAN_DEFAULTS
 from fclens.scanning.manifest import HEAD_FILE, MANIFEST
-from fclens.scanning.schema import SCHEMA_VERSION, scan_schema
+from fclens.scanning.schema import CLASS_NAMES, SCHEMA_VERSION, class_name_column, scan_schema
 
 PATHS = ["", "+", "++", "-", "--"]
 NODE_MEANS = {"": 1.0, "+": 3.0, "++": 2.0, "-": -2.0, "--": -1.5}
@@ -77,6 +77,7 @@ def write(
     }
     directory.mkdir(parents=True, exist_ok=True)
     schema = scan_schema(SCAN_DEFAULTS)
+    class_names = [f"class <{k}>" for k in range(classes)]
     cells = GRID[0] * GRID[1]
     for shard, start in enumerate(range(0, rows, shard_rows)):
         part = slice(start, min(rows, start + shard_rows))
@@ -105,13 +106,15 @@ def write(
             "node_map": pa.array(maps.tolist(), schema.field("node_map").type),
             "contrast_map": pa.array(contrast.tolist(), schema.field("contrast_map").type),
         }
+        for name, index in CLASS_NAMES.items():
+            data[name] = class_name_column(data[index], pa.array(class_names))
         table = pa.Table.from_pydict(data, schema=schema)
         pq.write_table(table, directory / f"part-{shard:05d}.parquet", compression="zstd")
     _head(directory, classes)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "model": {"name": "synthetic"},
-        "class_names": [f"class <{k}>" for k in range(classes)],
+        "class_names": class_names,
         "num_features": FEATURES,
         "feature_grid": list(GRID),
         "preprocessing": {"input_size": [224, 224], "mean": [0.5] * 3, "std": [0.5] * 3},

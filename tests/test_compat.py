@@ -26,6 +26,7 @@ from fclens import FclensError, LocalEngine, RayEngine, ScanError, read_scan
 from fclens.cli import main
 from fclens.models import Classifier
 from fclens.options import RUNNER_UP
+from fclens.scanning.schema import SCHEMA_VERSION
 
 LITE0_SCANS = ("scan-284cd16", "scan-3286d7d")
 """The fixtures scanned by the embedded EfficientNet-Lite0 (scan-v1 is a tiny random classifier's)."""
@@ -79,7 +80,7 @@ def test_a_scan_of_an_earlier_release_reads_as_written(
     assert names == {"tabby", "espresso"}
     labels = {row["path"].split("/")[-2]: scan.class_names[row["label"]] for row in rows}
     assert labels == {"tabby": "tabby", "espresso": "espresso"}
-    assert scan.features().shape == (6, width) and np.isfinite(scan.features()).all()
+    assert scan.read_features().z.shape == (6, width) and np.isfinite(scan.read_features().z.numpy()).all()
     ok = scan.rows(["node_path"], ok_only=True).column("node_path").to_pylist()
     maps = scan.node_maps(0)
     assert maps.shape == (len(ok[0]), *grid) and np.isfinite(maps).all()
@@ -106,7 +107,9 @@ def test_an_old_scans_rows_say_what_todays_scan_of_the_same_photos_says(
         old.rows(columns).sort_by("index").to_pylist()
         == todays_scan.rows(columns).sort_by("index").to_pylist()
     )
-    np.testing.assert_allclose(old.features(), todays_scan.features(), rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(
+        old.read_features().z.numpy(), todays_scan.read_features().z.numpy(), rtol=1e-2, atol=1e-2
+    )
 
 
 # --- atlas, prune, re-fit, causal test -------------------------------------------------------------
@@ -202,7 +205,9 @@ def test_a_manifest_that_is_not_json_or_from_a_newer_fclens_says_so(old_scan: Ca
     path = directory / "_manifest.json"
     manifest = json.loads(path.read_text())
     path.write_text(json.dumps({**manifest, "schema_version": 99}))
-    with pytest.raises(ScanError, match=r"schema version 99; this fclens reads up to 2: upgrade fclens"):
+    with pytest.raises(
+        ScanError, match=rf"schema version 99; this fclens reads up to {SCHEMA_VERSION}: upgrade fclens"
+    ):
         read_scan(directory)
     path.write_text("{garbage")
     with pytest.raises(ScanError, match=rf"^{path}: cannot read the manifest \(Expecting"):
@@ -221,7 +226,8 @@ def test_a_rerun_into_an_old_scan_refuses_in_one_line_and_changes_nothing(
     assert main(["scan", str(photos), "--out", str(directory), "--features", "--workers", "0"]) == 2
     error = capsys.readouterr().err
     assert (
-        error.count("\n") == 1 and "written by an earlier fclens, scan schema 1 (this one writes 2)" in error
+        error.count("\n") == 1
+        and f"written by an earlier fclens, scan schema 1 (this one writes {SCHEMA_VERSION})" in error
     )
     assert "cannot be resumed" in error and "--force to start over" in error
     assert {path.name: path.read_bytes() for path in directory.iterdir()} == before

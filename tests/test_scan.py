@@ -121,7 +121,7 @@ def test_the_table_reads_without_fclens(scanned: fclens.Scan) -> None:
     frame = pl.read_parquet(shards)
     assert frame.height == 10 and frame["node_map"].dtype == pl.List(pl.List(pl.Float16))
     manifest = json.loads((scanned.directory / MANIFEST).read_text())
-    assert manifest["schema_version"] == 2 and len(manifest["class_names"]) == 1000
+    assert manifest["schema_version"] == 3 and len(manifest["class_names"]) == 1000
     assert manifest["feature_grid"] == [7, 7] and manifest["model"]["head_sha256"]
 
 

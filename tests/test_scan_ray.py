@@ -88,6 +88,10 @@ def test_ray_engine_on_two_nodes_writes_the_local_engines_rows(
         "top5",
         "target",
         "rival",
+        "label_name",
+        "pred_name",
+        "target_name",
+        "rival_name",
         "node_path",
     ):
         assert ours[column] == theirs[column], column

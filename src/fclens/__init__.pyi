@@ -20,6 +20,7 @@ from fclens.errors import FclensError as FclensError
 from fclens.explaining import Explanation as Explanation
 from fclens.explaining import explain as explain
 from fclens.images import load_image as load_image
+from fclens.integrations.fiftyone import to_fiftyone as to_fiftyone
 from fclens.layer import FinalLayer as FinalLayer
 from fclens.models import Classifier as Classifier
 from fclens.models import load_model as load_model

@@ -17,7 +17,7 @@ import torch
 from fclens.batch import BatchRunner
 from fclens.models import Classifier
 from fclens.options import Options
-from fclens.scanning.schema import SCHEMA_VERSION, scan_schema, skipped_rows
+from fclens.scanning.schema import CLASS_NAMES, SCHEMA_VERSION, class_name_column, scan_schema, skipped_rows
 from fclens.scanning.sources import Item
 from fclens.tree import SplitTree
 
@@ -31,6 +31,7 @@ class BatchScanner:
         self.classifier = classifier
         self.options = options
         self.schema = scan_schema(options)
+        self.class_names = pa.array(classifier.class_names, pa.string())
         self._runner = BatchRunner(classifier, options)
 
     def __call__(self, inputs: torch.Tensor, items: Sequence[Item]) -> pa.RecordBatch:
@@ -69,6 +70,8 @@ class BatchScanner:
             ),
             "contrast_map": _lists(_numpy(result.contrast.flatten(1), np.float16)),
         }
+        for name, index in CLASS_NAMES.items():
+            columns[name] = class_name_column(columns[index], self.class_names)
         if self.options.features:
             columns["features"] = _lists(_numpy(result.prelogits, np.float16))
         if result.scores is not None:

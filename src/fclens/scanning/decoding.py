@@ -121,5 +121,5 @@ def batch_rows(scanner: BatchScanner, batch: DecodedBatch) -> list[pa.RecordBatc
     decoded, inputs, skipped, reasons = batch
     parts = [] if inputs is None else [scanner(inputs, decoded)]
     if skipped:
-        parts.append(skipped_rows(skipped, reasons, scanner.schema))
+        parts.append(skipped_rows(skipped, reasons, scanner.schema, scanner.class_names))
     return parts

@@ -35,7 +35,7 @@ from fclens.scanning.manifest import (
     read_manifest,
     shard_paths,
 )
-from fclens.scanning.schema import scan_schema
+from fclens.scanning.schema import CLASS_NAMES, class_name_column, scan_schema
 
 __all__ = ["IncompleteScanWarning", "RowMaps", "Scan", "as_features", "as_scan", "read_scan"]
 
@@ -61,7 +61,8 @@ class Scan:
 
     Read rows with :meth:`rows` (a table of the columns asked for) or :meth:`batches` (the same, a
     bounded piece at a time); the stored features with :meth:`read_features`, the maps of chosen images
-    with :meth:`maps`; ``table`` loads every column of every row, maps included.
+    with :meth:`maps`; ``table`` loads every column of every row, maps included. Rows of a scan made
+    before schema version 3 get its class-name columns too, from the manifest's ``class_names``.
     """
 
     directory: Path
@@ -116,16 +117,41 @@ class Scan:
 
         ``ok_only`` keeps the images that were scanned; ``filter`` is any ``pyarrow.dataset`` expression.
         """
-        table = self.dataset.to_table(columns=_names(columns), filter=_where(ok_only, filter))
+        table = self.dataset.to_table(columns=self._stored(columns), filter=_where(ok_only, filter))
+        table = self._named(table, columns)
         return table.sort_by("index") if "index" in table.column_names else table
 
     def batches(
         self, columns: Sequence[str], *, ok_only: bool = False, filter: ds.Expression | None = None
     ) -> Iterator[pa.Table]:
         """The same rows a bounded piece at a time, in no set order: the unit of memory of a pass."""
-        for batch in self.dataset.to_batches(columns=_names(columns), filter=_where(ok_only, filter)):
+        for batch in self.dataset.to_batches(columns=self._stored(columns), filter=_where(ok_only, filter)):
             if batch.num_rows:
-                yield pa.Table.from_batches([batch])
+                yield self._named(pa.Table.from_batches([batch]), columns)
+
+    @cached_property
+    def _derived(self) -> dict[str, str]:
+        """The class-name columns the shards lack (scans before schema version 3), by their index column."""
+        stored = self.dataset.schema.names
+        return {name: index for name, index in CLASS_NAMES.items() if name not in stored and index in stored}
+
+    def _stored(self, columns: Sequence[str] | None) -> list[str] | None:
+        """The columns to read from the shards for ``columns``: a derived name's index column in its place."""
+        names = _names(columns)
+        if names is None or not self._derived:
+            return names
+        return list(dict.fromkeys(self._derived.get(name, name) for name in names))
+
+    def _named(self, table: pa.Table, columns: Sequence[str] | None) -> pa.Table:
+        """``table`` with the derived class-name columns asked for, each beside its index column."""
+        if not self._derived:
+            return table
+        class_names = pa.array(self.class_names, pa.string())
+        for name, index in self._derived.items():
+            if columns is None or name in columns:
+                where = table.schema.get_field_index(index) + 1
+                table = table.add_column(where, name, class_name_column(table.column(index), class_names))
+        return table if columns is None else table.select(_names(columns))
 
     @cached_property
     def table(self) -> pa.Table:
@@ -209,6 +235,16 @@ class Scan:
         """Deprecated: ``read_features().z.numpy()``."""
         deprecation.warn("Scan.features()", "scan.read_features().z (a Features, with labels and index)")
         return self.read_features().z.numpy()
+
+    def pred_probs(self) -> np.ndarray:
+        """softmax(z Wᵀ + b) of the scanned layer on the stored features: (N_ok, C) float32, one row per
+        ``ok`` row by ``index`` (the rows of :meth:`read_features`), one column per class in ``class_names``
+        order, each row summing to 1: what cleanlab calls ``pred_probs``. The stored z are float16, so
+        these can differ from the scan's ``prob`` (from float32 z) in the fourth decimal."""
+        import torch
+
+        self.require_features()
+        return torch.softmax(self.layer.logits(self.read_features().z), dim=1).numpy()
 
     def node_maps(self, row: int) -> np.ndarray:
         """Deprecated: ``maps([index])[index].node_map`` (by the image's index, not its row position)."""
