@@ -26,6 +26,7 @@ from fclens.io import atomic_write_text, csv_text, safe_name
 from fclens.options import (
     BIAS_CORRECTIONS,
     EXPLAIN_DEFAULTS,
+    FILLS,
     LABEL_MODES,
     MAP_KIND_NAMES,
     PRUNE_DEFAULT_METHODS,
@@ -156,11 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--out", type=Path, default=Path("fclens-out"), help="output folder (default: fclens-out)"
     )
-    explain.add_argument(
-        "--curves",
-        action="store_true",
-        help="also deletion/insertion AUCs for the terminal nodes and the class (many forwards)",
-    )
+    _curve_options(explain, EXPLAIN_DEFAULTS)
     explain.add_argument("--html", action="store_true", help="write report.html, one self-contained page")
     explain.add_argument(
         "--overlays",
@@ -216,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
         default=SCAN_DEFAULTS.scores,
         help=f"nodes that get the author's masked score, one forward each (default {SCAN_DEFAULTS.scores})",
     )
+    _curve_options(scan, SCAN_DEFAULTS)
     _batch_size_option(scan, SCAN_DEFAULTS)
     scan.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
     scan.add_argument(
@@ -399,6 +397,22 @@ def _tree_options(command: argparse.ArgumentParser, defaults: Options = EXPLAIN_
         choices=TREE_MODES,
         default=defaults.mode,
         help=f"chains: the author's + and − chains; full: a full binary tree (default {defaults.mode})",
+    )
+
+
+def _curve_options(command: argparse.ArgumentParser, defaults: Options) -> None:
+    command.add_argument(
+        "--curves",
+        action="store_true",
+        help="also deletion/insertion AUCs for the terminal nodes and the class, beside a random map's "
+        "(many forwards)",
+    )
+    command.add_argument(
+        "--fill",
+        choices=FILLS,
+        default=defaults.fill,
+        help=f"how the curves remove pixels: rise (the data set's mean colour, insertion from a blurred "
+        f"copy), blur, mean (the image's) or road (noisy linear imputation, slow) (default {defaults.fill})",
     )
 
 
@@ -628,6 +642,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         min_size=args.min_size,
         mode=args.mode,
         curves=args.curves,
+        fill=args.fill,
         seed=args.seed,
         batch_size=args.batch_size,
         contrast=args.contrast,
@@ -708,6 +723,8 @@ def _run_scan(args: argparse.Namespace) -> int:
         maps=args.maps,
         features=args.features,
         scores=args.scores,
+        curves=args.curves,
+        fill=args.fill,
     )
     counts = result.manifest.counts
     if args.json:
