@@ -26,10 +26,10 @@ __all__ = [
     "SCAN_DEFAULTS",
     "SCORED_NODES",
     "TREE_MODES",
+    "Fill",
     "Options",
     "ScoredNodes",
     "TreeMode",
-    "Fill",
     "at_least",
 ]
 

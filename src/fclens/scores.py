@@ -215,7 +215,9 @@ Filler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(rows (B,), removed (B, 1, H, W) bool) → the images ``inputs[rows]`` with the removed pixels filled."""
 
 
-def _fillers(fill: str, inputs: torch.Tensor, seed: int, noise: float | torch.Tensor) -> tuple[Filler, Filler]:
+def _fillers(
+    fill: str, inputs: torch.Tensor, seed: int, noise: float | torch.Tensor
+) -> tuple[Filler, Filler]:
     """The deletion curve's and the insertion curve's way of filling removed pixels."""
 
     def constant(replacement: torch.Tensor) -> Filler:
