@@ -29,6 +29,7 @@ from fclens.images import ImageError, Preprocessing, load_image
 from fclens.io import atomic_write_text
 from fclens.maps import MAP_KINDS, branch_sign
 from fclens.report._common import fmt
+from fclens.report.faithfulness import atlas_faithfulness
 from fclens.report.figures import colour_scale_css, overlay
 from fclens.report.html import Card, branch_class, image_uri, nest_cards, render
 from fclens.tree import class_trees
@@ -238,6 +239,7 @@ def _class_page(
         index_href=INDEX,
         causal_ran=causal is not None,
         causal=[_causal_pair(test, causal) for test in pairs] if causal is not None else [],
+        faithfulness=atlas_faithfulness(c.baselines, found.manifest.options.fill),
     )
 
 
