@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import spearmanr, wilcoxon
-from torch import nn
 from torch.nn import functional as F
 
 from fclens.explaining import Explanation, explain
@@ -39,7 +38,7 @@ from fclens.models import Classifier, load_model
 from fclens.options import FILLS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import known_answers as ka  # noqa: E402
+import known_answers as ka
 
 CURVES = ("deletion", "insertion")
 BETTER = {"deletion": np.less, "insertion": np.greater}

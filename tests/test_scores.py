@@ -301,3 +301,27 @@ def test_a_scan_with_curves_agrees_with_explain_and_the_atlas_counts_the_verdict
         for name in ("deletes_faster_than_class", "deletes_faster_than_random", "keeps_longer_than_random"):
             assert getattr(c.baselines, name) == pytest.approx(np.mean([getattr(v, name) for v in verdicts]))
     assert json.loads(json.dumps(found.to_dict()))["classes"][0]["baselines"]["n"] == 3
+
+
+def test_the_class_map_is_cam_and_gradcam_is_its_relu(classifier: Classifier, photos: torch.Tensor) -> None:
+    """The root's contribution map, the class map a node's curves are read against, is CAM (Zhou et al. 2016);
+    pytorch-grad-cam's Grad-CAM at the feature layer is its ReLU, scaled and resized the library's way: its
+    channel weights, the mean gradients of the logit over the grid, are w_kj / (h·w)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    root = explain(classifier, photos, [282, 967], maps="contribution", scores="none", min_size=5000)
+    cam = torch.stack([e.nodes[0].map for e in root])
+    expected_cam = torch.stack(
+        [class_map(classifier, photos[i : i + 1], k)[0] for i, k in enumerate((282, 967))]
+    )
+    torch.testing.assert_close(cam, expected_cam.float().cpu(), rtol=1e-4, atol=1e-4)
+    layer = dict(classifier.module.named_modules())[classifier.head.feature_layer_name]
+    with GradCAM(model=classifier.module, target_layers=[layer]) as gradcam:
+        theirs = gradcam(
+            input_tensor=photos, targets=[ClassifierOutputTarget(282), ClassifierOutputTarget(967)]
+        )
+    # ReLU, min-max and resize per layer, then min-max again over the layers' mean: pytorch-grad-cam's steps
+    expected = scale_cam_image(scale_cam_image(cam.clamp(min=0).numpy(), (224, 224)))
+    np.testing.assert_allclose(theirs, expected, atol=1e-4)
