@@ -101,12 +101,13 @@ def bench_claim(
     shapes: int,
     kinds: list[str],
     fills: list[str],
+    road_kinds: list[str],
 ) -> list[str]:
     rows = list(CLAIM_HEADER)
     shapes_model = ka.classifier()
     held_out = ka.make(shapes // len(ka.CLASS_NAMES), seed=1)
     for fill in fills:
-        for kind in kinds:
+        for kind in road_kinds if fill == "road" else kinds:
             chosen = photos[:road_photos] if fill == "road" else photos
             started = time.perf_counter()
             explained = explain(
@@ -229,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="*", default=["contribution", "activation"], help="map kinds scored")
     parser.add_argument("--fills", nargs="*", default=list(FILLS), choices=FILLS, help="fills (default all)")
     parser.add_argument("--bound", type=float, default=0.8, help="the sanity check's bound on mean ρ (0.8)")
+    parser.add_argument(
+        "--road-kinds", nargs="*", default=["contribution"], help="map kinds scored with ROAD"
+    )
+    parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
     parser.add_argument("--only", nargs="*", choices=["claim", "sanity"], help="run these benchmarks only")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     chosen = set(args.only or ["claim", "sanity"])
     torch.manual_seed(0)
     classifier = load_model()
@@ -240,11 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as directory:
         photos = photo_crops(args.photos, Path(directory))
         if "claim" in chosen:
-            print(
-                "\n".join(
-                    bench_claim(classifier, photos, args.road_photos, args.shapes, args.kinds, args.fills)
-                )
+            claim = bench_claim(
+                classifier, photos, args.road_photos, args.shapes, args.kinds, args.fills, args.road_kinds
             )
+            print("\n".join(claim))
             print(flush=True)
         if "sanity" in chosen:
             print("\n".join(bench_sanity(classifier, photos, args.bound)), flush=True)
