@@ -239,7 +239,7 @@ def _class_page(
         index_href=INDEX,
         causal_ran=causal is not None,
         causal=[_causal_pair(test, causal) for test in pairs] if causal is not None else [],
-        faithfulness=atlas_faithfulness(c.baselines, found.manifest.options.fill),
+        faithfulness=atlas_faithfulness(c.baselines, kind, found.manifest.options.fill),
     )
 
 

@@ -31,9 +31,10 @@ FILL_WORDS = {
 
 @dataclass
 class FaithfulnessView:
-    """Rows of (map, deletion AUC, its two verdicts, insertion AUC, its two verdicts), formatted; ``fill``
-    names how pixels were removed, ``fill_words`` says it."""
+    """Rows of (map, deletion AUC, its two verdicts, insertion AUC, its two verdicts), formatted; ``kind`` is
+    the scored map kind, ``fill`` names how pixels were removed, ``fill_words`` says it."""
 
+    kind: str
     fill: str
     fill_words: str
     rows: list[tuple[str, str, str, str, str, str, str]]
@@ -75,10 +76,10 @@ def explanation_faithfulness(explanation: Explanation) -> FaithfulnessView | Non
             "",
         )
     )
-    return FaithfulnessView(baselines.fill, FILL_WORDS.get(baselines.fill, ""), rows)
+    return FaithfulnessView(explanation.primary, baselines.fill, FILL_WORDS.get(baselines.fill, ""), rows)
 
 
-def atlas_faithfulness(shares: BaselineShares | None, fill: str) -> FaithfulnessView | None:
+def atlas_faithfulness(shares: BaselineShares | None, kind: str, fill: str) -> FaithfulnessView | None:
     """A class page's one row: the share of its images where the discriminative node beats each baseline."""
     if shares is None:
         return None
@@ -91,7 +92,7 @@ def atlas_faithfulness(shares: BaselineShares | None, fill: str) -> Faithfulness
         _percent(shares.keeps_longer_than_class),
         _percent(shares.keeps_longer_than_random),
     )
-    return FaithfulnessView(fill, FILL_WORDS.get(fill, ""), [row])
+    return FaithfulnessView(kind, fill, FILL_WORDS.get(fill, ""), [row])
 
 
 def _deletion(verdict: Verdict | None) -> tuple[str, str]:
