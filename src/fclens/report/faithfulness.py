@@ -84,7 +84,7 @@ def atlas_faithfulness(shares: BaselineShares | None, kind: str, fill: str) -> F
     if shares is None:
         return None
     row = (
-        f"most discriminative ({shares.path}), {shares.n} images",
+        f"most discriminative ({shares.path}), {shares.n} image{'' if shares.n == 1 else 's'}",
         "",
         _percent(shares.deletes_faster_than_class),
         _percent(shares.deletes_faster_than_random),
