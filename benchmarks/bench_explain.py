@@ -9,6 +9,11 @@
    GradCAM on the class logit, in images per second.
 4. memory over consecutive explanations: growth of the resident set (and of CUDA memory) between
    explanation 100 and the last.
+5. curves (issue 24): a full explanation with deletion/insertion curves beside their baselines (a random
+   map's curves, 2·17 more forwards per image) vs the same explanation with the curves of before (the
+   root's and the leaves' only, as fclens drew them), vs the plain forward. The baselines should cost
+   what their extra forwards cost, no more: the expected time is the reference plus 34/102 of its
+   curves' share.
 
 Candidates of a comparison run side by side in one process, repeats interleaved, after one warm-up each;
 the table shows medians. CUDA is synchronised before every timer read.
@@ -35,12 +40,14 @@ from PIL import Image
 from torch import nn
 
 import fclens.images
+from fclens.batch import BatchRunner
 from fclens.explaining import explain
 from fclens.maps import NodeBatch, capture, node_maps, node_membership
 from fclens.models import Classifier, load_model
+from fclens.options import EXPLAIN_DEFAULTS
 from fclens.preprocessing import to_batch
 from fclens.samples import sample_image
-from fclens.scores import upsample_normalised
+from fclens.scores import deletion_insertion, upsample_normalised
 from fclens.tree import split_tree
 
 
@@ -275,6 +282,56 @@ def bench_throughput(classifier: Classifier, count: int, batch_size: int, repeat
     ]
 
 
+# --- 5. curves beside their baselines --------------------------------------------------------------------
+
+
+def curves_before(classifier: Classifier, image: torch.Tensor) -> None:
+    """The explanation with curves as fclens drew them before issue 24: every node's masked score, then the
+    deletion/insertion curves of the root and the leaves in one batched run, no baseline."""
+    options = EXPLAIN_DEFAULTS
+    runner = BatchRunner(classifier, options)
+    inputs = image.to(classifier.device)
+    result = runner(inputs, [None])
+    rows, nodes = runner._chosen(result.trees, every_node=False)
+    deletion_insertion(
+        classifier.module, inputs, result.maps[options.primary][rows, nodes], rows, result.targets[rows],
+        batch_size=options.batch_size,
+    )  # fmt: skip
+
+
+def bench_curves(classifier: Classifier, photos: torch.Tensor, repeats: int) -> list[Row]:
+    module, device = classifier.module, classifier.device
+    chelsea = photos[:1]
+
+    def forward() -> None:
+        with torch.no_grad():
+            module(chelsea.to(device))
+
+    candidates = {
+        "plain forward, 1 image": forward,
+        "explain, every node's masked score, no curves": lambda: explain(classifier, chelsea),
+        "the same + curves of the root and the leaves (before issue 24)": lambda: curves_before(
+            classifier, chelsea
+        ),
+        "explain(curves=True): + the random map's curves (issue 24)": lambda: explain(
+            classifier, chelsea, curves=True
+        ),
+    }
+    medians = compare(candidates, repeats, device)
+    base, plain, before, after = medians.values()
+    expected = before + (before - plain) * 34 / 102
+    label = "5. curves beside their baselines, 1 image"
+    rows = [
+        Row(label, name, milliseconds(seconds), f"{seconds / base:.1f}× forward")
+        for name, seconds in medians.items()
+    ]
+    rows.append(
+        Row(label, "expected: before + 34/102 of its curves", milliseconds(expected), f"{expected / base:.1f}× forward",
+            f"after / expected = {after / expected:.2f}")
+    )  # fmt: skip
+    return rows
+
+
 # --- 4. memory --------------------------------------------------------------------------------------------
 
 
@@ -362,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="*",
-        choices=["maps", "full", "throughput", "memory"],
+        choices=["maps", "full", "throughput", "memory", "curves"],
         help="run these benchmarks only",
     )
     args = parser.parse_args(argv)
@@ -382,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_throughput(classifier, args.images, args.batch_size, max(1, args.repeats // 2))
     if "memory" in chosen:
         rows += bench_memory(classifier, args.memory_runs)
+    if "curves" in chosen:
+        rows += bench_curves(classifier, photos, args.repeats)
     print(table(rows))
     return 0
 

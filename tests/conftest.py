@@ -105,6 +105,17 @@ def lite0_weight() -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
+def shapes() -> Classifier:
+    """The small CNN of tests/known_answers.py trained on its shapes (seed 0, ~15 s on a CPU, once a session).
+
+    The same memoised training as test_known_answers.py's: a session that runs both trains once.
+    """
+    import known_answers
+
+    return known_answers.classifier()
+
+
+@pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
     """One headless Chromium for every browser test module (two Playwright sessions cannot run at once)."""
     from test_browser import launched_browser

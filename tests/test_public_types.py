@@ -118,6 +118,7 @@ CASES: dict[str, Case | Any] = {
     "causal_test(42)": lambda g: fclens.causal_test(42),
     "causal_test(scan, pairs=42)": lambda g: fclens.causal_test(g.scan, pairs=42),
     "rebalance(42, 42)": lambda g: fclens.rebalance(42, 42),
+    "to_fiftyone(42)": lambda g: fclens.to_fiftyone(42),
     "FinalLayer('w', 'b')": lambda g: fclens.FinalLayer("w", "b"),
     "FinalLayer(None, None)": lambda g: fclens.FinalLayer(None, None),
     "FinalLayer.of('x')": lambda g: fclens.FinalLayer.of("x"),

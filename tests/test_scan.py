@@ -300,7 +300,6 @@ def test_scan_options_come_from_options_or_keywords_and_what_a_scan_cannot_store
     for wrong, message in (
         ({"address": "auto"}, r"unknown keywords address; options are .*engine=LocalEngine\(workers=…\)"),
         ({"maps": ("activation", "contribution")}, "a scan stores one map kind"),
-        ({"curves": True}, "a scan draws no deletion/insertion curves"),
         ({"contrast": 3}, "a scan always contrasts with the runner-up"),
     ):
         with pytest.raises(FclensError, match=message):

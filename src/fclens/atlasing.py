@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from fclens.edits.causal import CausalTable, SavedEdit
     from fclens.scanning.manifest import Manifest
 
-__all__ = ["Atlas", "AtlasImage", "ClassAtlas", "NodeMean", "Pair", "Rival", "atlas"]
+__all__ = ["Atlas", "AtlasImage", "BaselineShares", "ClassAtlas", "NodeMean", "Pair", "Rival", "atlas"]
 
 MAX_RIVALS = 10
 """Rivals kept per class, most confusing first."""
@@ -58,6 +58,8 @@ _PICKED = [
     "index", "path", "target", "rival", "logit_target", "logit_rival", "node_path", "node_contribution",
 ]  # fmt: skip
 """The columns of each pass: the totals, then the top images (never the maps)."""
+_CURVES = ["node_deletion_auc", "node_insertion_auc", "random_deletion_auc", "random_insertion_auc"]
+"""A scan's curve columns (``curves=True``), read with the totals where the scan has them."""
 
 
 @dataclass
@@ -94,6 +96,19 @@ class AtlasImage:
 
 
 @dataclass
+class BaselineShares:
+    """Over the ``n`` images of a class with curves, the share where its most discriminative node (``path``)
+    beats each baseline: the fields of :class:`fclens.explaining.Verdict`, as fractions of the images."""
+
+    path: str
+    n: int
+    deletes_faster_than_class: float
+    deletes_faster_than_random: float
+    keeps_longer_than_class: float
+    keeps_longer_than_random: float
+
+
+@dataclass
 class ClassAtlas:
     """What the data set says about one class.
 
@@ -101,6 +116,7 @@ class ClassAtlas:
     pulls the class down the hardest (strength = −its contribution to the logit), ``rival_images`` those
     of the class whose rival is the top rival, by the evidence for it (strength = logit_rival − logit_target,
     the contrast map's mean plus the bias difference). ``accuracy`` is None for a class without labels.
+    ``baselines`` is None unless the scan drew curves and the class's tree was split.
     """
 
     index: int
@@ -112,6 +128,7 @@ class ClassAtlas:
     confusing: str | None
     confusing_images: list[AtlasImage] = field(default_factory=list)
     rival_images: list[AtlasImage] = field(default_factory=list)
+    baselines: BaselineShares | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +149,7 @@ class ClassAtlas:
                 {"index": i.index, "path": i.path, "rival": i.rival, "strength": i.strength}
                 for i in self.rival_images
             ],
+            "baselines": None if self.baselines is None else vars(self.baselines),
         }
 
 
@@ -250,9 +268,14 @@ def atlas(
     scan.warn_if_incomplete()
     names = scan.class_names
     totals = _Totals()
-    for table in scan.batches(_AGGREGATED, ok_only=True):
+    curves = set(_CURVES) <= set(scan.dataset.schema.names)
+    beats = _Beats()
+    for table in scan.batches(_AGGREGATED + (_CURVES if curves else []), ok_only=True):
         totals.add(table)
+        if curves:
+            beats.add(table)
     summary = totals.finish(names)
+    shares = beats.shares({k: summary.discriminative(k) for k in summary.classes}) if curves else {}
     confusing = {k: summary.confusing(k) for k in summary.classes}
     top_rival = {k: found[0].index for k, found in summary.rivals.items() if found}
     picks = _Picks(top_k)
@@ -270,6 +293,7 @@ def atlas(
             confusing=confusing[k],
             confusing_images=kept["confusing"].get(k, []),
             rival_images=kept["rival"].get(k, []),
+            baselines=shares.get(k),
         )
         for k, row in sorted(summary.classes.items())
     ]
@@ -431,8 +455,69 @@ class _Summary:
 
     def confusing(self, k: int) -> str | None:
         """The end of the all-− chain: the longest path of "-" only (None for a tree never split)."""
-        chain = [node.path for node in self.nodes.get(k, []) if node.path and set(node.path) == {"-"}]
+        return self._end(k, "-")
+
+    def discriminative(self, k: int) -> str | None:
+        """The end of the all-+ chain: the longest path of "+" only (None for a tree never split)."""
+        return self._end(k, "+")
+
+    def _end(self, k: int, sign: str) -> str | None:
+        chain = [node.path for node in self.nodes.get(k, []) if node.path and set(node.path) == {sign}]
         return max(chain, key=len) if chain else None
+
+
+class _Beats:
+    """Per (class, node): how many images' curves of the node beat the root's and the random map's."""
+
+    VERDICTS = (
+        "deletes_faster_than_class",
+        "deletes_faster_than_random",
+        "keeps_longer_than_class",
+        "keeps_longer_than_random",
+    )
+
+    def __init__(self) -> None:
+        self.counts: pa.Table | None = None
+
+    def add(self, table: pa.Table) -> None:
+        table = table.filter(pc.is_valid(table.column("random_deletion_auc")))
+        if not table.num_rows:
+            return
+        roots = {
+            curve: pc.list_element(table.column(f"node_{curve}_auc"), 0)
+            for curve in ("deletion", "insertion")
+        }
+        table = table.append_column("root_deletion", roots["deletion"]).append_column(
+            "root_insertion", roots["insertion"]
+        )
+        keep = ["target", "random_deletion_auc", "random_insertion_auc", "root_deletion", "root_insertion"]
+        nodes = _flat(table, ["node_path", "node_deletion_auc", "node_insertion_auc"], keep)
+        nodes = nodes.filter(pc.is_valid(nodes.column("node_deletion_auc")))
+        deletion, insertion = nodes.column("node_deletion_auc"), nodes.column("node_insertion_auc")
+        beaten = {
+            "deletes_faster_than_class": pc.less(deletion, nodes.column("root_deletion")),
+            "deletes_faster_than_random": pc.less(deletion, nodes.column("random_deletion_auc")),
+            "keeps_longer_than_class": pc.greater(insertion, nodes.column("root_insertion")),
+            "keeps_longer_than_random": pc.greater(insertion, nodes.column("random_insertion_auc")),
+        }
+        partial = pa.table(
+            {
+                "k": pc.cast(nodes.column("target"), pa.int64()),
+                "path": nodes.column("node_path"),
+                "n": pa.array(np.ones(nodes.num_rows, np.int64)),
+                **{name: pc.cast(pc.fill_null(value, False), pa.int64()) for name, value in beaten.items()},
+            }
+        )
+        self.counts = _merge(self.counts, partial, ["k", "path"], ["n", *self.VERDICTS])
+
+    def shares(self, ends: dict[int, str | None]) -> dict[int, BaselineShares]:
+        """For each class whose discriminative end (``ends``) has curves, the shares of its images."""
+        found = {}
+        for row in [] if self.counts is None else self.counts.to_pylist():
+            if row["path"] and ends.get(row["k"]) == row["path"]:
+                n = row["n"]
+                found[row["k"]] = BaselineShares(row["path"], n, *(row[name] / n for name in self.VERDICTS))
+        return found
 
 
 class _Picks:

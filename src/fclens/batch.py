@@ -5,7 +5,8 @@ and an Arrow row are two formatters of its :class:`BatchResult`, so they cannot 
 one captured forward pass → the top classes → each image's target (given, else predicted) and, when a
 contrast is asked for, its rival → the target's split tree and node membership (both cached per class,
 reused batch after batch) → every node map of every image in one batched product per kind → each node's
-share of the logit → the contrast map → the author's masked score (and curves) of the chosen nodes.
+share of the logit → the contrast map → the author's masked score of the chosen nodes, and their deletion
+and insertion curves beside each image's baselines (a seeded random map; the root is the class's map).
 
 One rule each: the rival is the class asked for, or the most probable class other than the target; the
 nodes scored are every node ("all") or the root and the leaves ("terminal"); a node's membership is a
@@ -35,7 +36,7 @@ from fclens.maps import (
 )
 from fclens.models import Classifier
 from fclens.options import RUNNER_UP, TOP, Options
-from fclens.scores import deletion_insertion, masked_score
+from fclens.scores import ROAD_NOISE, deletion_insertion, masked_score, random_maps
 from fclens.tree import SplitTree, class_trees
 
 __all__ = ["BatchResult", "BatchRunner"]
@@ -50,7 +51,8 @@ class BatchResult:
     on the CPU, NaN where not computed; None when not asked for). ``valid`` (N, n) says which columns
     are nodes. ``rivals``/``contrast`` (N, h, w) are None without a contrast; ``rival_ends`` holds, per
     kind, the maps of the rival's (discriminative, confusing) ends (N, 2, h, w; zero where the rival's
-    tree was never split), when asked for.
+    tree was never split), when asked for. With curves, ``random_maps`` (N, h, w) are the images' random
+    baselines and ``random_deletion_auc``/``random_insertion_auc`` (N,) their AUCs, float32 on the CPU.
     """
 
     logits: torch.Tensor
@@ -69,6 +71,9 @@ class BatchResult:
     scores: torch.Tensor | None = None
     deletion_auc: torch.Tensor | None = None
     insertion_auc: torch.Tensor | None = None
+    random_maps: torch.Tensor | None = None
+    random_deletion_auc: torch.Tensor | None = None
+    random_insertion_auc: torch.Tensor | None = None
 
 
 class BatchRunner:
@@ -127,18 +132,32 @@ class BatchRunner:
             )
             result.scores = self._spread(found, (rows, nodes), shape)
         if options.curves:
-            rows, nodes = self._chosen(result.trees, every_node=False)
-            curves = deletion_insertion(
-                module,
-                inputs,
-                primary[rows, nodes],
-                rows,
-                result.targets[rows],
-                batch_size=options.batch_size,
-            )
-            result.deletion_auc = self._spread(curves.deletion_auc, (rows, nodes), shape)
-            result.insertion_auc = self._spread(curves.insertion_auc, (rows, nodes), shape)
+            self._curves(inputs, primary, result)
         return result
+
+    def _curves(self, inputs: torch.Tensor, primary: torch.Tensor, result: BatchResult) -> None:
+        """Deletion/insertion AUCs of the root and the leaves and of each image's random map, in one batched
+        run of the modified images (the random maps' curves are the only forwards the baselines add)."""
+        options, count = self.options, len(inputs)
+        rows, nodes = self._chosen(result.trees, every_node=False)
+        randoms = random_maps(inputs, tuple(primary.shape[-2:]), options.seed or 0)
+        everyone = torch.arange(count)
+        curves = deletion_insertion(
+            self.classifier.module,
+            inputs,
+            torch.cat([primary[rows, nodes], randoms]),
+            torch.cat([rows, everyone]),
+            torch.cat([result.targets[rows], result.targets]),
+            batch_size=options.batch_size,
+            fill=options.fill,
+            seed=options.seed or 0,
+            noise=ROAD_NOISE / torch.tensor(self.classifier.preprocessing.std, dtype=torch.float32),
+        )
+        deletion, insertion = curves.deletion_auc, curves.insertion_auc
+        result.deletion_auc = self._spread(deletion[:-count], (rows, nodes), result.valid.shape)
+        result.insertion_auc = self._spread(insertion[:-count], (rows, nodes), result.valid.shape)
+        result.random_maps = randoms
+        result.random_deletion_auc, result.random_insertion_auc = deletion[-count:], insertion[-count:]
 
     def _forward(self, inputs: torch.Tensor, wanted: Sequence[int | None], rival_ends: bool) -> BatchResult:
         """Everything that reads the capture; returns detached tensors, so a non-affine head's autograd

@@ -47,7 +47,16 @@ from fclens.tree import Node, SplitTree, pair_indices
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["RUNNER_UP", "Contrast", "Explanation", "NodeExplanation", "Prediction", "explain"]
+__all__ = [
+    "RUNNER_UP",
+    "Baselines",
+    "Contrast",
+    "Explanation",
+    "NodeExplanation",
+    "Prediction",
+    "Verdict",
+    "explain",
+]
 
 Target = int | str | None
 
@@ -61,6 +70,24 @@ class Prediction:
     probability: float
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """How one node's deletion and insertion curves compare with its image's two baselines.
+
+    ``deletes_faster``: its deletion AUC (most relevant pixels first) is lower, i.e. removing what the
+    node's map ranks first takes the class's probability down faster; ``keeps_longer``: its insertion
+    AUC is higher, i.e. removing what it ranks last first keeps the class longer. Each against the
+    class's whole map (the root; None for the root itself) and against the image's random map. For a
+    node of the + branch (the paper's "most discriminative") yes is what a faithful map does; a node
+    of the − branch shows what argues *against* the class, and removing it should not delete the class.
+    """
+
+    deletes_faster_than_class: bool | None
+    deletes_faster_than_random: bool
+    keeps_longer_than_class: bool | None
+    keeps_longer_than_random: bool
+
+
 @dataclass
 class NodeExplanation:
     """One node of the target class's split tree, seen on one image.
@@ -69,7 +96,8 @@ class NodeExplanation:
     weights w_kj and ``r2`` the node's ALD fit. ``maps`` holds kind → (h, w) float32 CPU heatmap at
     feature resolution, the primary kind first. ``score`` is the author's masked score of the primary
     map (PAPER.md §5) where scores were asked for; ``contribution`` the node's share Σ_{j∈node} w_kj z_j of
-    the logit; the AUCs are filled for terminal nodes and the root when curves were asked for.
+    the logit; the AUCs are filled for terminal nodes and the root when curves were asked for, and then
+    ``verdict`` sets them beside the image's baselines (:class:`Baselines`).
     """
 
     path: str
@@ -84,6 +112,7 @@ class NodeExplanation:
     contribution: float | None = None
     deletion_auc: float | None = None
     insertion_auc: float | None = None
+    verdict: Verdict | None = None
 
     @property
     def map(self) -> torch.Tensor:
@@ -117,7 +146,44 @@ class NodeExplanation:
             "contribution": self.contribution,
             "deletion_auc": self.deletion_auc,
             "insertion_auc": self.insertion_auc,
+            "verdict": None if self.verdict is None else vars(self.verdict),
             "maps": {kind: heat.tolist() for kind, heat in self.maps.items()},
+        }
+
+
+@dataclass
+class Baselines:
+    """What each node's deletion and insertion AUCs are read against on one image (README, "How far to trust
+    a map").
+
+    The class's whole map is the root's own (:attr:`Explanation.class_deletion_auc`); ``random_map`` (h, w)
+    is a seeded uniform map at the feature grid's resolution (:func:`fclens.scores.random_maps`), its
+    curves drawn the same way. ``fill`` is how the curves removed pixels (:data:`fclens.options.FILLS`).
+    """
+
+    fill: str
+    random_map: torch.Tensor
+    random_deletion_auc: float
+    random_insertion_auc: float
+
+    def verdict(self, node: NodeExplanation, root: NodeExplanation) -> Verdict | None:
+        """``node``'s curves beside the class map's (``root``) and the random map's; None if not drawn."""
+        if node.deletion_auc is None or node.insertion_auc is None:
+            return None
+        own = node is root or root.deletion_auc is None or root.insertion_auc is None
+        return Verdict(
+            deletes_faster_than_class=None if own else node.deletion_auc < root.deletion_auc,
+            deletes_faster_than_random=node.deletion_auc < self.random_deletion_auc,
+            keeps_longer_than_class=None if own else node.insertion_auc > root.insertion_auc,
+            keeps_longer_than_random=node.insertion_auc > self.random_insertion_auc,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fill": self.fill,
+            "random_deletion_auc": self.random_deletion_auc,
+            "random_insertion_auc": self.random_insertion_auc,
+            "random_map": self.random_map.tolist(),
         }
 
 
@@ -170,9 +236,10 @@ class Explanation:
 
     ``image`` is the picture the model sees (resized and cropped); ``nodes`` follow the tree in
     pre-order; ``map_kinds`` were computed for every node, ``primary`` (the first) is the one scored.
-    ``seed`` drove the noise of noisy map kinds (None when none was asked for). ``feature_layer`` names
-    the layer the maps are drawn on. The class AUCs are those of the root, the map of all neurons.
-    ``contrast`` is filled when :func:`explain` was asked for one.
+    ``seed`` drove the noise of noisy map kinds and the curves' random map (None when neither was asked for). ``feature_layer`` names
+    the layer the maps are drawn on. The class AUCs are those of the root, the map of all neurons;
+    ``baselines`` holds the random map's when curves were asked for. ``contrast`` is filled when
+    :func:`explain` was asked for one.
     """
 
     source: str
@@ -189,6 +256,7 @@ class Explanation:
     class_deletion_auc: float | None = None
     class_insertion_auc: float | None = None
     contrast: Contrast | None = None
+    baselines: Baselines | None = None
 
     @property
     def discriminative(self) -> NodeExplanation | None:
@@ -233,6 +301,7 @@ class Explanation:
                 "confusing": None if self.tree.confusing is None else self.tree.confusing.path,
                 "nodes": [node.to_dict() for node in self.nodes],
                 "contrast": None if self.contrast is None else self.contrast.to_dict(),
+                "baselines": None if self.baselines is None else self.baselines.to_dict(),
             }
         )
 
@@ -310,18 +379,19 @@ def explain(
     fields as keywords (``maps``, ``min_size``, ``mode``, ``scores``, ``curves``, ``contrast``, ``seed``,
     ``batch_size``; a keyword wins over ``options``) say what is computed: the map kinds (the first is
     primary and scored), the tree's shape, which nodes get the author's masked score ("all", "terminal",
-    "none"), deletion/insertion AUCs for the root and the leaves, and a contrast with the runner-up
+    "none"), deletion/insertion AUCs for the root and the leaves beside a seeded random map's, removing
+    pixels by ``fill`` (:attr:`Explanation.baselines`, :attr:`NodeExplanation.verdict`), and a contrast with the runner-up
     (:data:`~fclens.options.RUNNER_UP`) or a class, in :attr:`Explanation.contrast`. ``seed`` drives noisy
-    kinds (None: a fresh seed, recorded in :attr:`Explanation.seed`). ``target_layer`` draws the maps at
-    another layer. Deprecated, for one release: fclens 0.1's ``scores=True``/``False`` and ``map_kind=``,
-    and one folder as ``images`` (a list; pass ``[folder]``).
+    kinds and the curves' random baseline (None: a fresh seed, recorded in :attr:`Explanation.seed`).
+    ``target_layer`` draws the maps at another layer. Deprecated, for one release: fclens 0.1's
+    ``scores=True``/``False`` and ``map_kind=``, and one folder as ``images`` (a list; pass ``[folder]``).
     """
     options, notes = with_keywords(options, EXPLAIN_DEFAULTS, option_fields)
     for old, new in notes:
         deprecation.warn(old, new, stacklevel=3)
     single = _single(images)
     classifier = model if isinstance(model, Classifier) else load_model(model)
-    if any(MAP_KINDS[kind].noisy for kind in options.maps if kind in MAP_KINDS):
+    if options.curves or any(MAP_KINDS[kind].noisy for kind in options.maps if kind in MAP_KINDS):
         options = options.but(seed=secrets.randbits(31) if options.seed is None else int(options.seed))
     else:
         options = options.but(seed=None)
@@ -387,6 +457,7 @@ def _explanations(
     insertion = nothing if result.insertion_auc is None else result.insertion_auc
     contrasts = _contrasts(runner, result) if result.rivals is not None else [None] * len(sources)
     layer = head.feature_layer_name if head.affine else head.gradient_layer_name
+    baselines = _baselines(result, options.fill)
     explanations = []
     for i, (source, tree, k) in enumerate(zip(sources, result.trees, result.targets.tolist(), strict=True)):
         nodes = [
@@ -400,6 +471,9 @@ def _explanations(
             )
             for m, node in enumerate(tree.nodes)
         ]
+        if baselines[i] is not None:
+            for node in nodes:
+                node.verdict = baselines[i].verdict(node, nodes[0])
         predictions = zip(top_indices[i].tolist(), top_values[i].tolist(), strict=True)
         explanations.append(
             Explanation(
@@ -417,9 +491,19 @@ def _explanations(
                 class_deletion_auc=nodes[0].deletion_auc,
                 class_insertion_auc=nodes[0].insertion_auc,
                 contrast=contrasts[i],
+                baselines=baselines[i],
             )
         )
     return explanations
+
+
+def _baselines(result: BatchResult, fill: str) -> list[Baselines | None]:
+    """Each image's :class:`Baselines`, or None for every image when no curves were drawn."""
+    if result.random_maps is None:
+        return [None] * len(result.targets)
+    maps = result.random_maps.float().cpu()
+    deletion, insertion = result.random_deletion_auc.tolist(), result.random_insertion_auc.tolist()
+    return [Baselines(fill, maps[i], deletion[i], insertion[i]) for i in range(len(maps))]
 
 
 def _number(value: torch.Tensor) -> float | None:

@@ -5,10 +5,15 @@ map on the feature grid (h, w) of :attr:`Head.feature_layer`. The kinds of map a
 answer different questions:
 
 - ``activation``: Σ_{j∈S} F_j(x, y), the node's feature channels summed — what the author's figures
-  show, and what Smooth Grad-CAM++ with the author's objective reduces to without noise.
+  show, and what Smooth Grad-CAM++ with the author's objective reduces to without noise. The weights
+  enter only through which neurons S holds: the root's map (every channel) is the same for every class.
 - ``contribution``: Σ_{j∈S} w_kj (a_j F_j(x, y) + c_j), each pixel's share of the node's part of the
   logit of class k. Its spatial mean, summed over a partition of the neurons, plus the bias, *is* the
-  logit (class activation mapping restricted to a subset of neurons). It is signed: a node of the −
+  logit. At the root it is class activation mapping (CAM: Zhou et al., "Learning Deep Features for
+  Discriminative Localization", CVPR 2016); at a node, CAM restricted to the node's neurons. For an
+  average-pooled affine head Grad-CAM (Selvaraju et al., ICCV 2017) at the feature layer weights
+  channel j by ∂logit_k/∂(mean F_j)/(h·w) = w_kj/(h·w), so Grad-CAM = ReLU(root contribution)/(h·w):
+  the root's map is Grad-CAM without its ReLU. It is signed: a node of the −
   branch has a map ≤ 0 where it pulls the class down, so it is shown and scored negated (:func:`oriented`).
 - ``smooth-gradcam++``: the author's maps, torchcam's Smooth Grad-CAM++ as the author drove it, computed
   without a backward pass (see :func:`smooth_gradcampp`).
@@ -360,7 +365,8 @@ def activation(batch: NodeBatch) -> torch.Tensor:
     signed=True,
 )
 def contribution(batch: NodeBatch) -> torch.Tensor:
-    """Σ_{j∈S} w_kj (a_j F_j(x, y) + c_j), with a, c from :meth:`Head.pool_affine` (1 and 0 for ``avg``).
+    """Σ_{j∈S} w_kj (a_j F_j(x, y) + c_j), with a, c from :meth:`Head.pool_affine` (1 and 0 for ``avg``):
+    CAM (Zhou et al. 2016) restricted to the node's neurons; the root's is CAM, Grad-CAM before its ReLU.
 
     mean_xy of the map = Σ_{j∈S} w_kj z_j exactly; a non-affine head gets gradient × activation of it.
     """

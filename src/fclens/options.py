@@ -22,6 +22,7 @@ __all__ = [
     "EMBEDDED_MODELS",
     "ENGINES",
     "EXPLAIN_DEFAULTS",
+    "FILLS",
     "LABEL_MODES",
     "MAP_KIND_NAMES",
     "MIN_SIZE",
@@ -35,6 +36,7 @@ __all__ = [
     "SEED",
     "TOP",
     "TREE_MODES",
+    "Fill",
     "Options",
     "ScoredNodes",
     "TreeMode",
@@ -57,6 +59,13 @@ SCORED_NODES: tuple[str, ...] = get_args(ScoredNodes)
 
 MAP_KIND_NAMES: tuple[str, ...] = ("activation", "contribution", "smooth-gradcam++")
 """The built-in map kinds, the default first (:data:`fclens.maps.MAP_KINDS` holds them and any registered)."""
+
+Fill = Literal["rise", "blur", "mean", "road"]
+FILLS: tuple[str, ...] = get_args(Fill)
+"""How the deletion/insertion curves remove pixels (:func:`fclens.scores.deletion_insertion`): rise (Petsiuk et
+al.'s pair, fclens's curves before issue 24: deleted pixels become the data set's mean colour, insertion starts
+from a blurred copy), blur (the blurred copy both ways), mean (the image's own mean colour) or road (Rong et
+al.'s noisy linear imputation, an in-distribution fill)."""
 
 LABEL_MODES: tuple[str, ...] = ("auto", "none")
 """A scan's labels: auto (class-name subfolders, a list's label column, a Dataset's labels) or none."""
@@ -124,10 +133,11 @@ class Options:
 
     ``maps``: the map kinds drawn for every node, the first one primary (scored; the one a scan stores).
     ``min_size``/``mode`` shape each class's split tree. ``scores``: the nodes that get the author's masked
-    score. ``curves``: deletion/insertion AUCs for the root and the leaves (explain only). ``contrast``:
+    score. ``curves``: deletion/insertion AUCs for the root and the leaves, beside two baselines (a seeded
+    random map and the class's whole map, the root); ``fill``: how those curves remove pixels (:data:`FILLS`). ``contrast``:
     None for none, :data:`RUNNER_UP`, or a class index or name (a scan always contrasts with the runner-up).
     ``features``: keep each image's pooled final-layer input (a scan stores it for pruning and head edits).
-    ``seed`` drives the noise of noisy map kinds (None: a fresh one). ``batch_size``: images per forward.
+    ``seed`` drives the noise of noisy map kinds and of the curves' random baseline (None: a fresh one). ``batch_size``: images per forward.
     """
 
     maps: tuple[str, ...] = ("activation",)
@@ -135,6 +145,7 @@ class Options:
     mode: TreeMode = TREE_MODES[0]
     scores: ScoredNodes = "all"
     curves: bool = False
+    fill: Fill = "rise"
     contrast: int | str | None = None
     features: bool = False
     seed: int | None = 0
@@ -163,6 +174,8 @@ class Options:
             )
         if self.mode not in TREE_MODES:
             raise FclensError(f"mode must be one of {', '.join(TREE_MODES)}; got {self.mode!r}")
+        if self.fill not in FILLS:
+            raise FclensError(f"fill must be one of {', '.join(FILLS)}; got {self.fill!r}")
         if self.scores not in SCORED_NODES:
             raise FclensError(f"scores must be one of {', '.join(SCORED_NODES)}; got {self.scores!r}")
         at_least("min_size", self.min_size, 2)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fclens.errors import FclensError
-from fclens.options import DEFAULT_MODEL, DEVICE, EMBEDDED_MODELS, TREE_MODES, Options
+from fclens.options import DEFAULT_MODEL, DEVICE, EMBEDDED_MODELS, FILLS, TREE_MODES, Options
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -80,6 +80,24 @@ def batch_size_flag(parser: argparse.ArgumentParser, defaults: Options) -> None:
         type=int,
         default=defaults.batch_size,
         help=f"images per forward pass (default {defaults.batch_size})",
+    )
+
+
+def curve_flags(parser: argparse.ArgumentParser, defaults: Options) -> None:
+    """``--curves`` and ``--fill``: deletion/insertion curves beside a random map's, and how they remove
+    pixels."""
+    parser.add_argument(
+        "--curves",
+        action="store_true",
+        help="also deletion/insertion AUCs for the terminal nodes and the class, beside a random map's "
+        "(many forwards)",
+    )
+    parser.add_argument(
+        "--fill",
+        choices=FILLS,
+        default=defaults.fill,
+        help="how the curves remove pixels: rise (the data set's mean colour, insertion from a blurred copy), "
+        f"blur, mean (the image's) or road (noisy linear imputation, slow) (default {defaults.fill})",
     )
 
 

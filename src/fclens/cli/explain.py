@@ -11,6 +11,7 @@ from fclens.cli.common import (
     EXIT_PARTIAL,
     batch_size_flag,
     command,
+    curve_flags,
     existing,
     load,
     model_flags,
@@ -61,11 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("fclens-out"), help="output folder (default: fclens-out)"
     )
-    parser.add_argument(
-        "--curves",
-        action="store_true",
-        help="also deletion/insertion AUCs for the terminal nodes and the class (many forwards)",
-    )
+    curve_flags(parser, EXPLAIN_DEFAULTS)
     parser.add_argument("--html", action="store_true", help="write report.html, one self-contained page")
     parser.add_argument(
         "--overlays",
@@ -93,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         min_size=args.min_size,
         mode=args.mode,
         curves=args.curves,
+        fill=args.fill,
         seed=args.seed,
         batch_size=args.batch_size,
         contrast=args.contrast,

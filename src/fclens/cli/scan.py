@@ -10,6 +10,7 @@ from fclens.cli.common import (
     EXIT_PARTIAL,
     batch_size_flag,
     command,
+    curve_flags,
     existing,
     load,
     model_flags,
@@ -61,6 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help=f"nodes that get the author's masked score, one forward each (default {SCAN_DEFAULTS.scores})",
     )
     batch_size_flag(parser, SCAN_DEFAULTS)
+    curve_flags(parser, SCAN_DEFAULTS)
     parser.add_argument(
         "--engine",
         choices=ENGINES,
@@ -104,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         maps=args.maps,
         features=args.features,
         scores=args.scores,
+        curves=args.curves,
+        fill=args.fill,
     )
     counts = result.manifest.counts
     if args.json:

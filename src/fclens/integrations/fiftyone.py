@@ -66,8 +66,8 @@ def to_fiftyone(
     for b first. A rerun replaces what the last one wrote, removing its fields and views that this one
     does not write.
     """
+    scan, nodes = _scan(scan), _nodes(nodes)  # a wrong argument is said before FiftyOne is needed
     fo = _fiftyone()
-    scan, nodes = _scan(scan), _nodes(nodes)
     if dataset is None:
         dataset = _new_dataset(fo, name)
     elif not isinstance(dataset, fo.Dataset):
@@ -109,8 +109,8 @@ def fiftyone_samples(scan: Scan | str | os.PathLike[str], nodes: Sequence[str] =
     and ``fclens_features`` need a scan made with features."""
     import torch
 
+    scan, nodes = _scan(scan), _nodes(nodes)  # a wrong argument is said before FiftyOne is needed
     fo = _fiftyone()
-    scan, nodes = _scan(scan), _nodes(nodes)
     layer = scan.layer if scan.has_features else None
     columns = [*_COLUMNS, *(["node_map"] if nodes else []), *(["features"] if layer else [])]
     for table in scan.batches(columns, ok_only=True):

@@ -33,6 +33,7 @@ from fclens.io import atomic_write_text
 from fclens.maps import MAP_KINDS, branch_sign
 from fclens.preprocessing import Preprocessing
 from fclens.report._common import fmt, percent
+from fclens.report.faithfulness import atlas_faithfulness
 from fclens.report.figures import colour_scale_css, overlay
 from fclens.report.html import CLASS_TABLE_PAGE, Card, branch_class, image_uri, nest_cards, render
 from fclens.tree import class_trees
@@ -254,6 +255,7 @@ def _class_page(
         quiet=[test for test in tests if isinstance(test, QuietPair)],
         headline=(_headline_rule(causal), headline_m(causal.ms)) if causal else None,
         rules=[(rule, *RULE_STYLE.get(rule, _OTHER_RULE)) for rule in causal.rules] if causal else [],
+        faithfulness=atlas_faithfulness(c.baselines, kind, found.manifest.options.fill),
     )
 
 

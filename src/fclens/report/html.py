@@ -25,6 +25,7 @@ from PIL import Image
 from fclens.ald import ALDFit
 from fclens.maps import MAP_KINDS
 from fclens.report._common import as_numpy, fmt, require_regression
+from fclens.report.faithfulness import FaithfulnessView, explanation_faithfulness
 from fclens.report.figures import (
     figure_png,
     fit_plot,
@@ -110,6 +111,7 @@ class ExplanationView:
     scores: tuple[str, str]
     facts: list[tuple[str, str]]
     contrast: ContrastView | None = None
+    faithfulness: FaithfulnessView | None = None  # issue 24: the curves beside their baselines
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -274,6 +276,7 @@ def _explanation_view(number: int, explanation: Explanation, kinds: list[str]) -
         else _contrast_view(
             contrast, image, [None if end is None else by_path[end.path] for end in ends], card
         ),
+        faithfulness=explanation_faithfulness(explanation),
     )
 
 

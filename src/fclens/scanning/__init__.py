@@ -78,7 +78,8 @@ def scan(
     label), or a Ray Dataset with ``path`` (and ``label``) columns. ``labels``: "auto" or "none".
     ``options`` (default :data:`fclens.options.SCAN_DEFAULTS`), overridden field by field by keywords
     (``min_size=``, ``maps="contribution"``, ``features=True``, ``scores="terminal"``, ``batch_size=``…):
-    a scan stores one map kind, contrasts with the runner-up and draws no curves. ``engine``:
+    a scan stores one map kind and contrasts with the runner-up; ``curves=True`` (with ``fill=``) adds the
+    root's and the leaves' deletion/insertion AUCs and each image's random baseline's. ``engine``:
     :class:`LocalEngine` (default) or :class:`RayEngine`. ``device``: where a model loaded from a name
     runs, or where a given classifier is moved. ``progress``: a bar on stderr when it is a terminal, and
     a line saying what a rerun found. Ctrl-C or SIGTERM keeps every finished image and raises
@@ -170,8 +171,6 @@ def _refuse_unstorable(options: Options) -> None:
     """Refuse, in one line, the options a scan cannot store."""
     if len(options.maps) != 1:
         raise FclensError(f"a scan stores one map kind; got maps={', '.join(options.maps)}: choose one")
-    if options.curves:
-        raise FclensError("a scan draws no deletion/insertion curves; use fclens.explain for them")
     if options.contrast != RUNNER_UP:
         raise FclensError(f"a scan always contrasts with the runner-up; got contrast={options.contrast!r}")
 

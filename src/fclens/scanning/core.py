@@ -76,6 +76,11 @@ class BatchScanner:
             columns["features"] = _lists(_numpy(result.prelogits, np.float16))
         if result.scores is not None:
             columns["node_score"] = _ragged(result.scores.numpy()[valid.cpu().numpy()], counts)
+        if result.random_maps is not None:
+            for curve in ("deletion", "insertion"):
+                per_node = getattr(result, f"{curve}_auc").numpy()[valid.cpu().numpy()]
+                columns[f"node_{curve}_auc"] = _ragged(per_node, counts)
+                columns[f"random_{curve}_auc"] = _numpy(getattr(result, f"random_{curve}_auc"), np.float32)
         return pa.RecordBatch.from_arrays([columns[field.name] for field in self.schema], schema=self.schema)
 
 

@@ -61,6 +61,13 @@ def scan_schema(options: Options) -> pa.Schema:
         fields.append(("features", half))
     if options.scores != "none":
         fields.append(("node_score", pa.list_(pa.float32())))
+    if options.curves:
+        fields += [
+            ("node_deletion_auc", pa.list_(pa.float32())),
+            ("node_insertion_auc", pa.list_(pa.float32())),
+            ("random_deletion_auc", pa.float32()),
+            ("random_insertion_auc", pa.float32()),
+        ]
     return pa.schema(fields, metadata={"fclens_schema_version": str(SCHEMA_VERSION)})
 
 
