@@ -290,7 +290,7 @@ def test_a_stopped_command_keeps_its_work_and_says_so(photos: Path, tmp_path: Pa
 
 @pytest.mark.slow
 def test_a_progress_bar_on_a_terminal_and_none_in_a_pipe(tmp_path: Path):
-    command = _command("--sample", "coffee", "--sample", "chelsea", "--batch-size", "1")
+    command = _command("--sample", "coffee", "--sample", "chelsea", "--batch-size", "1", "--min-size", "5000")
     piped = subprocess.run(
         [*command, "--out", str(tmp_path / "piped")],
         capture_output=True,

@@ -56,8 +56,8 @@ __all__ = [
     "weights_page",
 ]
 
-THUMBNAIL = 96
-"""Longest side, in pixels, of the photos in a batch's index table."""
+THUMBNAIL = 64
+"""Longest side, in pixels, of the photos in a batch's index table (shown at 64 CSS pixels): 2–3 KB each."""
 
 PAGE_SIZE = 10
 """Images per page of a report (:func:`report_pages`): 2.5–7 MB a page (one to three map kinds), and
