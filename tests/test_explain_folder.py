@@ -84,7 +84,7 @@ def test_a_rerun_skips_finished_images_and_its_report_shows_every_image(
     assert _sections(out / "report.html") == 6 and "6 images explained, 1 skipped" in page
     assert all(Path(row["source"]).name in page for row in first.rows)
     rows = _summary(out)
-    assert len(rows) == 7 and [row["prediction"] for row in rows] == [row.get("prediction", "") for row in first.rows]
+    assert [row["prediction"] for row in rows] == [row.get("prediction", "") for row in first.rows]
 
 
 def test_a_rerun_with_other_options_refuses_naming_each_difference_and_changes_nothing(
