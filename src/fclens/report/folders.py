@@ -119,10 +119,8 @@ def explain_to_folder(
         options = options.but(contrast=model.class_index(options.contrast))
     made_with = _made_with(model, options, target, target_layer)
     folders = [output_folder(out, path) for path in paths]
-    records = [None if force else read_record(folder) for folder in folders]
-    _refuse_another_way(out, records, made_with, model.class_names)
-    earlier = sum(record is not None for record in records)
-    rows: list[dict[str, Any] | None] = [None] * len(paths)
+    rows = [None] * len(paths) if force else _finished_rows(out, folders, made_with, model.class_names)
+    earlier = sum(row is not None for row in rows)
     todo: list[tuple[int, Path, Any]] = []
     bar = progress_bar(
         len(paths), earlier, enabled=progress and earlier < len(paths), desc="explain", unit="img"
@@ -149,21 +147,19 @@ def explain_to_folder(
     interrupted = False
     with sigterm_interrupts():
         try:
-            for position, (path, folder, record) in enumerate(zip(paths, folders, records, strict=True)):
-                if record is not None:
+            for position, (path, folder, row) in enumerate(zip(paths, folders, list(rows), strict=True)):
+                if row is not None:  # finished earlier, the same way
                     if overlays:
-                        _complete_overlays(folder, record, model)
-                    finish(position, {**_row(record, folder), "status": "done earlier"})
+                        _complete_overlays(folder, model)
+                    finish(position, row)
                     continue
                 try:
                     todo.append((position, path, load_image(path)))
                 except ImageError as error:
-                    reason = {
-                        "source": names.get(path, str(path)),
-                        "status": "skipped",
-                        "reason": error.reason,
-                    }
-                    finish(position, reason)
+                    finish(
+                        position,
+                        {"source": names.get(path, str(path)), "status": "skipped", "reason": error.reason},
+                    )
                     bar.update(1)
                 if len(todo) == options.batch_size:
                     flush()
@@ -172,7 +168,7 @@ def explain_to_folder(
             interrupted = True
         finally:
             bar.close()
-        kept = [row for row in rows if row is not None]
+        kept = [row for row in rows if row is not None]  # every image finished, earlier or now
         explained = sum(row["status"] != "skipped" for row in kept)
         line = f"{explained} of {len(paths)} images kept in {out}"
         try:
@@ -189,15 +185,18 @@ def explain_to_folder(
 
 
 def _write_report(out: Path, model: Classifier, rows: list[dict[str, Any]]) -> list[Path]:
-    """The report of every explained image of ``rows``, read back from its folder; the index last."""
+    """The report of every explained image of ``rows``, each read back from its folder."""
     folders = [Path(row["output"]) for row in rows if row["status"] != "skipped"]
     skipped = [(row["source"], row["reason"]) for row in rows if row["status"] == "skipped"]
     pages = report_pages(len(folders), lambda i: load_explanation(folders[i], model), skipped)
     return [atomic_write_text(out / name, page) for name, page in pages]
 
 
-def _complete_overlays(folder: Path, record: dict[str, Any], model: Classifier) -> None:
+def _complete_overlays(folder: Path, model: Classifier) -> None:
     """Draw the overlay PNGs an image done earlier lacks (it was explained without ``overlays``)."""
+    record = read_record(folder)
+    if record is None:  # removed since it was found finished: nothing to draw from
+        return
     kinds, primary = record["map_kinds"], record["primary"]
     wanted = [
         node_filename(node["path"], None if kind == primary else kind)
@@ -228,23 +227,30 @@ def _made_with(
     }
 
 
-def _refuse_another_way(
-    out: Path, records: list[dict[str, Any] | None], made_with: dict[str, Any], class_names: Sequence[str]
-) -> None:
-    """One line of FclensError naming each way the images finished earlier were made otherwise."""
+def _finished_rows(
+    out: Path, folders: list[Path], made_with: dict[str, Any], class_names: Sequence[str]
+) -> list[dict[str, Any] | None]:
+    """The summary row of each image finished earlier ("done earlier"), None for the others; one line of
+    FclensError naming each way an image was made otherwise. Only the rows are kept, not the records."""
+    rows: list[dict[str, Any] | None] = []
     differences: dict[str, None] = {}  # in order of first appearance, each once
     count = 0
-    for record in records:
-        if record is not None:
-            found = _differences(record.get("made_with"), made_with, class_names)
-            count += bool(found)
-            differences.update(dict.fromkeys(found))
+    for folder in folders:
+        record = read_record(folder)
+        if record is None:
+            rows.append(None)
+            continue
+        found = _differences(record.get("made_with"), made_with, class_names)
+        count += bool(found)
+        differences.update(dict.fromkeys(found))
+        rows.append({**_row(record, folder), "status": "done earlier"})
     if count:
         images = "1 image" if count == 1 else f"{count} images"
         raise FclensError(
             f"{out} holds {images} of this request explained another way ({'; '.join(differences)}); "
             f"give the same options, another --out, or --force to redo {'it' if count == 1 else 'them'}"
         )
+    return rows
 
 
 def _differences(then: Any, now: dict[str, Any], class_names: Sequence[str]) -> list[str]:
