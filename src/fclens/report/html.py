@@ -2,10 +2,11 @@
 model's weight statistics.
 
 A page is one file that opens from disk and makes no network request: pictures are embedded as
-``data:`` URIs, CSS and JavaScript are inline, fonts are the system's. A report of many explanations
-is cut into pages of :data:`PAGE_SIZE` images, each of which stands alone, so that none grows heavy. Templates live as files in
-``fclens/report/templates`` and are rendered by one Jinja2 environment with autoescaping on, so every
-outside string (file names, class names, model names, skip reasons) reaches the page as text.
+``data:`` URIs, CSS and JavaScript are inline, fonts are the system's; a report of many explanations
+is cut into pages of :data:`PAGE_SIZE` images, each standing alone, so that none grows heavy. Templates
+live as files in ``fclens/report/templates`` and are rendered by one Jinja2 environment with
+autoescaping on, so every outside string (file names, class names, model names, skip reasons) reaches
+the page as text.
 
 Python turns results into small view objects (:class:`Card`, :class:`ExplanationView`) with numbers
 already formatted; templates only lay them out.
@@ -469,8 +470,11 @@ def _anchor(number: int, explanation: Explanation) -> str:
 
 def _scores(explanation: Explanation) -> tuple[str, str]:
     """The terminal nodes' scores, "n/a" where the tree never split or nothing was scored."""
-    ends = (explanation.discriminative, explanation.confusing)
-    return tuple(fmt(None if end is None else end.score) for end in ends)  # type: ignore[return-value]
+    discriminative, confusing = explanation.discriminative, explanation.confusing
+    return (
+        fmt(None if discriminative is None else discriminative.score),
+        fmt(None if confusing is None else confusing.score),
+    )
 
 
 def _computed(*facts: tuple[str, float | int | None]) -> list[tuple[str, str]]:
