@@ -247,6 +247,7 @@ def test_an_interrupt_keeps_finished_images_and_writes_their_summary_and_report(
     assert _sections(out / "report.html") == 6 and len(_summary(out)) == 7
 
 
+@pytest.mark.slow
 def test_the_command_refuses_other_options_with_exit_2(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
