@@ -31,7 +31,9 @@
       large.alt = image.alt;
       const overlay = image.classList.contains("ov");
       caption.textContent = button.dataset.caption + (overlay ? " | " + image.alt : "");
-      scale.hidden = !(overlay || image.classList.contains("heat"));  // the input photo has no colours to read
+      if (scale) {  // the atlas's pages share this script and carry their scale beside each gallery
+        scale.hidden = !(overlay || image.classList.contains("heat"));  // the input photo has no colours to read
+      }
       dialog.showModal();
     });
   }
