@@ -61,8 +61,8 @@ THUMBNAIL = 64
 """Longest side, in pixels, of the photos in a batch's index table (shown at 64 CSS pixels): 2–3 KB each."""
 
 PAGE_SIZE = 10
-"""Images per page of a report (:func:`report_pages`): 2.5–7 MB a page (one to three map kinds), and
-the first page, with the index of 500 images, opens in well under 2 s (tests/test_browser.py)."""
+"""Images per page of a report (:func:`report_pages`): 2–8 MB a page (one to three map kinds, a
+contrast), each opening in under a second, as does the index of 500 images (BENCHMARKS.md)."""
 
 TITLE = "fclens: where the final layer looks"
 
