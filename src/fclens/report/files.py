@@ -153,8 +153,13 @@ def load_explanation(directory: str | Path, classifier: Classifier) -> Explanati
     """
     directory = Path(directory)
     record = read_record(directory)
-    if record is None or not (directory / IMAGE_FILE).is_file() or not (directory / MAPS_FILE).is_file():
-        raise FclensError(f"{directory} holds no finished explanation to read back; explain the image again")
+    missing = [name for name in (DONE_MARKER, IMAGE_FILE, MAPS_FILE) if not (directory / name).is_file()]
+    if record is None or missing:
+        lacks = ", ".join(missing) or f"a readable {DONE_MARKER}"
+        raise FclensError(
+            f"{directory} holds no finished explanation to read back (it lacks {lacks}); "
+            "explain the image again (--force)"
+        )
     with np.load(directory / MAPS_FILE) as arrays:
         maps = {kind: torch.from_numpy(arrays[kind].astype(np.float32)) for kind in record["map_kinds"]}
     with Image.open(directory / IMAGE_FILE) as picture:
