@@ -9,6 +9,7 @@ to test-artifacts/.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import shutil
 from collections.abc import Iterator
@@ -19,9 +20,10 @@ import pytest
 
 from fclens.ald import fit_ald
 from fclens.explaining import Explanation, explain
+from fclens.images import load_image, sample_folder
 from fclens.models import Classifier
 from fclens.report import explanations_page, weights_page
-from fclens.report.html import CLASS_TABLE_PAGE
+from fclens.report.html import CLASS_TABLE_PAGE, PAGE_SIZE, report_pages
 
 pytestmark = pytest.mark.browser
 
@@ -134,8 +136,11 @@ class Visit:
 def pages(
     tmp_path_factory: pytest.TempPathFactory, classifier: Classifier, chelsea: Path, coffee: Path
 ) -> dict[str, Path]:
-    """The two pages as files: a batch (a hostile file name, a skipped file) and the weights page."""
-    cat, cup = explain(classifier, [chelsea, coffee], maps=("activation", "contribution"))
+    """The two pages as files: a batch (a hostile file name, a skipped file, contrasts with the runner-up)
+    and the weights page."""
+    cat, cup = explain(
+        classifier, [chelsea, coffee], maps=("activation", "contribution"), contrast="runner-up"
+    )
     assert isinstance(cat, Explanation)
     folder = tmp_path_factory.mktemp("pages")
     batch = explanations_page(
@@ -173,7 +178,7 @@ def test_explanations_page_loads_offline_and_shows_everything(explanations: Visi
     assert page.locator("section.explanation").count() == 2
     first = page.locator("section.explanation").first
     assert first.locator("ol.top5 li").count() == 5
-    assert first.locator("figure.big img:visible").count() == 3  # input, discriminative, confusing
+    assert first.locator("figure.big img:visible").count() == 4  # input, discriminative, confusing, contrast
     assert first.locator(".tree button.card").first.is_visible()
     assert page.locator("#skipped").is_visible()
     assert page.get_by_text(HOSTILE).first.is_visible()  # the hostile name is text, not an element
@@ -232,6 +237,100 @@ def test_map_kind_switch_changes_the_shown_maps(explanations: Visit):
     page.get_by_label("activation").check()
     assert shown() == before
     explanations.check_clean()
+
+
+def test_explanations_page_at_1280_px_shows_its_colour_scale_and_reads_its_contrast(
+    browser: Any, pages: dict[str, Path]
+):
+    """No horizontal scroll; the colour scale in view while scrolling and in the enlarged view of a map;
+    the top-5 box on the maps' row with its values beside their bars; the logit gap said in words."""
+    visit = Visit(browser, pages["explanations"], width=1280)
+    try:
+        page = visit.page
+        visit.check_clean()
+        assert visit.overflow() == 0
+        scale = page.locator(".toolbar .colour-scale")
+        assert scale.is_visible() and "low" in scale.inner_text() and "high" in scale.inner_text()
+        page.evaluate("window.scrollTo(0, 3000)")
+        assert scale.is_visible() and scale.bounding_box()["y"] < 100  # sticky: in view while scrolling
+        page.evaluate("window.scrollTo(0, 0)")
+        section = page.locator("section.explanation").first
+
+        figure = section.locator("figure.big").first.bounding_box()
+        box = section.locator(".predictions").bounding_box()
+        assert abs(box["y"] - figure["y"]) < 2 and box["x"] + box["width"] <= 1280  # beside the maps
+        top = section.locator("ol.top5 li").first
+        assert top.locator(".num").bounding_box()["x"] - top.locator(".bar").bounding_box()["x"] < 320
+        caption = section.locator("figure.contrast figcaption").inner_text()
+        assert "Logit gap" in caption and "= logit of Egyptian cat − logit of tiger cat" in caption
+        assert "below zero: tiger cat scores higher" in caption
+        visit.screenshot("explanations-1280.png")
+
+        section.locator("figure.contrast button.zoom").click()
+        assert page.locator("#lightbox-scale .colour-bar").is_visible()
+        page.keyboard.press("Escape")
+        section.locator("figure.big").first.locator("button.zoom").click()  # the input: no colours to read
+        assert page.locator("#lightbox").is_visible() and not page.locator("#lightbox-scale").is_visible()
+        page.keyboard.press("Escape")
+        visit.check_clean()
+    finally:
+        visit.close()
+
+
+@pytest.fixture(scope="module")
+def report_of_500(tmp_path_factory: pytest.TempPathFactory, classifier: Classifier) -> Path:
+    """The index and the first page of a report of 500 real photo crops (fclens.sample_folder).
+
+    The first page's ten crops are explained; explaining all 500 would take many minutes, so the index's
+    other rows borrow their numbers and maps from those ten, each with its own crop: the pages weigh
+    what a real report of 500 weighs.
+    """
+    folder = tmp_path_factory.mktemp("report-500")
+    crops = sorted(sample_folder(folder / "crops", 500).rglob("*.jpg"))
+    real = explain(classifier, crops[:PAGE_SIZE], scores="none", contrast="runner-up")
+
+    def load(i: int) -> Explanation:
+        if i < PAGE_SIZE:
+            return real[i]
+        picture = classifier.preprocessing.display(load_image(crops[i]))
+        return dataclasses.replace(real[i % PAGE_SIZE], source=str(crops[i]), image=picture)
+
+    for name, page in itertools.islice(report_pages(len(crops), load), 2):
+        (folder / name).write_text(page, encoding="utf-8")
+    return folder
+
+
+def _seconds_to_load(page: Any) -> float:
+    """From the start of the page's navigation to the end of its load event (all pictures decoded), as
+    the browser measured it: what a person waits for once the browser runs."""
+    return page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd") / 1000
+
+
+def test_a_report_of_500_images_opens_in_under_2_s(browser: Any, report_of_500: Path):
+    """Issue 22: a report of 101 images was one 23 MB page; now an index, and a page per ten images."""
+    visit = Visit(browser, report_of_500 / "report.html", width=1280)
+    try:
+        page = visit.page
+        opened = _seconds_to_load(page)
+        assert opened < 2.0, f"the index of 500 images took {opened:.2f} s to open"
+        visit.check_clean()
+        assert visit.overflow() == 0
+        assert page.locator("table.index tbody tr").count() == 500
+        visit.screenshot("report-500-index.png")
+
+        page.locator("table.index tbody tr").nth(1).locator("a").last.click()
+        page.wait_for_load_state("load")
+        opened = _seconds_to_load(page)
+        assert opened < 2.0, f"a page of {PAGE_SIZE} explanations took {opened:.2f} s to open"
+        assert page.url.endswith(
+            "report-1.html#" + page.locator("section.explanation").nth(1).get_attribute("id")
+        )
+        assert page.locator("section.explanation").count() == PAGE_SIZE
+        visit.check_clean()
+        assert visit.overflow() == 0
+        visit.screenshot("report-500-page-1.png")
+    finally:
+        visit.close()
 
 
 def test_weights_page_shows_the_plots_first_and_pages_and_filters_the_class_table(weights: Visit):

@@ -182,7 +182,9 @@ def test_explain_folder_skips_bad_files_and_reruns_skip_finished(
     assert "<img src=x onerror" not in page and "&lt;img src=x onerror=alert(1)&gt;.jpg" in page
 
     finished = (folder / "explanation.json").stat().st_mtime_ns
-    code, text, _ = run(capsys, "explain", str(photos), "--out", str(out), "--html")
+    code, text, _ = run(
+        capsys, "explain", str(photos), "--out", str(out), "--html", "--map", "activation,contribution"
+    )
     assert code == 3 and "done earlier" in text
     assert (folder / "explanation.json").stat().st_mtime_ns == finished
     with open(out / "summary.csv", newline="") as file:
@@ -190,7 +192,7 @@ def test_explain_folder_skips_bad_files_and_reruns_skip_finished(
     earlier = again["<img src=x onerror=alert(1)>.jpg"]
     assert earlier["status"] == "done earlier" and earlier["prediction"] == cat["prediction"]
     assert earlier["discriminative_score"] == cat["discriminative_score"]
-    assert "explained in an earlier run" in (out / "report.html").read_text()
+    assert 'id="image-1-img-src-x-onerror-alert-1-jpg"' in (out / "report.html").read_text()  # shown again
 
 
 def test_explain_with_a_tree_that_never_splits(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -213,7 +215,12 @@ def test_explain_json_for_one_image(capsys: pytest.CaptureFixture[str], tmp_path
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert data == json.loads((folder / "explanation.json").read_text())  # what the file holds, no maps
     assert data["maps"] == {"file": "maps.npz", "shape": [len(data["nodes"]), 7, 7]}
-    assert sorted(p.name for p in folder.iterdir()) == ["chain.jpg", "explanation.json", "maps.npz"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "chain.jpg",
+        "explanation.json",
+        "image.jpg",
+        "maps.npz",
+    ]
 
 
 def test_samples_are_named_not_located(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from fclens.models import Classifier
 from fclens.report import (
     CHAIN_FILE,
     DONE_MARKER,
+    IMAGE_FILE,
     MAPS_FILE,
     chain_figure,
     default_classes,
@@ -202,8 +203,8 @@ def test_save_explanation_writes_everything_and_the_json_last(
     pngs = {node_filename(n.path) for n in explanation.nodes} | {
         node_filename(n.path, "contribution") for n in explanation.nodes
     }
-    assert set(names) == (pngs if overlays else set()) | {CHAIN_FILE, MAPS_FILE, DONE_MARKER}
-    assert len(names) == len(set(names)) == (2 * len(explanation.nodes) if overlays else 0) + 3
+    assert set(names) == (pngs if overlays else set()) | {IMAGE_FILE, CHAIN_FILE, MAPS_FILE, DONE_MARKER}
+    assert len(names) == len(set(names)) == (2 * len(explanation.nodes) if overlays else 0) + 4
     assert names[-1] == DONE_MARKER and [path.name for path, _ in recorded_writes] == names
     assert not any(existed for _, existed in recorded_writes)  # the marker appears only with the last write
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)  # no temporary files left

@@ -116,12 +116,11 @@ def run(args: argparse.Namespace) -> int:
         overlays=args.overlays,
         html=args.html,
         force=args.force,
+        on_row=None if args.json else lambda row: print(_explain_line(row), flush=True),
     )
     if args.json:
         print_json([_with_explanation(row) for row in done.rows])
     else:
-        for row in done.rows:
-            print(_explain_line(row))
         print(f"summary: {done.summary}" + (f", report: {done.page}" if done.page else ""))
     return EXIT_PARTIAL if done.skipped else 0
 

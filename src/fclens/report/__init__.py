@@ -3,7 +3,8 @@
 Results come in (``Explanation`` from :mod:`fclens.explaining`, ``ALDFit`` from :mod:`fclens.ald`,
 ``SplitTree`` from :mod:`fclens.tree`); pictures, files and self-contained pages go out. Nothing here
 computes a statistic or a map of its own, and nothing upstream imports this package: to write an
-explanation, ``save_explanation(exp, folder)``; to show it, ``explanations_page([exp])``.
+explanation, ``save_explanation(exp, folder)`` (``load_explanation(folder, model)`` reads it back); to
+show it, ``explanations_page([exp])``.
 """
 
 from fclens.report.figures import (
@@ -19,7 +20,9 @@ from fclens.report.figures import (
 from fclens.report.files import (
     CHAIN_FILE,
     DONE_MARKER,
+    IMAGE_FILE,
     MAPS_FILE,
+    load_explanation,
     node_filename,
     remove_stale,
     save_explanation,
@@ -31,6 +34,7 @@ from fclens.report.weights import weights_to_folder
 __all__ = [
     "CHAIN_FILE",
     "DONE_MARKER",
+    "IMAGE_FILE",
     "MAPS_FILE",
     "chain_figure",
     "default_classes",
@@ -39,6 +43,7 @@ __all__ = [
     "figure_png",
     "fit_plot",
     "image_bytes",
+    "load_explanation",
     "node_filename",
     "overlay",
     "r2_histogram",

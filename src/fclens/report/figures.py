@@ -42,6 +42,7 @@ __all__ = [
     "image_bytes",
     "node_caption",
     "overlay",
+    "overlays",
     "r2_histogram",
     "save_figure",
     "slope_intercept",
@@ -93,6 +94,13 @@ def overlay(
     photo = _desaturated(image)
     result = _tinted(photo, _normalised(heatmap, photo.shape[:2]), alpha, cmap)
     return result if caption is None else _with_caption(result, caption)
+
+
+def overlays(image: Image.Image, heatmaps: Any) -> list[Image.Image]:
+    """:func:`overlay` (no caption) of each of ``heatmaps`` (n, h, w) on one photo, upsampled in one call:
+    a page draws a dozen maps per image, and one call per map costs ~5× as much on a busy CPU."""
+    photo = _desaturated(image)
+    return [_tinted(photo, heat) for heat in _normalised(heatmaps, photo.shape[:2])]
 
 
 def node_caption(node: NodeExplanation, kind: str | None = None) -> str:

@@ -1,9 +1,12 @@
-"""Self-contained HTML pages: a batch of explanations, and a model's weight statistics.
+"""Self-contained HTML pages: a batch of explanations (one page, or a report of many pages), and a
+model's weight statistics.
 
 A page is one file that opens from disk and makes no network request: pictures are embedded as
-``data:`` URIs, CSS and JavaScript are inline, fonts are the system's. Templates live as files in
-``fclens/report/templates`` and are rendered by one Jinja2 environment with autoescaping on, so every
-outside string (file names, class names, model names, skip reasons) reaches the page as text.
+``data:`` URIs, CSS and JavaScript are inline, fonts are the system's; a report of many explanations
+is cut into pages of :data:`PAGE_SIZE` images, each standing alone, so that none grows heavy. Templates
+live as files in ``fclens/report/templates`` and are rendered by one Jinja2 environment with
+autoescaping on, so every outside string (file names, class names, model names, skip reasons) reaches
+the page as text.
 
 Python turns results into small view objects (:class:`Card`, :class:`ExplanationView`) with numbers
 already formatted; templates only lay them out.
@@ -12,14 +15,16 @@ already formatted; templates only lay them out.
 from __future__ import annotations
 
 import base64
+import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import jinja2
 import numpy as np
+import torch
 from PIL import Image
 
 from fclens.ald import ALDFit
@@ -27,11 +32,12 @@ from fclens.maps import MAP_KINDS
 from fclens.report._common import as_numpy, fmt, require_regression
 from fclens.report.faithfulness import FaithfulnessView, explanation_faithfulness
 from fclens.report.figures import (
+    colour_scale_css,
     figure_png,
     fit_plot,
     image_bytes,
     node_caption,
-    overlay,
+    overlays,
     r2_histogram,
     slope_intercept,
 )
@@ -42,10 +48,24 @@ if TYPE_CHECKING:
 
     from fclens.explaining import Contrast, Explanation, NodeExplanation
 
-__all__ = ["default_classes", "explanations_page", "render", "weights_page"]
+__all__ = [
+    "PAGE_SIZE",
+    "default_classes",
+    "explanations_page",
+    "render",
+    "report_page_name",
+    "report_pages",
+    "weights_page",
+]
 
-THUMBNAIL = 96
-"""Longest side, in pixels, of the photos in a batch's index table."""
+THUMBNAIL = 64
+"""Longest side, in pixels, of the photos in a batch's index table (shown at 64 CSS pixels): 2–3 KB each."""
+
+PAGE_SIZE = 10
+"""Images per page of a report (:func:`report_pages`): 2–8 MB a page (one to three map kinds, a
+contrast), each opening in under a second, as does the index of 500 images (BENCHMARKS.md)."""
+
+TITLE = "fclens: where the final layer looks"
 
 NEURONS_SHOWN = 10
 """How many of a contrast's neurons a page lists, strongest first."""
@@ -83,10 +103,12 @@ class ContrastView:
 
     ``pairs`` rows are (title, the target's card, the rival's card), a card None where a tree was never
     split; ``neurons`` the strongest (neuron, evidence) of :attr:`fclens.explaining.Contrast.neurons`.
+    ``gap`` is logit_rival − logit_target, ``verdict`` what its sign says.
     """
 
     rival: dict[str, Any]
     gap: str
+    verdict: str
     picture: str
     pairs: list[tuple[str, Card | None, Card | None]]
     neurons: list[tuple[int, str]]
@@ -95,50 +117,98 @@ class ContrastView:
 
 @dataclass
 class ExplanationView:
-    """One explanation's section of the batch page, and its row in the index table."""
+    """One explanation's section of a page."""
 
     anchor: str
     source: str
     model_name: str
     photo: str
-    thumbnail: str
     top5: list[dict[str, Any]]
     target: dict[str, Any]
     tree: Card
     full_tree: bool
     discriminative: Card | None
     confusing: Card | None
-    scores: tuple[str, str]
     facts: list[tuple[str, str]]
     contrast: ContrastView | None = None
     faithfulness: FaithfulnessView | None = None  # issue 24: the curves beside their baselines
+
+
+@dataclass
+class IndexRow:
+    """One image in a batch's index table: a link to its section (on this page or another), its
+    thumbnail and its headline numbers."""
+
+    href: str
+    thumbnail: str
+    source: str
+    prediction: dict[str, Any]
+    target: str
+    rival: str | None
+    scores: tuple[str, str]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Pages
 # ---------------------------------------------------------------------------------------------------------
 def explanations_page(
-    explanations: Sequence[Explanation],
-    skipped: Iterable[tuple[str, str]] = (),
-    title: str = "fclens: where the final layer looks",
+    explanations: Sequence[Explanation], skipped: Iterable[tuple[str, str]] = (), title: str = TITLE
 ) -> str:
     """A self-contained HTML page for a batch of explanations (or of one: ``explanations_page([exp])``).
 
     Per image: the photo, the top-5 predictions, the split tree with every node's overlay, the
     terminal discriminative and confusing maps beside the photo; a switch between the map kinds that
-    were computed, and a click on any map enlarges it. A batch gets an index table on top; ``skipped``
-    lists (file, reason) pairs of inputs that could not be explained.
+    were computed, a colour scale, and a click on any map enlarges it. A batch gets an index table on
+    top; ``skipped`` lists (file, reason) pairs of inputs that could not be explained. Every picture is
+    embedded: for more than :data:`PAGE_SIZE` images, :func:`report_pages` keeps each page light.
     """
-    kinds = list(dict.fromkeys(kind for e in explanations for kind in e.map_kinds))
+    kinds = _kinds(explanations)
     views = [_explanation_view(i, e, kinds) for i, e in enumerate(explanations)]
-    return render(
-        "explanations.html.j2",
-        title=title,
-        kinds=kinds,
-        meanings=[MAP_KINDS[kind].meaning if kind in MAP_KINDS else "" for kind in kinds],
-        explanations=views,
-        skipped=[(str(name), str(reason)) for name, reason in skipped],
+    skipped = _texts(skipped)
+    indexed = len(views) > 1 or skipped
+    index = [_index_row(i, e) for i, e in enumerate(explanations)] if indexed else []
+    return _page(title, kinds, views, skipped=skipped, index=index, count=len(views))
+
+
+def report_pages(
+    count: int,
+    load: Callable[[int], Explanation],
+    skipped: Iterable[tuple[str, str]] = (),
+    title: str = TITLE,
+) -> Iterator[tuple[str, str]]:
+    """The pages of a report of ``count`` explanations, as (file name, HTML), ``load(i)`` giving the i-th.
+
+    Up to :data:`PAGE_SIZE` images, one page: :func:`explanations_page`'s, ``report.html``. Beyond,
+    ``report.html`` comes first: the index of every image (a thumbnail and the headline numbers each,
+    linked to its section) and the ``skipped`` files; then ``report-1.html``, ``report-2.html``, … with
+    :data:`PAGE_SIZE` explanations each. Every page is self-contained, as :func:`explanations_page`,
+    and links to the others; only one page's explanations are held at a time.
+    """
+    skipped = _texts(skipped)
+    if count <= PAGE_SIZE:
+        yield report_page_name(0), explanations_page([load(i) for i in range(count)], skipped, title)
+        return
+    pages = math.ceil(count / PAGE_SIZE)
+    index = [_index_row(i, load(i), report_page_name(1 + i // PAGE_SIZE)) for i in range(count)]
+    yield (
+        report_page_name(0),
+        _page(title, [], [], skipped=skipped, index=index, pager=_pager(pages, 0, count), count=count),
     )
+    for number in range(1, pages + 1):
+        span = range((number - 1) * PAGE_SIZE, min(count, number * PAGE_SIZE))
+        batch = [load(i) for i in span]
+        kinds = _kinds(batch)
+        views = [_explanation_view(i, e, kinds) for i, e in zip(span, batch, strict=True)]
+        pager = _pager(pages, number, count)
+        yield (
+            report_page_name(number),
+            _page(title, kinds, views, pager=pager, span=(span.start + 1, span.stop), count=count),
+        )
+
+
+def report_page_name(number: int) -> str:
+    """The file of a report's page ``number``: report.html (the index, or the only page), report-1.html, …"""
+    return "report.html" if number == 0 else f"report-{number}.html"
 
 
 def weights_page(
@@ -208,17 +278,68 @@ def render(template: str, **context: Any) -> str:
     return _environment().get_template(template).render(**context)
 
 
+def _page(
+    title: str,
+    kinds: list[str],
+    views: list[ExplanationView],
+    *,
+    skipped: Sequence[tuple[str, str]] = (),
+    index: Sequence[IndexRow] = (),
+    pager: Sequence[dict[str, Any]] = (),
+    span: tuple[int, int] | None = None,
+    count: int,
+) -> str:
+    """One page of explanations: ``span`` (first, last image, from 1) on a page after a report's first."""
+    return render(
+        "explanations.html.j2",
+        title=title,
+        kinds=kinds,
+        meanings=[MAP_KINDS[kind].meaning if kind in MAP_KINDS else "" for kind in kinds],
+        colour_scale=colour_scale_css(),
+        explanations=views,
+        skipped=skipped,
+        index=index,
+        pager=pager,
+        span=span,
+        count=count,
+        home=report_page_name(0),
+        page_size=PAGE_SIZE,
+    )
+
+
+def _pager(pages: int, current: int, count: int) -> list[dict[str, Any]]:
+    """The links of a report's index (page 0) and its ``pages`` pages of explanations, ``current`` marked."""
+    return [
+        {
+            "href": report_page_name(number),
+            "label": str(number) if number else "index",
+            "images": f"images {(number - 1) * PAGE_SIZE + 1}–{min(count, number * PAGE_SIZE)}"
+            if number
+            else f"every image, {count}",
+            "current": number == current,
+        }
+        for number in range(pages + 1)
+    ]
+
+
+def _kinds(explanations: Iterable[Explanation]) -> list[str]:
+    """Every map kind of a page's explanations, in order of first appearance."""
+    return list(dict.fromkeys(kind for e in explanations for kind in e.map_kinds))
+
+
+def _texts(pairs: Iterable[tuple[Any, Any]]) -> list[tuple[str, str]]:
+    return [(str(name), str(reason)) for name, reason in pairs]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Explanations → views
 # ---------------------------------------------------------------------------------------------------------
 def _explanation_view(number: int, explanation: Explanation, kinds: list[str]) -> ExplanationView:
     image = explanation.image
+    pictures = _pictures(explanation)
 
     def card(node: NodeExplanation) -> Card:
-        images = [
-            image_uri(overlay(image, node.shown(kind))) if kind in explanation.map_kinds else None
-            for kind in kinds
-        ]
+        images = [pictures.get((id(node), kind)) for kind in kinds]
         details = " | ".join(
             [
                 node_caption(node),
@@ -238,14 +359,11 @@ def _explanation_view(number: int, explanation: Explanation, kinds: list[str]) -
     ends = (explanation.discriminative, explanation.confusing)  # None when the root was never split
     contrast = explanation.contrast
     target = explanation.target
-    thumbnail = image.copy()
-    thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
     return ExplanationView(
-        anchor=f"image-{number + 1}-{_slug(explanation.source)}",
+        anchor=_anchor(number, explanation),
         source=explanation.source,
         model_name=explanation.model_name,
         photo=image_uri(image),
-        thumbnail=image_uri(thumbnail),
         top5=[
             {
                 "name": p.name,
@@ -260,7 +378,6 @@ def _explanation_view(number: int, explanation: Explanation, kinds: list[str]) -
         full_tree=explanation.tree.mode == "full",
         discriminative=None if ends[0] is None else by_path[ends[0].path],
         confusing=None if ends[1] is None else by_path[ends[1].path],
-        scores=tuple(fmt(None if end is None else end.score) for end in ends),
         facts=[
             ("model", explanation.model_name),
             ("feature layer", explanation.feature_layer),
@@ -274,15 +391,36 @@ def _explanation_view(number: int, explanation: Explanation, kinds: list[str]) -
         contrast=None
         if contrast is None
         else _contrast_view(
-            contrast, image, [None if end is None else by_path[end.path] for end in ends], card
+            contrast,
+            target.name,
+            pictures[(id(contrast), "")],
+            [None if end is None else by_path[end.path] for end in ends],
+            card,
         ),
         faithfulness=explanation_faithfulness(explanation),
     )
 
 
+def _pictures(explanation: Explanation) -> dict[tuple[int, str], str]:
+    """Every overlay of an explanation's page section as a data URI, drawn in one call: (id of the node,
+    map kind) → picture, and (id of the contrast, "") → the contrast map's."""
+    contrast = explanation.contrast
+    nodes = list(explanation.nodes)
+    if contrast is not None:
+        nodes += [end for end in (contrast.rival_discriminative, contrast.rival_confusing) if end is not None]
+    keys = [(id(node), kind) for node in nodes for kind in explanation.map_kinds]
+    heat = [node.shown(kind) for node in nodes for kind in explanation.map_kinds]
+    if contrast is not None:
+        keys.append((id(contrast), ""))
+        heat.append(contrast.shown())
+    drawn = overlays(explanation.image, torch.stack([h.float() for h in heat]))
+    return {key: image_uri(picture) for key, picture in zip(keys, drawn, strict=True)}
+
+
 def _contrast_view(
     contrast: Contrast,
-    image: Image.Image,
+    target: str,
+    picture: str,
     target_ends: list[Card | None],
     card: Callable[[NodeExplanation], Card],
 ) -> ContrastView:
@@ -294,7 +432,8 @@ def _contrast_view(
     return ContrastView(
         rival={"name": rival.name, "index": rival.index, "probability": rival.probability},
         gap=fmt(contrast.gap, ".4g"),
-        picture=image_uri(overlay(image, contrast.shown())),
+        verdict=_verdict(contrast.gap, target, rival.name),
+        picture=picture,
         pairs=[
             ("Most discriminative", target_ends[0], rival_ends[0]),
             ("Most confusing", target_ends[1], rival_ends[1]),
@@ -304,6 +443,46 @@ def _contrast_view(
             for c, e in zip(contrast.neurons[:NEURONS_SHOWN], contrast.evidence[:NEURONS_SHOWN], strict=True)
         ],
         count=len(contrast.neurons),
+    )
+
+
+def _verdict(gap: float, target: str, rival: str) -> str:
+    """What the sign of logit_rival − logit_target says: which class the model scores higher."""
+    if not math.isfinite(gap):
+        return "not computed"
+    if gap == 0:
+        return "zero: the model scores both alike"
+    winner = rival if gap > 0 else target  # a target chosen with --class can lose to its rival
+    return f"{'above' if gap > 0 else 'below'} zero: {winner} scores higher"
+
+
+def _index_row(number: int, explanation: Explanation, page: str = "") -> IndexRow:
+    """The ``number``-th image's row of an index, linked to its section on ``page`` ("": this page)."""
+    thumbnail = explanation.image.copy()
+    thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
+    contrast = explanation.contrast
+    return IndexRow(
+        href=f"{page}#{_anchor(number, explanation)}",
+        thumbnail=image_uri(thumbnail),
+        source=explanation.source,
+        prediction={"name": explanation.top5[0].name, "probability": explanation.top5[0].probability},
+        target=explanation.target.name,
+        rival=None if contrast is None else contrast.rival.name,
+        scores=_scores(explanation),
+    )
+
+
+def _anchor(number: int, explanation: Explanation) -> str:
+    """The id of the ``number``-th image's section (from 0): unique in a report, readable in an address."""
+    return f"image-{number + 1}-{_slug(explanation.source)}"
+
+
+def _scores(explanation: Explanation) -> tuple[str, str]:
+    """The terminal nodes' scores, "n/a" where the tree never split or nothing was scored."""
+    discriminative, confusing = explanation.discriminative, explanation.confusing
+    return (
+        fmt(None if discriminative is None else discriminative.score),
+        fmt(None if confusing is None else confusing.score),
     )
 
 

@@ -13,6 +13,7 @@
   const dialog = document.getElementById("lightbox");
   const large = document.getElementById("lightbox-image");
   const caption = document.getElementById("lightbox-caption");
+  const scale = document.getElementById("lightbox-scale");
 
   // The picture a zoom button shows now: its only image, or its overlay of the selected kind.
   function shownImage(button) {
@@ -28,7 +29,11 @@
       }
       large.src = image.src;
       large.alt = image.alt;
-      caption.textContent = button.dataset.caption + (image.classList.contains("ov") ? " | " + image.alt : "");
+      const overlay = image.classList.contains("ov");
+      caption.textContent = button.dataset.caption + (overlay ? " | " + image.alt : "");
+      if (scale) {  // the atlas's pages share this script and carry their scale beside each gallery
+        scale.hidden = !(overlay || image.classList.contains("heat"));  // the input photo has no colours to read
+      }
       dialog.showModal();
     });
   }
