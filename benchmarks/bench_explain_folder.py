@@ -47,11 +47,12 @@ def folder_cost(images: int, repeats: int, work: Path) -> None:
     import torch
 
     import fclens
+from fclens.options import EXPLAIN_DEFAULTS
     from fclens.report import explain_to_folder
 
     paths = sorted(make_photo_folder(work / "photos", images).rglob("*.jpg"))
     model = fclens.load_model()
-    options = fclens.EXPLAIN_DEFAULTS
+    options = EXPLAIN_DEFAULTS
     out = work / "out"
 
     def fresh(html: bool) -> Callable[[], object]:

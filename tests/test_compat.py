@@ -22,10 +22,11 @@ import torch
 
 import fclens
 from conftest import FIXTURES, OLD_SCANS
-from fclens import FclensError, LocalEngine, RayEngine, ScanError, read_scan
+from fclens import FclensError, read_scan
 from fclens.cli import main
 from fclens.models import Classifier
 from fclens.options import RUNNER_UP
+from fclens.scanning import LocalEngine, RayEngine, ScanError
 from fclens.scanning.schema import SCHEMA_VERSION
 
 LITE0_SCANS = ("scan-284cd16", "scan-3286d7d")
@@ -152,7 +153,7 @@ def test_an_old_scan_prunes_refits_and_is_causal_tested(
     curve = fclens.prune_curve(directory, methods=("tree", "magnitude"), sparsities=(0.5,))
     assert curve.n_images == curve.n_labelled == 6 and len(curve.points) == 2
     assert all(point.accuracy is not None and 0 <= point.agreement <= 1 for point in curve.points)
-    layer = fclens.fit_head(directory, max_iter=5)
+    layer = fclens.fit_layer(directory, max_iter=5)
     assert layer.weight.shape == (1000, 1280) and torch.isfinite(layer.weight).all()
     table = fclens.causal_test(directory, ms=(1, 4), rules=("tree", "random"))
     assert (281, 285) in {(test.target, test.rival) for test in table.pairs}  # tabby → Egyptian cat

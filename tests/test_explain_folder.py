@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from fclens import EXPLAIN_DEFAULTS
 from fclens.cli import main
 from fclens.errors import FclensError
 from fclens.explaining import Explanation, explain
 from fclens.images import sample_image
 from fclens.models import Classifier
+from fclens.options import EXPLAIN_DEFAULTS
 from fclens.report.files import DONE_MARKER, IMAGE_FILE, load_explanation, node_filename
 from fclens.report.folders import explain_to_folder
 from fclens.report.html import PAGE_SIZE, report_pages

@@ -469,7 +469,7 @@ def test_the_atlas_names_a_node_in_words_not_in_dashes():
 
 
 def test_explain_to_folder_takes_plain_strings_as_the_readme_shows(classifier, chelsea: Path, tmp_path: Path):
-    from fclens import EXPLAIN_DEFAULTS
+    from fclens.options import EXPLAIN_DEFAULTS
     from fclens.report import explain_to_folder
 
     out = str(tmp_path / "out")

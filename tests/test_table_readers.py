@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import fclens
+from fclens.options import SCAN_DEFAULTS
 from fclens.scanning.manifest import MANIFEST
 from fclens.scanning.schema import CLASS_NAMES, scan_schema
 
@@ -119,5 +120,5 @@ def test_a_scan_before_version_3_gets_its_class_names_from_the_manifest(
 def test_readme_names_every_column_of_the_schema() -> None:
     documented = set(re.findall(r"^\| `([^|]*)` \|", README.read_text("utf-8"), flags=re.MULTILINE))
     columns = {name.strip(" `") for row in documented for name in row.split(",")}
-    options = fclens.SCAN_DEFAULTS.but(features=True, scores="terminal")
+    options = SCAN_DEFAULTS.but(features=True, scores="terminal")
     assert set(scan_schema(options).names) <= columns

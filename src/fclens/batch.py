@@ -89,7 +89,7 @@ class BatchRunner:
                 raise FclensError(f"{name} must be an fclens.{kind.__name__}, got {described(value)}")
         if head is not None and not isinstance(head, Head):
             raise FclensError(
-                f"head must be None or an fclens.Head (fclens.find_head), got {described(head)}"
+                f"head must be None or an fclens.head.Head (fclens.head.find_head), got {described(head)}"
             )
         unknown = [kind for kind in options.maps if kind not in MAP_KINDS]
         if unknown:

@@ -307,7 +307,7 @@ def _tree_keys(w: np.ndarray, min_size: int) -> tuple[np.ndarray, np.ndarray]:
 def _ald_keys(w: np.ndarray) -> np.ndarray:
     """−ln P(a weight at least as extreme on its side of μ) under the class's MLE ALD: small = typical.
 
-    Rows without a full ALD fit (a degenerate or one-sided row, see :class:`fclens.MLEFit`) fall back
+    Rows without a full ALD fit (a degenerate or one-sided row, see :class:`fclens.ald.MLEFit`) fall back
     to |w|, the order of ``magnitude-per-class``.
     """
     mle = fit_ald(w, method="mle").mle
