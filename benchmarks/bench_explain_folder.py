@@ -47,7 +47,7 @@ def folder_cost(images: int, repeats: int, work: Path) -> None:
     import torch
 
     import fclens
-from fclens.options import EXPLAIN_DEFAULTS
+    from fclens.options import EXPLAIN_DEFAULTS
     from fclens.report import explain_to_folder
 
     paths = sorted(make_photo_folder(work / "photos", images).rglob("*.jpg"))
