@@ -20,7 +20,8 @@ from fclens.samples import sample_image
 from fclens.scanning import LocalEngine, Scan, scan
 from fclens.scanning.manifest import head_sha256
 
-FIXTURE_PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE_PHOTOS = FIXTURES / "photos"
 """Real photos in class-name folders: 3 tabby, 3 espresso and one unreadable file (espresso/broken.jpg)."""
 
 
@@ -118,7 +119,7 @@ def shapes() -> Classifier:
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
     """One headless Chromium for every browser test module (two Playwright sessions cannot run at once)."""
-    from test_browser import launched_browser
+    from browsing import launched_browser
 
     yield from launched_browser()
 
@@ -141,7 +142,6 @@ def sample_scans(classifier: Classifier, tmp_path_factory: pytest.TempPathFactor
     return scans
 
 
-FIXTURES = Path(__file__).parent / "fixtures"
 OLD_SCANS = ("scan-284cd16", "scan-v1", "scan-3286d7d")
 """The scans of earlier releases in tests/fixtures, each written by its release's own code (make_scans.py)."""
 
@@ -171,3 +171,24 @@ def old_scan(tmp_path: Path, classifier: Classifier) -> Callable[..., Path]:
         return directory
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def crop_scan(classifier: Classifier, tmp_path_factory: pytest.TempPathFactory) -> Scan:
+    """The embedded model's scan, with features, of crops of the two sample photos (tests/photos.py):
+    6 ok rows, a broken JPEG skipped. Read only."""
+    from crops import make_photo_folder
+
+    folder = make_photo_folder(tmp_path_factory.mktemp("photos"), copies=3)
+    out = tmp_path_factory.mktemp("scan") / "scan"
+    return scan(
+        classifier, folder, out, batch_size=8, engine=LocalEngine(workers=0), features=True, progress=False
+    )
+
+
+@pytest.fixture(scope="session")
+def trained() -> Classifier:
+    """The small stripes classifier of tests/striped.py, trained once for the session."""
+    from striped import train
+
+    return train()

@@ -17,20 +17,20 @@ import torch
 from markupsafe import escape
 
 import fclens
+from atlas_json import read_json, unchanged
+from browsing import HOSTILE, Visit
 from fclens.cli import main
 from fclens.edits.causal import MS, TOP_PAIRS
 from fclens.edits.pair import RULES
 from fclens.report.atlas import CAUSAL_MS, class_page_name
 from fclens.scanning import LocalEngine
-from test_browser import HOSTILE, Visit
-from test_edits import photo_scan  # noqa: F401 (a fixture)
-from test_prune import CLASSES, Pairs, striped_images, trained  # noqa: F401 (trained: a fixture)
+from striped import CLASSES, Pairs, striped_images
 
 NAMES = [HOSTILE, 'green "rows" & co', "blue rows", "red columns", "green columns", "blue columns"]
 
 
 @pytest.fixture(scope="module")
-def striped(trained: fclens.Classifier, tmp_path_factory: pytest.TempPathFactory) -> fclens.Scan:  # noqa: F811
+def striped(trained: fclens.Classifier, tmp_path_factory: pytest.TempPathFactory) -> fclens.Scan:
     """300 labelled images, a tenth mislabelled (so that pairs have errors), with features; class 0 is
     named like an attack and class 1 with quotes, so that every page must escape them."""
     named = fclens.load_model(trained.module, class_names=NAMES, preprocessing=trained.preprocessing)
@@ -47,10 +47,6 @@ def atlas_out(striped: fclens.Scan, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("causal") / "atlas"
     assert main(["atlas", str(striped.directory), "--out", str(out), "--causal", "--html"]) == 0
     return out
-
-
-def read_json(out: Path) -> dict[str, Any]:
-    return json.loads((out / "atlas.json").read_text("utf-8"))
 
 
 def test_the_json_holds_the_causal_test_of_the_top_pairs(
@@ -90,12 +86,6 @@ def test_the_cli_prints_the_summary_over_the_pairs(striped: fclens.Scan, tmp_pat
     )
     again = json.loads(capsys.readouterr().out)
     assert again["causal"]["seed"] == 3 and again["pairs"][0]["causal"]["target"] == again["pairs"][0]["a"]
-
-
-def unchanged(after: dict[str, Any], before: dict[str, Any]) -> bool:
-    """The JSON's figures of an edit that changed no error and no accuracy (null: no images either way)."""
-    keys = ("errors_kj", "errors_jk", "accuracy_k", "accuracy_j", "accuracy_other")
-    return all(after[key] == before[key] for key in keys)
 
 
 def test_a_class_page_shows_each_tested_rival_collapsed_with_its_chart_sentence_and_trimmed_table(
@@ -178,25 +168,25 @@ def test_the_causal_pages_fit_1280_px_and_run_nothing(browser: Any, atlas_out: P
 
 @pytest.mark.slow
 def test_a_written_pair_edit_loads_back_and_predicts_what_the_edited_layer_predicts(
-    photo_scan: fclens.Scan,  # noqa: F811
+    crop_scan: fclens.Scan,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from fclens.preprocessing import to_batch
 
     out = tmp_path / "atlas"
-    args = ["atlas", str(photo_scan.directory), "--out", str(out), "--json"]
+    args = ["atlas", str(crop_scan.directory), "--out", str(out), "--json"]
     assert main([*args, "--write", "tiger cat,281@8"]) == 0  # 282 by name, 281 (tabby) by index
     written = json.loads(capsys.readouterr().out)["causal"]["written"]
     path = out / "pair-282-281-8.safetensors"
     assert written["path"] == str(path) and path.is_file()
-    expected = fclens.pair_edit(photo_scan, 282, 281, 8, rule="tree", split=True)
+    expected = fclens.pair_edit(crop_scan, 282, 281, 8, rule="tree", split=True)
     assert written["neurons"] == expected.neurons.tolist()
-    model = fclens.load_model(photo_scan.manifest.model["source"], weights=path)
+    model = fclens.load_model(crop_scan.manifest.model["source"], weights=path)
     assert torch.equal(fclens.FinalLayer.of(model).weight, expected.weight)
     assert torch.equal(fclens.FinalLayer.of(model).bias, expected.bias)
-    features = photo_scan.read_features()
-    paths = dict(zip(*photo_scan.rows(["index", "path"], ok_only=True).to_pydict().values(), strict=True))
+    features = crop_scan.read_features()
+    paths = dict(zip(*crop_scan.rows(["index", "path"], ok_only=True).to_pydict().values(), strict=True))
     batch, _ = to_batch([Path(paths[i]) for i in features.index], model.preprocessing)
     with torch.inference_mode():
         logits = model(batch)
@@ -235,7 +225,7 @@ def test_bad_write_input_is_exit_2_with_one_line(
 
 
 def test_a_scan_without_features_or_labels_is_refused_in_one_line(
-    trained: fclens.Classifier,  # noqa: F811
+    trained: fclens.Classifier,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 import synthetic_scan as synthetic
+from browsing import HOSTILE, Visit
 from fclens.atlasing import atlas
 from fclens.explaining import explain
 from fclens.models import Classifier
 from fclens.report import explanations_page
 from fclens.report.atlas import class_page_name, write_atlas_pages
 from fclens.samples import sample_image
-from test_browser import HOSTILE, Visit
 
 pytestmark = pytest.mark.browser
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
+from atlas_json import unchanged
+from browsing import Visit
 from fclens.cli import main
 from fclens.explaining import explain
 from fclens.models import Classifier
 from fclens.report import explanations_page
 from fclens.report.atlas import class_page_name
-from test_atlas_causal import unchanged
-from test_browser import Visit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+from crops import CATS
 from fclens.cli import main
 from fclens.errors import FclensError
 from fclens.explaining import Explanation, explain
 from fclens.maps import capture, contrast_maps
 from fclens.models import Classifier, load_model
 from fclens.report import explanations_page
-from test_explain import CATS
-from test_maps import SMALL, random_inputs, zoo
+from zoo import SMALL, random_inputs, zoo
 
 
 def runner_up(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,8 +16,7 @@ from fclens import FinalLayer, adjust_layer, evaluate, fit_layer
 from fclens.cli import main
 from fclens.edits.prior import PriorLoss, class_prior
 from fclens.errors import FclensError
-from fclens.scanning import LocalEngine, read_scan, scan
-from test_scan import make_photo_folder
+from fclens.scanning import read_scan
 
 CLASSES, DIM = 6, 8
 MEANS = feature_scan.class_means(CLASSES, DIM, spread=0.7)
@@ -57,27 +56,20 @@ def scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def photo_scan(classifier: fclens.Classifier, tmp_path_factory: pytest.TempPathFactory) -> fclens.Scan:
-    """The embedded model's scan, with features, of crops of the two sample photos."""
-    folder = make_photo_folder(tmp_path_factory.mktemp("photos"), copies=3)
-    out = tmp_path_factory.mktemp("scan") / "scan"
-    return scan(
-        classifier, folder, out, batch_size=8, engine=LocalEngine(workers=0), features=True, progress=False
-    )
-
-
 # ----------------------------------------------------------------------------------------------- evaluate
 @pytest.mark.slow
 def test_the_scanned_layer_evaluated_on_stored_features_gives_the_scans_own_predictions(
-    photo_scan: fclens.Scan, classifier: fclens.Classifier
+    crop_scan: fclens.Scan, classifier: fclens.Classifier
 ) -> None:
-    ok = photo_scan.rows(["index", "pred", "label"], ok_only=True)
-    for head in (photo_scan, classifier):  # the layer the scan stored, and the loaded model's own
-        evaluation = evaluate(photo_scan, head)
+    ok = crop_scan.rows(["index", "pred", "label"], ok_only=True)
+    best = np.sort(crop_scan.layer.logits(crop_scan.read_features().z).numpy(), axis=1)
+    clear = best[:, -1] - best[:, -2] > 0.05  # apart by more than float16 rounding of z can move them
+    assert clear.sum() >= 4
+    for head in (crop_scan, classifier):  # the layer the scan stored, and the loaded model's own
+        evaluation = evaluate(crop_scan, head)
         assert evaluation.n_images == ok.num_rows == 6
         assert evaluation.index.tolist() == ok.column("index").to_pylist()
-        assert evaluation.pred.tolist() == ok.column("pred").to_pylist()
+        assert (evaluation.pred[clear] == ok.column("pred").to_numpy()[clear]).all()
         labels = np.array(ok.column("label").to_pylist())
         assert evaluation.accuracy == pytest.approx(np.mean(evaluation.pred == labels))
         assert evaluation.confusion.sum() == 6 and evaluation.confusion.shape == (1000, 1000)
@@ -299,23 +291,23 @@ def test_rebalance_refuses_bad_input_in_one_line(
 
 @pytest.mark.slow
 def test_a_written_model_predicts_on_images_what_evaluate_predicts_on_their_features(
-    photo_scan: fclens.Scan, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    crop_scan: fclens.Scan, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from fclens.preprocessing import to_batch
 
     out = tmp_path / "out"
-    argv = ["rebalance", str(photo_scan.directory), "--eval", str(photo_scan.directory), "--out", str(out)]
+    argv = ["rebalance", str(crop_scan.directory), "--eval", str(crop_scan.directory), "--out", str(out)]
     assert main([*argv, "--methods", "tau-norm", "--write", "tau-norm"]) == 0
     written = fclens.load_model(weights=out / "rebalanced-tau-norm.safetensors")
-    expected = adjust_layer(photo_scan.layer, "tau-norm")
+    expected = adjust_layer(crop_scan.layer, "tau-norm")
     assert torch.allclose(FinalLayer.of(written).weight, expected.weight)
-    evaluation = evaluate(photo_scan, written)
-    ok = photo_scan.rows(["index", "path"], ok_only=True)
+    evaluation = evaluate(crop_scan, written)
+    ok = crop_scan.rows(["index", "path"], ok_only=True)
     batch, _ = to_batch([Path(p) for p in ok.column("path").to_pylist()], written.preprocessing)
     with torch.inference_mode():
         logits = written(batch)
     stored = torch.from_numpy(
-        np.stack([np.asarray(v, np.float32) for v in photo_scan.rows(["index", "features"], ok_only=True)
+        np.stack([np.asarray(v, np.float32) for v in crop_scan.rows(["index", "features"], ok_only=True)
                   .column("features").to_pylist()])
     )  # fmt: skip
     assert torch.allclose(logits, expected.logits(stored), atol=0.05)  # the features are stored as float16

@@ -10,12 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from crops import CATS
 from fclens.errors import FclensError
 from fclens.explaining import Explanation, explain
 from fclens.models import Classifier
 from fclens.preprocessing import to_batch
-
-CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 import fclens
+from crops import make_photo_folder
 from fclens.cli import main
 from fclens.errors import FclensError
 from fclens.options import SCAN_DEFAULTS
@@ -22,20 +23,6 @@ from fclens.scanning.manifest import MANIFEST
 
 IN_PROCESS = LocalEngine(workers=0)
 """Decoding in the test's own process: no worker start-up for a dozen images."""
-
-
-def make_photo_folder(root: Path, copies: int = 4) -> Path:
-    """Crops and flips of the shipped photos in class-name subfolders, a truncated JPEG and a text file."""
-    for sample, folder in (("chelsea", "Tiger_Cat"), ("coffee", "espresso")):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        photo = Image.open(fclens.sample_image(sample)).convert("RGB")
-        width, height = photo.size
-        for i in range(copies):
-            crop = photo.crop((7 * i, 5 * i, width - 6 * i, height - 4 * i))
-            (ImageOps.mirror(crop) if i % 2 else crop).save(root / folder / f"{sample}-{i}.jpg", quality=92)
-    (root / "Tiger_Cat" / "broken.jpg").write_bytes(fclens.sample_image("chelsea").read_bytes()[:2000])
-    (root / "espresso" / "notes.png").write_text("not a picture")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +99,15 @@ def test_features_are_the_final_layers_input(scanned: fclens.Scan) -> None:
     features = scanned.read_features().z.numpy()
     assert features.shape == (8, 1280)
     logits = features @ scanned.weight.T + scanned.bias
-    assert (logits.argmax(axis=1) == scanned.ok().column("pred").to_numpy()).all()
+    ok = scanned.rows(["target", "logit_target", "pred"], ok_only=True)
+    target, stored = ok.column("target").to_numpy(), ok.column("logit_target").to_numpy()
+    np.testing.assert_allclose(logits[np.arange(len(target)), target], stored, atol=0.05)  # float16 z
+    # The top-1 agrees wherever the two best logits are apart by more than the float16 rounding of z can
+    # move them (chelsea's crops sit near the tiger cat / Egyptian cat tie).
+    best = np.sort(logits, axis=1)
+    clear = best[:, -1] - best[:, -2] > 0.05
+    assert clear.sum() >= 4
+    assert (logits.argmax(axis=1)[clear] == ok.column("pred").to_numpy()[clear]).all()
 
 
 def test_the_table_reads_without_fclens(scanned: fclens.Scan) -> None:
@@ -344,9 +339,8 @@ def test_sigterm_keeps_the_finished_images_as_ctrl_c_does(tmp_path: Path, capsys
             return out.is_dir() and any(out.iterdir())
 
         while not started() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)  # the directory appears once the scan has started (and its handler is in place)
-        time.sleep(1)  # some images are scanned meanwhile; the test holds whatever their number
-        child.send_signal(signal.SIGTERM)
+            time.sleep(0.05)  # poll: the directory appears once the scan has started, its handler in place
+        child.send_signal(signal.SIGTERM)  # whatever number of images is done by now, the test holds it
         _, err = child.communicate(timeout=120)
     finally:
         child.kill()

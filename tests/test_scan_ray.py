@@ -16,9 +16,9 @@ from PIL import Image
 from torch import nn
 
 import fclens
+from crops import make_photo_folder
 from fclens.errors import FclensError
 from fclens.scanning import LocalEngine, RayEngine, scan
-from test_scan import make_photo_folder
 
 MIB = 1 << 20
 
@@ -176,6 +176,7 @@ def test_a_ray_dataset_is_scanned_in_its_row_order_with_its_labels(
     assert table["label"] == [None, 967, None, 967, None] and table["target"][1] == table["target"][3] == 967
 
 
+@pytest.mark.slow
 def test_more_actors_than_the_cluster_holds_is_one_line(
     cluster: Any, photos: Path, classifier: fclens.Classifier, tmp_path: Path
 ) -> None:

@@ -234,8 +234,6 @@ def pair_edit(
     features = as_features(scan)
     final = _layer(layer, features)
     target, rival = pair_classes(target, rival, _names(features, final))
-    _check_m(m)
-    rule = _check_rule(rule)
     if edit not in EDITS:
         raise FclensError(f"unknown edit {edit!r}; use one of {', '.join(EDITS)}")
     if strength is not None and ((edit == "equalise" and strength != 1) or not 0 <= strength <= 1):
@@ -243,12 +241,12 @@ def pair_edit(
     check_objective(objective)
     if rows is None and split:
         rows = features.split(seed)[0]
-    data = features if rows is None else features.select(np.asarray(rows, np.int64))
-    mean_z = class_mean(data, target) if rule in ("tree", "contrast") else None
-    chosen = ranking(final, target, rival, rule, mean_z, seed, *tree_shape(features, min_size, mode))[:m]
+    shape = {"min_size": min_size, "mode": mode}
+    chosen = select_neurons(features, target, rival, m, rule=rule, layer=final, rows=rows, seed=seed, **shape)
     if edit == "equalise":
         strength = 1.0
     elif strength is None:
+        data = features if rows is None else features.select(np.asarray(rows, np.int64))
         logits = final.logits(data.z)
         columns = torch.as_tensor(np.asarray(chosen, np.int64))
         delta = data.z[:, columns] @ step(final, target, rival, chosen)
