@@ -324,7 +324,7 @@ def test_one_folder_given_to_explain_warns_and_a_list_with_a_folder_gives_its_im
         warnings.simplefilter("always")
         from_folder = fclens.explain(classifier, tabby, scores="none")
     (message,) = deprecations(record)
-    assert f"pass [{str(tabby)!r}] for a list" in message
+    assert f"use [{str(tabby)!r}] for a list" in message
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         listed = fclens.explain(classifier, [tabby, chelsea], scores="none")

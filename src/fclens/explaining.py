@@ -391,7 +391,7 @@ def explain(
         deprecation.warn(old, new, stacklevel=3)
     single = _single(images)
     classifier = model if isinstance(model, Classifier) else load_model(model)
-    if options.curves or any(MAP_KINDS[kind].noisy for kind in options.maps if kind in MAP_KINDS):
+    if uses_seed(options):
         options = options.but(seed=secrets.randbits(31) if options.seed is None else int(options.seed))
     else:
         options = options.but(seed=None)
@@ -408,6 +408,11 @@ def explain(
         sources = [source for source, _ in items[batch]]
         explanations += _explanations(runner, result, sources, displays)
     return explanations[0] if single else explanations
+
+
+def uses_seed(options: Options) -> bool:
+    """Whether anything ``options`` asks for is random: a noisy map kind, or the curves' random baseline."""
+    return options.curves or any(MAP_KINDS[kind].noisy for kind in options.maps if kind in MAP_KINDS)
 
 
 def _single(images: ImageInput | Sequence[ImageInput]) -> bool:

@@ -32,10 +32,9 @@ from tqdm import tqdm
 
 from fclens import __version__
 from fclens.errors import FclensError
-from fclens.explaining import explain
+from fclens.explaining import explain, uses_seed
 from fclens.images import ImageError, load_image
 from fclens.io import atomic_write_text, csv_text, safe_name
-from fclens.maps import MAP_KINDS
 from fclens.models import Classifier
 from fclens.options import RUNNER_UP, Options
 from fclens.report.files import (
@@ -118,8 +117,8 @@ def explain_to_folder(
     target = None if target is None else model.class_index(target)
     if options.contrast not in (None, RUNNER_UP):  # "285" and "Egyptian cat" are one request
         options = options.but(contrast=model.class_index(options.contrast))
-    if not any(MAP_KINDS[kind].noisy for kind in options.maps if kind in MAP_KINDS):
-        options = options.but(seed=None)  # as explain() does: no noisy map kind, no seed to differ
+    if not uses_seed(options):
+        options = options.but(seed=None)  # as explain() does: nothing random, no seed to differ
     made_with = _made_with(model, options, target, target_layer)
     folders = [output_folder(out, path) for path in paths]
     rows = [None] * len(paths) if force else _finished_rows(out, folders, made_with, model.class_names)
