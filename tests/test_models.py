@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,14 +181,24 @@ def test_offline_hub_miss_suggests_a_weight_file() -> None:
 def unreachable_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """The Hugging Face hub at an address that refuses connections, and an empty cache.
 
-    Sleeps are recorded instead of slept: a client that retries would wait between tries.
+    The test's own thread records its sleeps instead of sleeping (a client that retries would wait between
+    tries); other threads (a library's background poller, started by an earlier test) sleep as usual, or
+    they would spin and fill memory with records.
     """
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "ENDPOINT", "https://127.0.0.1:9")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     slept: list[float] = []
-    monkeypatch.setattr(time, "sleep", slept.append)
+    sleep, test_thread = time.sleep, threading.get_ident()
+
+    def recorded(seconds: float) -> None:
+        if threading.get_ident() == test_thread:
+            slept.append(seconds)
+        else:
+            sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", recorded)
     yield tmp_path
     assert slept == [], "retried a hub that cannot be reached"
 
