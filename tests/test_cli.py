@@ -452,10 +452,14 @@ def on_terminal(args: list[str], cwd: Path) -> str:
             ["rebalance", "SCAN", "--eval", "SCAN", "--methods", "tau-norm,logit-adjust", "--out", "r"],
             "rebalance: 100%",
         ),
+        (["atlas", "PHOTO_SCAN", "--html", "--out", "a"], "atlas pages: 100%"),
     ],
 )
-def test_a_progress_bar_on_a_terminal_and_none_in_a_pipe(tmp_path: Path, args: list[str], bar: str) -> None:
+def test_a_progress_bar_on_a_terminal_and_none_in_a_pipe(
+    tmp_path: Path, photo_scan: fclens.Scan, args: list[str], bar: str
+) -> None:
     existing_scan(tmp_path / "SCAN")
+    args = [str(photo_scan.directory) if arg == "PHOTO_SCAN" else arg for arg in args]
     shown = on_terminal(args, tmp_path)
     assert bar in shown and "<" in shown and "/s]" in shown  # the time left, and items per second
     piped = subprocess.run(

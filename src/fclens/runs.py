@@ -1,7 +1,7 @@
 """What a long run shows and how it stops: a progress bar on a terminal, and SIGTERM taken as Ctrl-C.
 
-Every command that takes more than a few seconds (a scan, explaining a folder, fitting many plots,
-a survey) uses these two, so that each shows the same bar and keeps its finished work the same way.
+Every command that takes more than a few seconds (a scan, explaining a folder, fitting many plots, an
+atlas's pages, a survey) uses these two, so that each shows the same bar and keeps its finished work the same way.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from fclens.report._common import fmt, percent
 from fclens.report.faithfulness import atlas_faithfulness
 from fclens.report.figures import colour_scale_css, overlay
 from fclens.report.html import CLASS_TABLE_PAGE, Card, branch_class, image_uri, nest_cards, render
+from fclens.runs import progress_bar
 from fclens.tree import class_trees
 
 if TYPE_CHECKING:
@@ -109,11 +110,14 @@ class _Drawing:
         return Shot(image.index, image.path, name, uri, caption)
 
 
-def write_atlas_pages(found: Atlas, out: str | Path, causal: CausalTable | None = None) -> list[Path]:
+def write_atlas_pages(
+    found: Atlas, out: str | Path, causal: CausalTable | None = None, *, progress: bool = True
+) -> list[Path]:
     """Write ``index.html`` and ``class-<k>.html`` for every class into ``out``; return the paths.
 
     ``causal``: the causal test of the atlas's pairs, shown on the class pages of the tested pairs' first
-    classes and summarised on the index."""
+    classes and summarised on the index. ``progress``: a bar on stderr when it is a terminal (a class page
+    decodes its images: a thousand classes take minutes)."""
     out = Path(out)
     settings = found.manifest.preprocessing
     preprocessing = Preprocessing(**{key: value for key, value in settings.items() if value is not None})
@@ -122,10 +126,12 @@ def write_atlas_pages(found: Atlas, out: str | Path, causal: CausalTable | None 
     trees = _trees(found)
     written = []
     present = {c.index for c in found.classes}
-    for c in found.classes:
-        page = _class_page(found, c, drawing, trees.get(c.index), present, causal)
-        written.append(atomic_write_text(out / class_page_name(c.index), page))
-        drawing.pictures.clear()  # a class's pictures are not needed by the next class
+    with progress_bar(len(found.classes), enabled=progress, desc="atlas pages", unit="class") as bar:
+        for c in found.classes:
+            page = _class_page(found, c, drawing, trees.get(c.index), present, causal)
+            written.append(atomic_write_text(out / class_page_name(c.index), page))
+            drawing.pictures.clear()  # a class's pictures are not needed by the next class
+            bar.update()
     written.append(atomic_write_text(out / INDEX, _index_page(found, causal)))
     return written
 
