@@ -2,7 +2,8 @@
 
 The pages come from real scans of the sample photos by the embedded EfficientNet-Lite0 (``sample_scans``
 in conftest.py), through the commands and public functions a user calls: the atlas index and a class page
-without and with ``--causal``, weights, prune, rebalance, and the explanations page. Each must fit the
+without and with ``--causal``, a class page of a scan with ``--curves`` (its faithfulness table), weights,
+prune, rebalance, and the explanations page (with curves). Each must fit the
 window (no horizontal scrolling, with every collapsed section opened), decode every picture, log no
 console error and request nothing from the network. A screenshot of each goes to test-artifacts/.
 """
@@ -18,6 +19,7 @@ import pytest
 
 from atlas_json import unchanged
 from browsing import Visit
+from conftest import FIXTURE_PHOTOS
 from fclens.cli import main
 from fclens.explaining import explain
 from fclens.models import Classifier
@@ -32,6 +34,7 @@ PAGES = [
     f"atlas/{class_page_name(TABBY)}",
     "atlas-causal/index.html",
     f"atlas-causal/{class_page_name(TABBY)}",
+    f"atlas-curves/{class_page_name(TABBY)}",
     "weights/weights.html",
     "prune/prune.html",
     "rebalance/rebalance.html",
@@ -58,9 +61,13 @@ def every_page(
         ["rebalance", train, "--eval", evaluation, "--out", str(out / "rebalance"), "--html",
          "--methods", "ce,logit-adjust,tau-norm"],
     ]  # fmt: skip
+    curves = out / "scan-curves"  # six photos: the faithfulness columns without a long scan
+    assert main(["scan", str(FIXTURE_PHOTOS), "--out", str(curves), "--curves", "--workers", "0"]) == 3
+    commands.append(["atlas", str(curves), "--out", str(out / "atlas-curves"), "--html"])
     for command in commands:
         assert main(command) == 0, command
-    page = explanations_page(explain(classifier, [chelsea, coffee], maps=("activation", "contribution")))
+    explained = explain(classifier, [chelsea, coffee], maps=("activation", "contribution"), curves=True)
+    page = explanations_page(explained)
     (out / "explanations.html").write_text(page, encoding="utf-8")
     return out
 

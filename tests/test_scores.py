@@ -271,7 +271,7 @@ def test_a_scan_with_curves_agrees_with_explain_and_the_atlas_counts_the_verdict
 ) -> None:
     """On the shapes model: the scan's curve columns hold what explain gives the same images (the root's AUCs
     are the class map's, the random map's are per image), and the atlas's shares count the discriminative
-    node's verdicts over each class's images."""
+    node's verdicts and its mean areas over each class's images."""
     data = ka.make(3, seed=1)
     scanned = scan(
         shapes, ka.KnownAnswersDataset(data), tmp_path / "scan", min_size=ka.MIN_SIZE, curves=True, fill="blur",
@@ -300,6 +300,9 @@ def test_a_scan_with_curves_agrees_with_explain_and_the_atlas_counts_the_verdict
         assert c.baselines.n == len(mine) == 3
         for name in ("deletes_faster_than_class", "deletes_faster_than_random", "keeps_longer_than_random"):
             assert getattr(c.baselines, name) == pytest.approx(np.mean([getattr(v, name) for v in verdicts]))
+        for curve in ("deletion_auc", "insertion_auc"):
+            mean = np.mean([getattr(e.discriminative, curve) for e in mine])
+            assert getattr(c.baselines, curve) == pytest.approx(mean, abs=1e-4)
     assert json.loads(json.dumps(found.to_dict()))["classes"][0]["baselines"]["n"] == 3
 
 

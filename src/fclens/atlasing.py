@@ -98,7 +98,8 @@ class AtlasImage:
 @dataclass
 class BaselineShares:
     """Over the ``n`` images of a class with curves, the share where its most discriminative node (``path``)
-    beats each baseline: the fields of :class:`fclens.explaining.Verdict`, as fractions of the images."""
+    beats each baseline: the fields of :class:`fclens.explaining.Verdict`, as fractions of the images;
+    and the node's mean deletion and insertion AUCs over those images."""
 
     path: str
     n: int
@@ -106,6 +107,8 @@ class BaselineShares:
     deletes_faster_than_random: float
     keeps_longer_than_class: float
     keeps_longer_than_random: float
+    deletion_auc: float
+    insertion_auc: float
 
 
 @dataclass
@@ -475,6 +478,7 @@ class _Beats:
         "keeps_longer_than_class",
         "keeps_longer_than_random",
     )
+    AUCS = ("deletion_auc", "insertion_auc")
 
     def __init__(self) -> None:
         self.counts: pa.Table | None = None
@@ -506,9 +510,10 @@ class _Beats:
                 "path": nodes.column("node_path"),
                 "n": pa.array(np.ones(nodes.num_rows, np.int64)),
                 **{name: pc.cast(pc.fill_null(value, False), pa.int64()) for name, value in beaten.items()},
+                **{name: pc.cast(nodes.column(f"node_{name}"), pa.float64()) for name in self.AUCS},
             }
         )
-        self.counts = _merge(self.counts, partial, ["k", "path"], ["n", *self.VERDICTS])
+        self.counts = _merge(self.counts, partial, ["k", "path"], ["n", *self.VERDICTS, *self.AUCS])
 
     def shares(self, ends: dict[int, str | None]) -> dict[int, BaselineShares]:
         """For each class whose discriminative end (``ends``) has curves, the shares of its images."""
@@ -516,7 +521,9 @@ class _Beats:
         for row in [] if self.counts is None else self.counts.to_pylist():
             if row["path"] and ends.get(row["k"]) == row["path"]:
                 n = row["n"]
-                found[row["k"]] = BaselineShares(row["path"], n, *(row[name] / n for name in self.VERDICTS))
+                found[row["k"]] = BaselineShares(
+                    row["path"], n, *(row[name] / n for name in (*self.VERDICTS, *self.AUCS))
+                )
         return found
 
 

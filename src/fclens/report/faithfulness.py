@@ -80,15 +80,16 @@ def explanation_faithfulness(explanation: Explanation) -> FaithfulnessView | Non
 
 
 def atlas_faithfulness(shares: BaselineShares | None, kind: str, fill: str) -> FaithfulnessView | None:
-    """A class page's one row: the share of its images where the discriminative node beats each baseline."""
+    """A class page's one row: the discriminative node's mean AUCs, and the share of the class's images
+    where it beats each baseline."""
     if shares is None:
         return None
     row = (
         f"most discriminative ({shares.path}), {shares.n} image{'' if shares.n == 1 else 's'}",
-        "",
+        f"{fmt(shares.deletion_auc)} (mean)",
         _percent(shares.deletes_faster_than_class),
         _percent(shares.deletes_faster_than_random),
-        "",
+        f"{fmt(shares.insertion_auc)} (mean)",
         _percent(shares.keeps_longer_than_class),
         _percent(shares.keeps_longer_than_random),
     )
