@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import feature_scan
 import synthetic_scan as synthetic
 from fclens.atlasing import atlas
 from fclens.cli import main
@@ -209,3 +210,20 @@ def test_atlas_of_a_folder_of_images_says_to_scan_it_first(
         "is a folder of images, not a scan" in message and "--out SCAN`, then `fclens atlas SCAN`" in message
     )
     assert f"--out {tmp_path / 'photos'}" not in message
+
+
+def test_a_scan_without_targets_is_one_line_naming_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A table that another writer made (here the tests' feature-only scan: its target column empty) is refused in
+    one line, in Python's words and in the command's, never an internal error."""
+    means = feature_scan.class_means(3, 4, spread=1.0)
+    counts = np.array([5, 5, 5])
+    feature_scan.write(
+        tmp_path / "scan", means, counts, feature_scan.bayes_layer(means, counts / counts.sum())
+    )
+    with pytest.raises(FclensError, match=r"no target class.*rescan the images with fclens\.scan$"):
+        atlas(tmp_path / "scan")
+    assert main(["atlas", str(tmp_path / "scan"), "--out", str(tmp_path / "out")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "no target class" in line and "fclens scan" in line

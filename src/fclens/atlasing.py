@@ -274,6 +274,13 @@ def atlas(
     curves = set(_CURVES) <= set(scan.dataset.schema.names)
     beats = _Beats()
     for table in scan.batches(_AGGREGATED + (_CURVES if curves else []), ok_only=True):
+        # fclens writes a target for every ok row; a table from another writer may lack them
+        if table.column("target").null_count:
+            missing = f"{scan.directory} has images with no target class, which a scan always writes"
+            raise FclensError(
+                f"{missing}: rescan the images with fclens.scan",
+                cli=f"{missing}: rescan them with fclens scan",
+            )
         totals.add(table)
         if curves:
             beats.add(table)

@@ -36,7 +36,6 @@ class FclensError(ValueError):
 def first_line(error: BaseException) -> str:
     """An exception as one line of text (its message with white space folded, else its type's name)."""
     return " ".join(str(error).split()) or type(error).__name__
-    """Bad input or an unusable model; the message names the problem and what to do about it."""
 
 
 def as_path(value: Any, name: str) -> Path:
