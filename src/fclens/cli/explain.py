@@ -19,6 +19,7 @@ from fclens.cli.common import (
     tree_flags,
 )
 from fclens.errors import FclensError
+from fclens.formatting import percent
 from fclens.options import EXPLAIN_DEFAULTS, MAP_KIND_NAMES, RUNNER_UP
 
 
@@ -141,6 +142,6 @@ def _explain_line(row: dict[str, Any]) -> str:
 
     done = " (done earlier)" if row["status"] == "done earlier" else ""
     return (
-        f"{row['source']}: {row['prediction']} ({row['probability']:.1%}); target {row['target']}: "
+        f"{row['source']}: {row['prediction']} ({percent(row['probability'])}); target {row['target']}: "
         f"discriminative {number(row['discriminative_score'])}, confusing {number(row['confusing_score'])}{done}"
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fclens.report._common import fmt
+from fclens.report._common import fmt, percent
 
 if TYPE_CHECKING:
     from fclens.atlasing import BaselineShares
@@ -87,11 +87,11 @@ def atlas_faithfulness(shares: BaselineShares | None, kind: str, fill: str) -> F
     row = (
         f"most discriminative ({shares.path}), {shares.n} image{'' if shares.n == 1 else 's'}",
         f"{fmt(shares.deletion_auc)} (mean)",
-        _percent(shares.deletes_faster_than_class),
-        _percent(shares.deletes_faster_than_random),
+        percent(shares.deletes_faster_than_class),
+        percent(shares.deletes_faster_than_random),
         f"{fmt(shares.insertion_auc)} (mean)",
-        _percent(shares.keeps_longer_than_class),
-        _percent(shares.keeps_longer_than_random),
+        percent(shares.keeps_longer_than_class),
+        percent(shares.keeps_longer_than_random),
     )
     return FaithfulnessView(kind, fill, FILL_WORDS.get(fill, ""), [row])
 
@@ -110,7 +110,3 @@ def _insertion(verdict: Verdict | None) -> tuple[str, str]:
 
 def _yes(value: bool | None) -> str:
     return "—" if value is None else ("yes" if value else "no")
-
-
-def _percent(share: float) -> str:
-    return f"{share:.0%}"
