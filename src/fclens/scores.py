@@ -240,13 +240,13 @@ def _fillers(
             return torch.stack(images).to(inputs)
 
         return imputed, imputed
+    if fill == "mean":
+        mean = inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs)
+        return constant(mean), constant(mean)
     blurred = gaussian_blur(inputs, [BLUR_KERNEL, BLUR_KERNEL], [BLUR_SIGMA, BLUR_SIGMA])
     if fill == "rise":
         return constant(torch.zeros_like(inputs)), constant(blurred)
-    if fill == "blur":
-        return constant(blurred), constant(blurred)
-    mean = inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs)
-    return constant(mean), constant(mean)
+    return constant(blurred), constant(blurred)
 
 
 def road_fill(image: torch.Tensor, removed: torch.Tensor, noise: torch.Tensor | float = 0.0) -> torch.Tensor:
