@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["fmt", "json_number", "nan_mean", "percent", "signed"]
+__all__ = ["differences", "fmt", "json_number", "nan_mean", "percent", "signed"]
 
 
 def fmt(value: Any, spec: str = ".3f") -> str:
@@ -51,3 +51,17 @@ def nan_mean(values: Iterable[Any]) -> float:
     """The mean of the values that are not NaN; NaN when there are none."""
     known = [float(v) for v in values if not math.isnan(float(v))]
     return math.fsum(known) / len(known) if known else float("nan")
+
+
+def differences(
+    then: Mapping[str, Any], now: Mapping[str, Any], shown: Callable[[str, Any], str] | None = None
+) -> list[str]:
+    """Each key whose value differs, in order of first appearance, both values named (``shown``, else
+    ``repr``): "min_size: 20 then, 10 now". How a rerun says why it refuses (a scan, a folder of
+    explanations)."""
+    show = shown or (lambda key, value: repr(value))
+    return [
+        f"{key}: {show(key, then.get(key))} then, {show(key, now.get(key))} now"
+        for key in dict.fromkeys([*then, *now])
+        if then.get(key) != now.get(key)
+    ]

@@ -27,14 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from fclens import __version__
 from fclens.errors import FclensError
 from fclens.explaining import explain, uses_seed
+from fclens.formatting import differences
 from fclens.images import ImageError, load_image
 from fclens.io import atomic_write_text, csv_text, safe_name
+from fclens.layer import FinalLayer
 from fclens.models import Classifier
 from fclens.options import RUNNER_UP, Options
 from fclens.report.files import (
@@ -213,16 +214,12 @@ def _made_with(
     model: Classifier, options: Options, target: int | None, target_layer: str | None
 ) -> dict[str, Any]:
     """What makes an explanation: recorded in each ``explanation.json``, compared on a rerun."""
-    head = model.head
-    weight = head.weight.detach().float().cpu().numpy()
-    bias = (
-        np.zeros(len(weight), np.float32) if head.bias is None else head.bias.detach().float().cpu().numpy()
-    )
+    layer = FinalLayer.of(model)
     return {
         "fclens": __version__,
         "model": model.name,
         "weights_sha256": None if model.weights is None else file_sha256(model.weights),
-        "head_sha256": head_sha256(weight, bias),
+        "head_sha256": head_sha256(layer.weight.numpy(), layer.bias.numpy()),
         "class": target,
         "target_layer": target_layer,
         "options": options.to_dict(),
@@ -275,12 +272,7 @@ def _differences(then: Any, now: dict[str, Any], class_names: Sequence[str]) -> 
             return f"{value[:12]}…"
         return repr(value)
 
-    old, new = flat(then), flat(now)
-    return [
-        f"{key}: {shown(key, old.get(key))} then, {shown(key, new.get(key))} now"
-        for key in dict.fromkeys([*old, *new])
-        if old.get(key) != new.get(key)
-    ]
+    return differences(flat(then), flat(now), shown)
 
 
 def _row(explanation: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -22,11 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 from torch.utils.data import Dataset
 
 from fclens import deprecation
 from fclens.errors import FclensError, as_path, described
+from fclens.layer import FinalLayer
 from fclens.models import Classifier, load_model
 from fclens.options import LABEL_MODES, RUNNER_UP, SCAN_DEFAULTS, Options, at_least, with_keywords
 from fclens.runs import progress_bar, sigterm_interrupts
@@ -102,13 +102,8 @@ def scan(
     else:
         classifier = load_model(model, device=device or "cpu")
     items, dataset, identity = _items(source, classifier, labels)
-    head = classifier.head
-    weight = head.weight.detach().float().cpu().numpy()
-    bias = (
-        head.bias.detach().float().cpu().numpy()
-        if head.bias is not None
-        else np.zeros(len(weight), np.float32)
-    )
+    layer = FinalLayer.of(classifier)
+    weight, bias = layer.weight.numpy(), layer.bias.numpy()
     manifest = Manifest.of(classifier, options, identity, weight, bias, len(items))
     scanner = BatchScanner(classifier, options)
     with sigterm_interrupts():

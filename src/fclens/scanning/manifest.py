@@ -28,6 +28,7 @@ import numpy as np
 
 from fclens import deprecation
 from fclens.errors import FclensError
+from fclens.formatting import differences
 from fclens.options import RUNNER_UP, Options, updated_options
 from fclens.scanning.schema import SCHEMA_VERSION
 
@@ -145,19 +146,14 @@ class Manifest:
         found = []
         for key in before:
             if key == "options":
-                old, new = before[key], after[key]
-                found += [
-                    f"{name}: {old.get(name)!r} then, {new.get(name)!r} now"
-                    for name in dict.fromkeys([*old, *new])
-                    if old.get(name) != new.get(name)
-                ]
+                found += differences(before[key], after[key])
             elif key == "schema version" and before[key] != after[key]:
                 found.append(
                     f"written by an earlier fclens, scan schema {before[key]} (this one writes {after[key]}): "
                     "it reads as it is, but cannot be resumed"
                 )
-            elif before[key] != after[key]:
-                found.append(f"{key}: {before[key]!r} then, {after[key]!r} now")
+            elif key != "schema version":
+                found += differences({key: before[key]}, {key: after[key]})
         return found
 
     def to_dict(self) -> dict[str, Any]:
