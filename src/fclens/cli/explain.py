@@ -10,6 +10,7 @@ from typing import Any
 from fclens.cli.common import (
     EXIT_PARTIAL,
     batch_size_flag,
+    comma_list,
     command,
     curve_flags,
     existing,
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from fclens.samples import sample_image
 
     options = EXPLAIN_DEFAULTS.but(
-        maps=tuple(kind.strip() for kind in args.maps.split(",") if kind.strip()),
+        maps=tuple(comma_list(args.maps)),
         min_size=args.min_size,
         mode=args.mode,
         curves=args.curves,
