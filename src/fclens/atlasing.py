@@ -477,7 +477,8 @@ class _Summary:
 
 
 class _Beats:
-    """Per (class, node): how many images' curves of the node beat the root's and the random map's."""
+    """Per (class, node): how many images' curves of the node beat the root's and the random map's, and the
+    sums of its AUCs."""
 
     VERDICTS = (
         "deletes_faster_than_class",
@@ -488,7 +489,7 @@ class _Beats:
     AUCS = ("deletion_auc", "insertion_auc")
 
     def __init__(self) -> None:
-        self.counts: pa.Table | None = None
+        self.sums: pa.Table | None = None
 
     def add(self, table: pa.Table) -> None:
         table = table.filter(pc.is_valid(table.column("random_deletion_auc")))
@@ -520,12 +521,12 @@ class _Beats:
                 **{name: pc.cast(nodes.column(f"node_{name}"), pa.float64()) for name in self.AUCS},
             }
         )
-        self.counts = _merge(self.counts, partial, ["k", "path"], ["n", *self.VERDICTS, *self.AUCS])
+        self.sums = _merge(self.sums, partial, ["k", "path"], ["n", *self.VERDICTS, *self.AUCS])
 
     def shares(self, ends: dict[int, str | None]) -> dict[int, BaselineShares]:
         """For each class whose discriminative end (``ends``) has curves, the shares of its images."""
         found = {}
-        for row in [] if self.counts is None else self.counts.to_pylist():
+        for row in [] if self.sums is None else self.sums.to_pylist():
             if row["path"] and ends.get(row["k"]) == row["path"]:
                 n = row["n"]
                 found[row["k"]] = BaselineShares(
